@@ -1,0 +1,124 @@
+/**
+ * Provider configuration: BMC defaults and the caller's identity. Each setting can come from the
+ * stack configuration (`baremetal:<name>`), an explicit provider resource, or a `BAREMETAL_*`
+ * environment variable, in that order of precedence.
+ */
+import type { Fields } from "./fields";
+import { isUnknown } from "./values";
+
+export const configFields = {
+  bmcUsername: {
+    type: "string",
+    description: "Default BMC user name for nodes that do not set `bmc.username`; also used by `pulumi import`.",
+    env: ["BAREMETAL_BMC_USERNAME"],
+  },
+  bmcPassword: {
+    type: "string",
+    secret: true,
+    description: "Default BMC password for nodes that do not set `bmc.password`; also used by `pulumi import`.",
+    env: ["BAREMETAL_BMC_PASSWORD"],
+  },
+  bmcVerifyTls: {
+    type: "boolean",
+    default: true,
+    description:
+      "Verify the TLS certificates of BMCs (on by default). Turn it off only for lab BMCs with self-signed certificates; prefer `bmcCaBundle`.",
+    env: ["BAREMETAL_BMC_VERIFY_TLS"],
+  },
+  bmcCaBundle: {
+    type: "string",
+    description: "PEM certificates (the text, or a path to a file) trusted for BMC TLS in addition to the system's roots.",
+    env: ["BAREMETAL_BMC_CA_BUNDLE"],
+  },
+  bmcRequestTimeoutSeconds: {
+    type: "integer",
+    minimum: 1,
+    maximum: 3600,
+    default: 60,
+    description: "Time allowed for one request to a BMC, in seconds.",
+    env: ["BAREMETAL_BMC_REQUEST_TIMEOUT"],
+    hint: "Use a whole number of seconds between 1 and 3600",
+  },
+  bmcMaxConcurrency: {
+    type: "integer",
+    minimum: 1,
+    maximum: 64,
+    default: 4,
+    description: "Requests in flight to one BMC at a time (many BMCs handle only a few sessions).",
+    env: ["BAREMETAL_BMC_MAX_CONCURRENCY"],
+    hint: "Use a whole number between 1 and 64",
+  },
+  project: {
+    type: "string",
+    description: "The caller's project (tenant) id, checked by the multi-tenancy policy.",
+    env: ["BAREMETAL_PROJECT"],
+  },
+  roles: {
+    type: "array",
+    items: { type: "string", description: "A role name." },
+    description: "The caller's roles in its project (e.g. `admin`, `member`, `reader`), checked by the multi-tenancy policy.",
+    env: ["BAREMETAL_ROLES"],
+  },
+} as const satisfies Fields;
+
+export interface ProviderConfig {
+  bmcUsername?: string;
+  bmcPassword?: string;
+  bmcVerifyTls: boolean;
+  bmcCaBundle?: string;
+  bmcRequestTimeoutSeconds: number;
+  bmcMaxConcurrency: number;
+  project?: string;
+  roles: string[];
+}
+
+/** Reads an environment value into the field's type (booleans and numbers from text, lists from commas). */
+function fromEnv(raw: string, type: string): unknown {
+  switch (type) {
+    case "boolean":
+      return /^(1|true|yes|on)$/i.test(raw.trim()) ? true : /^(0|false|no|off)$/i.test(raw.trim()) ? false : raw;
+    case "integer":
+    case "number":
+      return /^-?\d+(\.\d+)?$/.test(raw.trim()) ? Number(raw) : raw;
+    case "array":
+      return raw
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean);
+    default:
+      return raw;
+  }
+}
+
+/**
+ * Fills unset settings from the environment, then from defaults. Returns the merged values and the
+ * names that came from the environment (the adapter keeps secret ones secret).
+ */
+export function withEnvironment(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...values };
+  for (const [name, field] of Object.entries(configFields as Fields)) {
+    if (out[name] !== undefined) continue;
+    for (const variable of field.env ?? []) {
+      const raw = env[variable];
+      if (raw !== undefined && raw !== "") {
+        out[name] = fromEnv(raw, field.type);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+export function toProviderConfig(values: Record<string, unknown>): ProviderConfig {
+  const v = (name: string) => (isUnknown(values[name]) ? undefined : values[name]);
+  return {
+    bmcUsername: v("bmcUsername") as string | undefined,
+    bmcPassword: v("bmcPassword") as string | undefined,
+    bmcVerifyTls: (v("bmcVerifyTls") as boolean | undefined) ?? true,
+    bmcCaBundle: v("bmcCaBundle") as string | undefined,
+    bmcRequestTimeoutSeconds: (v("bmcRequestTimeoutSeconds") as number | undefined) ?? 60,
+    bmcMaxConcurrency: (v("bmcMaxConcurrency") as number | undefined) ?? 4,
+    project: v("project") as string | undefined,
+    roles: (v("roles") as string[] | undefined) ?? [],
+  };
+}

@@ -1,0 +1,84 @@
+/**
+ * A resource is defined once: its token, docs, input and output fields, and its lifecycle
+ * handlers. Adapters (Pulumi gRPC, later Terraform) drive these handlers; they hold no business
+ * logic of their own.
+ */
+import type { Fields } from "./fields";
+import type { ProviderConfig } from "./config";
+import type { CheckFailure } from "./validate";
+
+export type Props = Record<string, unknown>;
+
+/** What a handler may use while it runs. */
+export interface OperationContext {
+  /** The configured provider. */
+  readonly config: ProviderConfig;
+  /** Aborted when the engine cancels or the deadline passes. */
+  readonly signal: AbortSignal;
+  /** When the operation must be done by (from custom timeouts or the resource default). */
+  readonly deadline: number;
+  /** Progress for the user (shown as the resource's status line while it runs). */
+  progress(message: string): void;
+  /** A warning the user should read. */
+  warn(message: string): void;
+}
+
+export interface CreateResult {
+  id: string;
+  /** The full state: inputs as stored plus outputs. */
+  outputs: Props;
+}
+
+export interface ReadResult {
+  id: string;
+  /** The inputs as they are now on the backend (declared fields reflect the real value). */
+  inputs: Props;
+  outputs: Props;
+}
+
+export interface ResourceDefinition {
+  /** `baremetal:<module>:<Name>`; module = folder under resources/ = SDK namespace. */
+  token: string;
+  description: string;
+  inputs: Fields;
+  /** Computed-only properties; the state holds inputs and these. */
+  outputs: Fields;
+  /** Delete the old object before creating its replacement (names or hardware that cannot be doubled). */
+  deleteBeforeReplace?: boolean;
+  /** Default time for create/update/delete, in seconds, when the program sets no custom timeout. */
+  defaultTimeoutSeconds: number;
+  /** Offline checks beyond field validation (cross-field rules); never touches a backend. */
+  check?(inputs: Props): CheckFailure[];
+  /** Canonical form of valid inputs (e.g. a URL without its trailing slash), so equal meanings diff equal. */
+  normalize?(inputs: Props): Props;
+  /** Outputs known at preview time without touching a backend; the rest are unknown. */
+  preview?(inputs: Props): Props;
+  create(ctx: OperationContext, inputs: Props): Promise<CreateResult>;
+  /**
+   * Reads the object back. `inputs` are the stored inputs (refresh) or undefined (import by id
+   * alone). Returns undefined when the object is gone.
+   */
+  read(ctx: OperationContext, id: string, inputs: Props | undefined, state: Props | undefined): Promise<ReadResult | undefined>;
+  update(ctx: OperationContext, id: string, olds: Props, news: Props, oldState: Props): Promise<Props>;
+  delete(ctx: OperationContext, id: string, inputs: Props, state: Props): Promise<void>;
+}
+
+/**
+ * Thrown by create when the object exists but could not be fully configured: the adapter keeps
+ * it in state (with these outputs) and reports the error, so the next run converges instead of
+ * creating a second one.
+ */
+export class PartialCreateError extends Error {
+  constructor(
+    readonly id: string,
+    readonly outputs: Props,
+    readonly reasons: string[],
+  ) {
+    super(reasons.join("; "));
+    this.name = "PartialCreateError";
+  }
+}
+
+export function isPartialCreate(e: unknown): e is PartialCreateError {
+  return e instanceof Error && e.name === "PartialCreateError" && "id" in e && "outputs" in e;
+}
