@@ -1,0 +1,761 @@
+/**
+ * Our Redfish client: a small typed layer over axios for one BMC.
+ *
+ * - One dedicated http/https Agent per client (keep-alive; TLS trust from `verifyTls`/`caBundle`),
+ *   no global axios defaults, no environment proxies, no redirects followed.
+ * - Authentication: a Redfish session created lazily on the first request ("auto"/"session"), or
+ *   HTTP Basic ("basic", or "auto" when the BMC has no usable SessionService).
+ * - At most `maxConcurrency` requests in flight; a per-request deadline; an AbortSignal that
+ *   cancels everything.
+ * - Every failure is a `BaremetalError`; credentials never appear in messages or causes.
+ * - Retries: only a single re-read after a 412 on PATCH and a single re-login after a 401 with a
+ *   session. Nothing else is replayed.
+ */
+import { X509Certificate } from "node:crypto";
+import * as http from "node:http";
+import * as https from "node:https";
+import * as tls from "node:tls";
+import axios, { AxiosInstance } from "axios";
+import { BaremetalError, validationError } from "../../core/errors";
+import { httpError, networkError, stripUserInfo } from "./errors";
+import { Limiter } from "./limiter";
+import {
+  ActionInfo,
+  BOOT_OVERRIDE_ENABLED,
+  BOOT_OVERRIDE_MODES,
+  BOOT_SOURCES,
+  Collection,
+  ComputerSystem,
+  EthernetInterface,
+  Memory,
+  Processor,
+  RESET_TYPES,
+  ResetAction,
+  ServiceRoot,
+  Session,
+} from "./types";
+
+export interface RedfishClientOptions {
+  /** e.g. "https://10.0.0.5" or "http://127.0.0.1:8000"; "/redfish/v1" is appended by the client. */
+  endpoint: string;
+  username?: string;
+  password?: string;
+  /** Verify the BMC's TLS certificate (default true). */
+  verifyTls?: boolean;
+  /** PEM text of extra trusted certificates (the BMC's own or its CA), added to the system roots. */
+  caBundle?: string;
+  /** Deadline of each request in ms (default 30000). */
+  timeoutMs?: number;
+  /** "auto" (default): a session when the BMC offers one, else Basic. */
+  auth?: "session" | "basic" | "auto";
+  /** Requests in flight to this BMC at a time (default 4). */
+  maxConcurrency?: number;
+  /** Called once per HTTP exchange (also failed ones: status undefined). */
+  onRequest?: (e: { method: string; path: string; status: number | undefined; ms: number }) => void;
+  /** Cancels everything in flight and everything after. */
+  signal?: AbortSignal;
+}
+
+export interface SystemFacts {
+  id: string;
+  odataId: string;
+  manufacturer?: string;
+  model?: string;
+  serialNumber?: string;
+  sku?: string;
+  uuid?: string;
+  /** "On" | "Off" | "PoweringOn" | "PoweringOff" ... */
+  powerState?: string;
+  cpuCount?: number;
+  cpuModel?: string;
+  memoryGiB?: number;
+  /** Lower-case, sorted, unique; the host-to-BMC interface (Links.HostInterface) is left out. */
+  macAddresses: string[];
+  /** Boot.BootSourceOverrideMode (UEFI/Legacy). */
+  bootMode?: string;
+  bootSourceOverrideTarget?: string;
+  bootSourceOverrideEnabled?: string;
+  /** Boot.BootSourceOverrideTarget@Redfish.AllowableValues; empty when the BMC does not say. */
+  allowedBootTargets: string[];
+  /** ResetType values of ComputerSystem.Reset (inline or from its ActionInfo); empty when the BMC does not say. */
+  allowedResetTypes: string[];
+}
+
+interface RawResponse {
+  status: number;
+  headers: Record<string, string | undefined>;
+  body: unknown;
+}
+
+type AuthState =
+  | { kind: "none" }
+  | { kind: "basic"; header: string }
+  | { kind: "session"; token: string; location?: string };
+
+const ROOT_PATH = "/redfish/v1/";
+const DEFAULT_SYSTEMS = "/redfish/v1/Systems";
+const DEFAULT_SESSIONS = "/redfish/v1/SessionService/Sessions";
+/** Answers to a session login that mean "no sessions here" (sushy-tools' emulator, minimal BMCs). */
+const NO_SESSION_STATUSES = new Set([404, 405, 501]);
+const MAX_PAGES = 100;
+
+/** Message ids that, inside a 2xx PATCH answer, mean a property was not applied. */
+const PROPERTY_REJECTED =
+  /\.(PropertyValueNotInList|PropertyNotWritable|PropertyUnknown|PropertyValueTypeError|PropertyValueFormatError|PropertyValueIncorrect|PropertyValueError|PropertyValueOutOfRange|PropertyNotUpdated|ActionParameterNotSupported)$/;
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function deepEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]));
+  if (isRecord(a) && isRecord(b)) {
+    const ka = Object.keys(a);
+    return ka.length === Object.keys(b).length && ka.every((k) => deepEqual(a[k], b[k]));
+  }
+  return false;
+}
+
+/** Does `current` already have every property that `desired` sets (recursing into objects)? */
+export function alreadyApplied(current: unknown, desired: unknown): boolean {
+  if (isRecord(desired)) {
+    if (!isRecord(current)) return false;
+    return Object.keys(desired).every((k) => alreadyApplied(current[k], desired[k]));
+  }
+  return deepEqual(current, desired);
+}
+
+function parseEndpoint(raw: string): { origin: string; prefix: string; username?: string; password?: string } {
+  if (typeof raw !== "string" || !raw.trim()) {
+    throw validationError("endpoint", "the BMC endpoint is required, e.g. https://10.0.0.5");
+  }
+  let s = raw.trim();
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(s)) s = `https://${s}`;
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    throw validationError("endpoint", `"${stripUserInfo(raw)}" is not a URL; give e.g. https://10.0.0.5`);
+  }
+  if (u.protocol !== "https:" && u.protocol !== "http:") {
+    throw validationError("endpoint", `"${stripUserInfo(raw)}" must use https:// (or http://)`);
+  }
+  const prefix = u.pathname.replace(/\/+$/, "").replace(/\/redfish(\/v1)?$/i, "");
+  return {
+    origin: u.origin,
+    prefix,
+    username: u.username ? decodeURIComponent(u.username) : undefined,
+    password: u.password ? decodeURIComponent(u.password) : undefined,
+  };
+}
+
+function normalizeHeaders(h: unknown): Record<string, string | undefined> {
+  const src = isRecord(h) && typeof h.toJSON === "function" ? (h.toJSON as () => unknown)() : h;
+  const out: Record<string, string | undefined> = {};
+  if (!isRecord(src)) return out;
+  for (const [k, v] of Object.entries(src)) {
+    if (v === undefined || v === null) continue;
+    out[k.toLowerCase()] = Array.isArray(v) ? v.join(", ") : String(v);
+  }
+  return out;
+}
+
+function parseBody(data: unknown): unknown {
+  if (typeof data !== "string") return data;
+  if (!data.trim()) return undefined;
+  try {
+    return JSON.parse(data);
+  } catch {
+    return data; // not JSON (an HTML error page, ...): kept as text for error messages
+  }
+}
+
+function normalizeMac(mac: string | undefined): string | undefined {
+  if (typeof mac !== "string") return undefined;
+  const m = mac.trim().toLowerCase().replace(/-/g, ":");
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(m) || m === "00:00:00:00:00:00") return undefined;
+  return m;
+}
+
+function closeMatch(value: string, allowed: readonly string[]): string | undefined {
+  return allowed.find((a) => a.toLowerCase() === value.toLowerCase());
+}
+
+function notAllowed(property: string, what: string, value: string, allowed: readonly string[], whose: string): BaremetalError {
+  const near = closeMatch(value, allowed);
+  return new BaremetalError(
+    "validation",
+    `${what} "${value}" is not allowed by ${whose}${near ? ` (did you mean "${near}"?)` : ""}; allowed: ${allowed.join(", ")}`,
+    { property },
+  );
+}
+
+export class RedfishClient {
+  private readonly origin: string;
+  private readonly prefix: string;
+  /** scheme://host:port(/prefix) — safe to show: never has credentials. */
+  readonly endpoint: string;
+  private readonly username?: string;
+  /** Secrets live in #private fields: util.inspect(client) does not show them. */
+  readonly #password?: string;
+  private readonly authMode: "session" | "basic" | "auto";
+  private readonly timeoutMs: number;
+  private readonly onRequest?: RedfishClientOptions["onRequest"];
+  private readonly signal?: AbortSignal;
+  private readonly limiter: Limiter;
+  private readonly httpAgent: http.Agent;
+  private readonly httpsAgent: https.Agent;
+  private readonly http: AxiosInstance;
+
+  #auth?: AuthState;
+  #loggingIn?: Promise<AuthState>;
+  private root?: ServiceRoot;
+  /** ETag of the last GET of each path, used by `patch` when the caller gives none. */
+  private readonly etags = new Map<string, string>();
+
+  constructor(opts: RedfishClientOptions) {
+    if (!isRecord(opts)) throw validationError("endpoint", "RedfishClient needs options with an endpoint");
+    const ep = parseEndpoint(opts.endpoint);
+    this.origin = ep.origin;
+    this.prefix = ep.prefix;
+    this.endpoint = ep.origin + ep.prefix;
+    this.username = opts.username ?? ep.username;
+    this.#password = opts.password ?? (opts.username === undefined ? ep.password : undefined);
+    this.authMode = opts.auth ?? "auto";
+    if (!["session", "basic", "auto"].includes(this.authMode)) {
+      throw validationError("auth", `auth must be "session", "basic" or "auto", got "${String(opts.auth)}"`);
+    }
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    if (!(this.timeoutMs > 0) || !Number.isFinite(this.timeoutMs)) {
+      throw validationError("timeoutMs", `timeoutMs must be a positive number of milliseconds, got ${opts.timeoutMs}`);
+    }
+    const maxConcurrency = opts.maxConcurrency ?? 4;
+    if (!Number.isInteger(maxConcurrency) || maxConcurrency < 1) {
+      throw validationError("maxConcurrency", `maxConcurrency must be a positive integer, got ${opts.maxConcurrency}`);
+    }
+    this.limiter = new Limiter(maxConcurrency);
+    this.onRequest = opts.onRequest;
+    this.signal = opts.signal;
+
+    const verifyTls = opts.verifyTls ?? true;
+    let ca: string[] | undefined;
+    if (opts.caBundle !== undefined && opts.caBundle.trim()) {
+      const blocks = opts.caBundle.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+      if (!blocks.length) {
+        throw validationError("caBundle", "caBundle must be PEM text with at least one -----BEGIN CERTIFICATE----- block");
+      }
+      for (const [i, pem] of blocks.entries()) {
+        try {
+          new X509Certificate(pem);
+        } catch (e) {
+          throw validationError("caBundle", `certificate ${i + 1} of caBundle is not valid (${e instanceof Error ? e.message : String(e)})`);
+        }
+      }
+      // `ca` replaces the default trust store: keep the public roots and add the bundle.
+      ca = [...tls.rootCertificates, opts.caBundle];
+    }
+    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: maxConcurrency });
+    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: maxConcurrency, rejectUnauthorized: verifyTls, ca });
+    this.http = axios.create({
+      baseURL: this.origin,
+      httpAgent: this.httpAgent,
+      httpsAgent: this.httpsAgent,
+      proxy: false, // BMCs live on management networks; never send their credentials through an env proxy
+      maxRedirects: 0, // a redirect is reported, never followed with our credentials
+      validateStatus: () => true,
+      responseType: "text",
+      transformResponse: [(d: unknown) => d],
+      maxContentLength: 64 * 1024 * 1024,
+      headers: { Accept: "application/json", "OData-Version": "4.0", "User-Agent": "pulumi-baremetal-redfish" },
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Generic verbs
+
+  async get<T>(path: string): Promise<{ body: T; etag?: string }> {
+    const p = this.toPath(path);
+    const res = await this.request("GET", p);
+    if (!isRecord(res.body)) {
+      throw new BaremetalError("backend", `the BMC at ${this.endpoint} answered GET ${p} without a JSON object`, {
+        httpStatus: res.status,
+      });
+    }
+    const etag = res.headers["etag"] ?? (typeof res.body["@odata.etag"] === "string" ? res.body["@odata.etag"] : undefined);
+    if (etag) this.etags.set(p, etag);
+    else this.etags.delete(p);
+    return etag ? { body: res.body as T, etag } : { body: res.body as T };
+  }
+
+  async patch(path: string, body: object, etag?: string): Promise<void> {
+    const p = this.toPath(path);
+    let tag = etag ?? this.etags.get(p);
+    if (tag === undefined) tag = (await this.get<unknown>(p)).etag;
+    const res = await this.request("PATCH", p, { body, ifMatch: tag, accept: [412] });
+    if (res.status !== 412) return this.afterPatch(p, res);
+    // Someone changed the resource since our read. Re-read once: if what we wanted is there
+    // already, we are done; otherwise try once more against the new ETag (a second 412 fails).
+    const fresh = await this.get<unknown>(p);
+    if (alreadyApplied(fresh.body, body)) return;
+    const again = await this.request("PATCH", p, { body, ifMatch: fresh.etag });
+    return this.afterPatch(p, again);
+  }
+
+  async post<T = unknown>(path: string, body: object): Promise<{ status: number; body?: T; location?: string }> {
+    const res = await this.request("POST", this.toPath(path), { body });
+    const out: { status: number; body?: T; location?: string } = { status: res.status };
+    if (res.body !== undefined) out.body = res.body as T;
+    if (res.headers["location"]) out.location = res.headers["location"];
+    return out;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Service and systems
+
+  async serviceRoot(): Promise<ServiceRoot> {
+    if (this.root) return this.root;
+    await this.ensureAuth(); // a session login reads the root on its way
+    if (this.root) return this.root;
+    this.root = (await this.get<ServiceRoot>(ROOT_PATH)).body;
+    return this.root;
+  }
+
+  async listSystems(): Promise<string[]> {
+    const root = await this.serviceRoot();
+    return this.members(root.Systems?.["@odata.id"] ?? DEFAULT_SYSTEMS);
+  }
+
+  async getSystem(idOrPath: string): Promise<{ system: ComputerSystem; etag?: string }> {
+    const { body, etag } = await this.get<ComputerSystem>(this.systemPath(idOrPath));
+    return etag ? { system: body, etag } : { system: body };
+  }
+
+  async getSystemFacts(idOrPath: string): Promise<SystemFacts> {
+    const p = this.systemPath(idOrPath);
+    const { system } = await this.getSystem(p);
+    const [macAddresses, allowedResetTypes, cpu, memoryGiB] = await Promise.all([
+      this.macAddresses(system),
+      this.allowedResetTypes(system),
+      this.cpuFacts(system),
+      this.memoryGiB(system),
+    ]);
+    const boot = system.Boot;
+    return {
+      id: system.Id ?? p.split("/").pop() ?? p,
+      odataId: system["@odata.id"] ?? p,
+      manufacturer: system.Manufacturer,
+      model: system.Model,
+      serialNumber: system.SerialNumber,
+      sku: system.SKU,
+      uuid: system.UUID,
+      powerState: system.PowerState,
+      cpuCount: cpu.count,
+      cpuModel: cpu.model,
+      memoryGiB,
+      macAddresses,
+      bootMode: boot?.BootSourceOverrideMode,
+      bootSourceOverrideTarget: boot?.BootSourceOverrideTarget,
+      bootSourceOverrideEnabled: boot?.BootSourceOverrideEnabled,
+      allowedBootTargets: [...(boot?.["BootSourceOverrideTarget@Redfish.AllowableValues"] ?? [])],
+      allowedResetTypes,
+    };
+  }
+
+  async resetSystem(idOrPath: string, resetType: string): Promise<void> {
+    const p = this.systemPath(idOrPath);
+    const { system } = await this.getSystem(p);
+    const action = this.resetAction(system, p);
+    const allowed = await this.allowedResetTypes(system);
+    const list: readonly string[] = allowed.length ? allowed : RESET_TYPES;
+    if (typeof resetType !== "string" || !list.includes(resetType)) {
+      throw notAllowed("resetType", "ResetType", String(resetType), list, `system ${system.Id ?? p}`);
+    }
+    await this.post(action.target, { ResetType: resetType });
+  }
+
+  async setPower(idOrPath: string, desired: "On" | "Off", opts?: { graceful?: boolean }): Promise<boolean> {
+    if (desired !== "On" && desired !== "Off") {
+      throw validationError("powerState", `desired power state must be "On" or "Off", got "${String(desired)}"`);
+    }
+    const p = this.systemPath(idOrPath);
+    const { system } = await this.getSystem(p);
+    const state = system.PowerState;
+    if (desired === "On" && (state === "On" || state === "PoweringOn")) return false;
+    if (desired === "Off" && (state === "Off" || state === "PoweringOff")) return false;
+    const action = this.resetAction(system, p);
+    const allowed = await this.allowedResetTypes(system);
+    const candidates =
+      desired === "On" ? ["On", "ForceOn", "PushPowerButton"] : opts?.graceful ? ["GracefulShutdown", "PushPowerButton"] : ["ForceOff"];
+    const pick = allowed.length ? candidates.find((c) => allowed.includes(c)) : candidates[0];
+    if (!pick) {
+      throw new BaremetalError(
+        "validation",
+        `system ${system.Id ?? p} offers no ResetType to power ${desired === "On" ? "on" : opts?.graceful ? "off gracefully" : "off forcibly"}` +
+          ` (wanted one of ${candidates.join(", ")}); it allows: ${allowed.join(", ")}`,
+        { property: "powerState" },
+      );
+    }
+    await this.post(action.target, { ResetType: pick });
+    return true;
+  }
+
+  async setBootOverride(
+    idOrPath: string,
+    target: string,
+    enabled: "Once" | "Continuous" | "Disabled",
+    mode?: "UEFI" | "Legacy",
+  ): Promise<boolean> {
+    const p = this.systemPath(idOrPath);
+    const { system, etag } = await this.getSystem(p);
+    const whose = `system ${system.Id ?? p}`;
+    const boot = system.Boot;
+    if (!boot) {
+      throw new BaremetalError("backend", `${whose} on the BMC at ${this.endpoint} has no Boot property: it does not support boot overrides`);
+    }
+    const targets: readonly string[] = boot["BootSourceOverrideTarget@Redfish.AllowableValues"] ?? BOOT_SOURCES;
+    if (typeof target !== "string" || !targets.includes(target)) {
+      throw notAllowed("bootSourceOverrideTarget", "boot target", String(target), targets, whose);
+    }
+    const enables: readonly string[] = boot["BootSourceOverrideEnabled@Redfish.AllowableValues"] ?? BOOT_OVERRIDE_ENABLED;
+    if (typeof enabled !== "string" || !enables.includes(enabled)) {
+      throw notAllowed("bootSourceOverrideEnabled", "boot override", String(enabled), enables, whose);
+    }
+    if (mode !== undefined) {
+      const modes: readonly string[] = boot["BootSourceOverrideMode@Redfish.AllowableValues"] ?? BOOT_OVERRIDE_MODES;
+      if (typeof mode !== "string" || !modes.includes(mode)) {
+        throw notAllowed("bootMode", "boot mode", String(mode), modes, whose);
+      }
+    }
+    const change: Record<string, string> = {};
+    if (boot.BootSourceOverrideTarget !== target) change.BootSourceOverrideTarget = target;
+    if (boot.BootSourceOverrideEnabled !== enabled) change.BootSourceOverrideEnabled = enabled;
+    if (mode !== undefined && boot.BootSourceOverrideMode !== mode) change.BootSourceOverrideMode = mode;
+    if (!Object.keys(change).length) return false;
+    await this.patch(p, { Boot: change }, etag);
+    return true;
+  }
+
+  async logout(): Promise<void> {
+    if (this.#loggingIn) {
+      try {
+        await this.#loggingIn;
+      } catch {
+        // no session was made
+      }
+    }
+    const auth = this.#auth;
+    if (!auth || auth.kind !== "session") return;
+    this.#auth = undefined; // from here on, logout is a no-op and a new request logs in again
+    if (!auth.location) return;
+    const path = this.toPath(auth.location);
+    const res = await this.send("DELETE", path, { "X-Auth-Token": auth.token });
+    if ((res.status >= 200 && res.status < 300) || res.status === 401 || res.status === 404 || res.status === 410) return;
+    throw this.failure("DELETE", path, res);
+  }
+
+  /** Logs out and releases the sockets. The client can not be used afterwards. */
+  async close(): Promise<void> {
+    try {
+      await this.logout();
+    } finally {
+      this.httpAgent.destroy();
+      this.httpsAgent.destroy();
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Helpers of the typed methods
+
+  private systemPath(idOrPath: string): string {
+    if (typeof idOrPath !== "string" || !idOrPath.trim()) {
+      throw validationError("systemId", "a system id (e.g. 437XR1138R2) or its @odata.id is required");
+    }
+    const s = idOrPath.trim();
+    if (s.startsWith("/") || /^https?:\/\//i.test(s)) return this.toPath(s);
+    const collection = (this.root?.Systems?.["@odata.id"] ?? DEFAULT_SYSTEMS).replace(/\/+$/, "");
+    return `${this.toPath(collection)}/${encodeURIComponent(s)}`;
+  }
+
+  private resetAction(system: ComputerSystem, p: string): ResetAction {
+    const action = system.Actions?.["#ComputerSystem.Reset"];
+    if (!action || typeof action.target !== "string") {
+      throw new BaremetalError(
+        "backend",
+        `system ${system.Id ?? p} on the BMC at ${this.endpoint} offers no ComputerSystem.Reset action`,
+      );
+    }
+    return action;
+  }
+
+  /** ResetType values the system allows: inline annotation, else its ActionInfo, else [] (unknown). */
+  private async allowedResetTypes(system: ComputerSystem): Promise<string[]> {
+    const action = system.Actions?.["#ComputerSystem.Reset"];
+    if (!action) return [];
+    const inline = action["ResetType@Redfish.AllowableValues"];
+    if (Array.isArray(inline)) return inline.filter((v): v is string => typeof v === "string");
+    const info = action["@Redfish.ActionInfo"];
+    if (typeof info !== "string" || !info) return [];
+    const { body } = await this.get<ActionInfo>(info);
+    const param = body.Parameters?.find((x) => x.Name === "ResetType");
+    return (param?.AllowableValues ?? []).filter((v): v is string => typeof v === "string");
+  }
+
+  private async members(collectionPath: string): Promise<string[]> {
+    const out: string[] = [];
+    let next: string | undefined = collectionPath;
+    for (let page = 0; next && page < MAX_PAGES; page++) {
+      const { body }: { body: Collection } = await this.get<Collection>(next);
+      for (const m of Array.isArray(body.Members) ? body.Members : []) {
+        if (isRecord(m) && typeof m["@odata.id"] === "string") out.push(m["@odata.id"]);
+      }
+      next = body["Members@odata.nextLink"];
+    }
+    return out;
+  }
+
+  /** GETs every member of a collection (in parallel, within maxConcurrency); members gone meanwhile are skipped. */
+  private async expand<T>(collection: { "@odata.id": string } | undefined): Promise<T[]> {
+    if (!collection?.["@odata.id"]) return [];
+    const ids = await this.members(collection["@odata.id"]);
+    const got = await Promise.all(
+      ids.map(async (id) => {
+        try {
+          return (await this.get<T>(id)).body;
+        } catch (e) {
+          if (e instanceof BaremetalError && e.code === "not-found") return undefined;
+          throw e;
+        }
+      }),
+    );
+    return got.filter((x): x is Awaited<T> => x !== undefined) as T[];
+  }
+
+  private async macAddresses(system: ComputerSystem): Promise<string[]> {
+    const nics = await this.expand<EthernetInterface>(system.EthernetInterfaces);
+    const macs = new Set<string>();
+    for (const nic of nics) {
+      if (nic.Links?.HostInterface) continue; // the host-to-BMC link, not a data NIC
+      const mac = normalizeMac(nic.MACAddress) ?? normalizeMac(nic.PermanentMACAddress);
+      if (mac) macs.add(mac);
+    }
+    return [...macs].sort();
+  }
+
+  private async cpuFacts(system: ComputerSystem): Promise<{ count?: number; model?: string }> {
+    const summary = system.ProcessorSummary;
+    if (typeof summary?.Count === "number") return { count: summary.Count, model: summary.Model };
+    if (!system.Processors) return { model: summary?.Model };
+    const cpus = (await this.expand<Processor>(system.Processors)).filter(
+      (p) => (p.ProcessorType === undefined || p.ProcessorType === "CPU") && p.Status?.State !== "Absent",
+    );
+    return { count: cpus.length, model: summary?.Model ?? cpus.find((c) => c.Model)?.Model };
+  }
+
+  private async memoryGiB(system: ComputerSystem): Promise<number | undefined> {
+    const total = system.MemorySummary?.TotalSystemMemoryGiB;
+    if (typeof total === "number") return total;
+    if (!system.Memory) return undefined;
+    const dimms = await this.expand<Memory>(system.Memory);
+    const mib = dimms
+      .filter((d) => d.Status?.State !== "Absent" && typeof d.CapacityMiB === "number")
+      .reduce((sum, d) => sum + (d.CapacityMiB ?? 0), 0);
+    return mib / 1024;
+  }
+
+  private afterPatch(path: string, res: RawResponse): void {
+    if (res.headers["etag"]) this.etags.set(path, res.headers["etag"]);
+    else this.etags.delete(path);
+    // A 200 may still report properties it did not apply, as message annotations.
+    const rejected: string[] = [];
+    let firstId: string | undefined;
+    const walk = (v: unknown, depth: number): void => {
+      if (depth > 4 || !isRecord(v)) return;
+      for (const [k, val] of Object.entries(v)) {
+        if (k.endsWith("@Message.ExtendedInfo") && Array.isArray(val)) {
+          for (const m of val) {
+            if (isRecord(m) && typeof m.MessageId === "string" && PROPERTY_REJECTED.test(m.MessageId)) {
+              firstId ??= m.MessageId;
+              rejected.push(typeof m.Message === "string" ? m.Message : m.MessageId);
+            }
+          }
+        } else if (isRecord(val)) walk(val, depth + 1);
+      }
+    };
+    walk(res.body, 0);
+    if (rejected.length) {
+      throw new BaremetalError(
+        "backend",
+        `the BMC at ${this.endpoint} accepted PATCH ${path} (HTTP ${res.status}) but did not apply all of it: ${rejected[0]}`,
+        { httpStatus: res.status, messageId: firstId, details: rejected },
+      );
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Authentication
+
+  private authHeaders(auth: AuthState): Record<string, string> {
+    if (auth.kind === "session") return { "X-Auth-Token": auth.token };
+    if (auth.kind === "basic") return { Authorization: auth.header };
+    return {};
+  }
+
+  private basic(): AuthState {
+    const raw = `${this.username ?? ""}:${this.#password ?? ""}`;
+    return { kind: "basic", header: `Basic ${Buffer.from(raw, "utf8").toString("base64")}` };
+  }
+
+  private ensureAuth(): Promise<AuthState> {
+    if (this.#auth) return Promise.resolve(this.#auth);
+    if (!this.#loggingIn) {
+      this.#loggingIn = this.establishAuth().finally(() => {
+        this.#loggingIn = undefined;
+      });
+    }
+    return this.#loggingIn;
+  }
+
+  private async establishAuth(): Promise<AuthState> {
+    if (this.username === undefined) return (this.#auth = { kind: "none" });
+    if (this.authMode === "basic") return (this.#auth = this.basic());
+
+    const root = await this.readRootForLogin();
+    const sessions = root.Links?.Sessions?.["@odata.id"] ?? (root.SessionService ? DEFAULT_SESSIONS : undefined);
+    if (!sessions) return this.noSessions("its service root links no SessionService");
+
+    const path = this.toPath(sessions);
+    const res = await this.send("POST", path, {}, { UserName: this.username, Password: this.#password ?? "" });
+    if (res.status >= 200 && res.status < 300) {
+      const token = res.headers["x-auth-token"];
+      if (!token) return this.noSessions(`its session login answered HTTP ${res.status} without an X-Auth-Token`);
+      const body = isRecord(res.body) ? (res.body as Partial<Session>) : undefined;
+      const location = res.headers["location"] ?? (typeof body?.["@odata.id"] === "string" ? body["@odata.id"] : undefined);
+      return (this.#auth = { kind: "session", token, location });
+    }
+    if (NO_SESSION_STATUSES.has(res.status)) return this.noSessions(`its session login answered HTTP ${res.status}`);
+    throw this.failure("POST", path, res);
+  }
+
+  private noSessions(why: string): AuthState {
+    if (this.authMode === "session") {
+      throw new BaremetalError(
+        "validation",
+        `the BMC at ${this.endpoint} offers no Redfish sessions (${why}); use auth "basic" or "auto"`,
+        { property: "auth" },
+      );
+    }
+    return (this.#auth = this.basic());
+  }
+
+  /** The service root, read without credentials as the spec allows (with Basic if the BMC insists). */
+  private async readRootForLogin(): Promise<ServiceRoot> {
+    if (this.root) return this.root;
+    let res = await this.send("GET", ROOT_PATH, {});
+    if (res.status === 401) res = await this.send("GET", ROOT_PATH, this.authHeaders(this.basic()));
+    if (res.status < 200 || res.status >= 300) throw this.failure("GET", ROOT_PATH, res);
+    if (!isRecord(res.body)) {
+      throw new BaremetalError("backend", `the BMC at ${this.endpoint} answered GET ${ROOT_PATH} without a JSON object; is this a Redfish service?`, {
+        httpStatus: res.status,
+      });
+    }
+    this.root = res.body as unknown as ServiceRoot;
+    return this.root;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Transport
+
+  /** Absolute Redfish path ("/redfish/v1/...") of an absolute path, a full URL or a path relative to /redfish/v1. */
+  private toPath(path: string): string {
+    let p = String(path ?? "").trim();
+    if (/^https?:\/\//i.test(p)) {
+      const u = new URL(p);
+      p = u.pathname + u.search;
+    }
+    if (this.prefix && p.startsWith(this.prefix + "/redfish")) p = p.slice(this.prefix.length);
+    if (p === "/redfish" || p === "/redfish/v1" || p === "") return ROOT_PATH;
+    if (p.startsWith("/redfish/")) return p;
+    return ROOT_PATH + p.replace(/^\/+/, "");
+  }
+
+  /** One authenticated exchange, with a single re-login when a session was refused. */
+  private async request(
+    method: string,
+    path: string,
+    o: { body?: unknown; ifMatch?: string; accept?: number[] } = {},
+  ): Promise<RawResponse> {
+    const extra: Record<string, string> = o.ifMatch ? { "If-Match": o.ifMatch } : {};
+    let auth = await this.ensureAuth();
+    let res = await this.send(method, path, { ...this.authHeaders(auth), ...extra }, o.body);
+    if (res.status === 401 && auth.kind === "session") {
+      // The session expired or was deleted behind our back. A 401 means the BMC did nothing,
+      // so log in again once and send the request again.
+      if (this.#auth === auth) this.#auth = undefined;
+      auth = await this.ensureAuth();
+      res = await this.send(method, path, { ...this.authHeaders(auth), ...extra }, o.body);
+    }
+    if ((res.status >= 200 && res.status < 300) || o.accept?.includes(res.status)) return res;
+    throw this.failure(method, path, res);
+  }
+
+  private failure(method: string, path: string, res: RawResponse): BaremetalError {
+    return httpError({
+      endpoint: this.endpoint,
+      method,
+      path,
+      status: res.status,
+      headers: res.headers,
+      body: res.body,
+      username: this.username,
+    });
+  }
+
+  /** One HTTP exchange within the concurrency limit and the deadline; never throws for an HTTP status. */
+  private async send(method: string, path: string, headers: Record<string, string>, body?: unknown): Promise<RawResponse> {
+    const cancelled = () =>
+      new BaremetalError("cancelled", `${method} ${path} to the BMC at ${this.endpoint} was cancelled`);
+    const release = await this.limiter.acquire(this.signal, cancelled);
+    const ctl = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      ctl.abort();
+    }, this.timeoutMs);
+    const onAbort = () => ctl.abort();
+    this.signal?.addEventListener("abort", onAbort, { once: true });
+    if (this.signal?.aborted) ctl.abort();
+    const started = performance.now();
+    let status: number | undefined;
+    try {
+      const res = await this.http.request<string>({
+        method,
+        url: this.prefix + path,
+        headers: body !== undefined ? { ...headers, "Content-Type": "application/json; charset=utf-8" } : headers,
+        data: body !== undefined ? JSON.stringify(body) : undefined,
+        signal: ctl.signal,
+      });
+      status = res.status;
+      return { status: res.status, headers: normalizeHeaders(res.headers), body: parseBody(res.data) };
+    } catch (e) {
+      if (timedOut) {
+        throw new BaremetalError("timeout", `the BMC at ${this.endpoint} did not answer ${method} ${path} within ${this.timeoutMs} ms`);
+      }
+      if (this.signal?.aborted) throw cancelled();
+      if (axios.isAxiosError(e) || (e instanceof Error && "code" in e)) throw networkError(this.endpoint, method, path, e);
+      throw new BaremetalError("internal", `${method} ${path} to the BMC at ${this.endpoint} failed unexpectedly: ${e instanceof Error ? e.message : String(e)}`);
+    } finally {
+      clearTimeout(timer);
+      this.signal?.removeEventListener("abort", onAbort);
+      release();
+      if (this.onRequest) {
+        try {
+          this.onRequest({ method, path, status, ms: performance.now() - started });
+        } catch {
+          // an observer's bug must not break the request
+        }
+      }
+    }
+  }
+}
+

@@ -1,0 +1,295 @@
+/**
+ * Typed shapes of the Redfish resources the driver reads and writes (DMTF DSP0266 / DSP8010).
+ *
+ * Only the properties the driver uses are spelled out; every interface stays open to the rest
+ * of the schema through optional members and `Oem`. Everything a BMC may omit is optional:
+ * real services implement different subsets of each schema version.
+ */
+
+/** A navigation link: `{ "@odata.id": "/redfish/v1/..." }`. */
+export interface ODataId {
+  "@odata.id": string;
+}
+
+/** Properties every Redfish resource has (or may have). */
+export interface Resource {
+  "@odata.id": string;
+  "@odata.type"?: string;
+  "@odata.etag"?: string;
+  Id?: string;
+  Name?: string;
+  Description?: string;
+  Oem?: Record<string, unknown>;
+}
+
+/** A resource collection. Long collections are paged with `Members@odata.nextLink`. */
+export interface Collection<M = ODataId> extends Resource {
+  Members: M[];
+  "Members@odata.count"?: number;
+  "Members@odata.nextLink"?: string;
+}
+
+export interface Status {
+  State?: string; // Enabled, Disabled, Absent, StandbyOffline, ...
+  Health?: "OK" | "Warning" | "Critical" | (string & {});
+  HealthRollup?: "OK" | "Warning" | "Critical" | (string & {});
+}
+
+/** `GET /redfish/v1/` — readable without authentication. */
+export interface ServiceRoot extends Resource {
+  RedfishVersion?: string;
+  UUID?: string;
+  Vendor?: string;
+  Product?: string;
+  Systems?: ODataId;
+  Chassis?: ODataId;
+  Managers?: ODataId;
+  SessionService?: ODataId;
+  AccountService?: ODataId;
+  UpdateService?: ODataId;
+  TaskService?: ODataId;
+  Tasks?: ODataId;
+  Links?: {
+    /** Where sessions are created (the spec fixes it as /redfish/v1/SessionService/Sessions). */
+    Sessions?: ODataId;
+  };
+  ProtocolFeaturesSupported?: Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions
+
+/**
+ * One action of a resource, e.g. `Actions["#ComputerSystem.Reset"]`. The allowed values of a
+ * parameter are either inline (`<Parameter>@Redfish.AllowableValues`) or described by a separate
+ * ActionInfo resource linked with `@Redfish.ActionInfo`.
+ */
+export interface ActionTarget {
+  target: string;
+  title?: string;
+  "@Redfish.ActionInfo"?: string;
+  [allowable: `${string}@Redfish.AllowableValues`]: string[] | undefined;
+}
+
+export interface ResetAction extends ActionTarget {
+  "ResetType@Redfish.AllowableValues"?: string[];
+}
+
+/** The ActionInfo resource a `@Redfish.ActionInfo` annotation points to. */
+export interface ActionInfo extends Resource {
+  Parameters?: ActionInfoParameter[];
+}
+
+export interface ActionInfoParameter {
+  Name: string;
+  Required?: boolean;
+  DataType?: string; // String, Number, Boolean, Object, ...
+  AllowableValues?: string[];
+  AllowableNumbers?: string[];
+  AllowablePattern?: string;
+}
+
+/** `ResetType` values defined by the Resource schema (the set a BMC may allow a subset of). */
+export const RESET_TYPES = [
+  "On",
+  "ForceOff",
+  "GracefulShutdown",
+  "GracefulRestart",
+  "ForceRestart",
+  "Nmi",
+  "ForceOn",
+  "PushPowerButton",
+  "PowerCycle",
+  "Suspend",
+  "Pause",
+  "Resume",
+  "FullPowerCycle",
+] as const;
+export type ResetType = (typeof RESET_TYPES)[number];
+
+// ---------------------------------------------------------------------------------------------
+// ComputerSystem
+
+export type PowerState = "On" | "Off" | "PoweringOn" | "PoweringOff" | "Paused" | (string & {});
+
+/** `BootSourceOverrideTarget` values defined by the ComputerSystem schema. */
+export const BOOT_SOURCES = [
+  "None",
+  "Pxe",
+  "Floppy",
+  "Cd",
+  "Usb",
+  "Hdd",
+  "BiosSetup",
+  "Utilities",
+  "Diags",
+  "UefiShell",
+  "UefiTarget",
+  "SDCard",
+  "UefiHttp",
+  "RemoteDrive",
+  "UefiBootNext",
+  "Recovery",
+] as const;
+export type BootSource = (typeof BOOT_SOURCES)[number];
+
+export const BOOT_OVERRIDE_ENABLED = ["Disabled", "Once", "Continuous"] as const;
+export type BootSourceOverrideEnabled = (typeof BOOT_OVERRIDE_ENABLED)[number];
+
+export const BOOT_OVERRIDE_MODES = ["UEFI", "Legacy"] as const;
+export type BootSourceOverrideMode = (typeof BOOT_OVERRIDE_MODES)[number];
+
+export interface Boot {
+  BootSourceOverrideEnabled?: BootSourceOverrideEnabled | (string & {});
+  "BootSourceOverrideEnabled@Redfish.AllowableValues"?: string[];
+  BootSourceOverrideTarget?: BootSource | (string & {});
+  "BootSourceOverrideTarget@Redfish.AllowableValues"?: string[];
+  BootSourceOverrideMode?: BootSourceOverrideMode | (string & {});
+  "BootSourceOverrideMode@Redfish.AllowableValues"?: string[];
+  UefiTargetBootSourceOverride?: string;
+  "UefiTargetBootSourceOverride@Redfish.AllowableValues"?: string[];
+  BootNext?: string;
+  BootOrder?: string[];
+  HttpBootUri?: string;
+}
+
+export interface ProcessorSummary {
+  Count?: number;
+  CoreCount?: number;
+  LogicalProcessorCount?: number;
+  Model?: string;
+  Status?: Status;
+}
+
+export interface MemorySummary {
+  TotalSystemMemoryGiB?: number;
+  TotalSystemPersistentMemoryGiB?: number;
+  MemoryMirroring?: string;
+  Status?: Status;
+}
+
+export interface ComputerSystemActions {
+  "#ComputerSystem.Reset"?: ResetAction;
+  Oem?: Record<string, unknown>;
+}
+
+export interface ComputerSystem extends Resource {
+  Id: string;
+  SystemType?: string; // Physical, Virtual, ...
+  AssetTag?: string;
+  Manufacturer?: string;
+  Model?: string;
+  SubModel?: string;
+  SKU?: string;
+  SerialNumber?: string;
+  PartNumber?: string;
+  UUID?: string;
+  HostName?: string;
+  BiosVersion?: string;
+  Status?: Status;
+  IndicatorLED?: string;
+  LocationIndicatorActive?: boolean;
+  PowerState?: PowerState;
+  Boot?: Boot;
+  ProcessorSummary?: ProcessorSummary;
+  MemorySummary?: MemorySummary;
+  Processors?: ODataId;
+  Memory?: ODataId;
+  EthernetInterfaces?: ODataId;
+  Bios?: ODataId;
+  SecureBoot?: ODataId;
+  SimpleStorage?: ODataId;
+  Storage?: ODataId;
+  VirtualMedia?: ODataId;
+  LogServices?: ODataId;
+  Links?: {
+    Chassis?: ODataId[];
+    ManagedBy?: ODataId[];
+  };
+  Actions?: ComputerSystemActions;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Members of a system
+
+export interface EthernetInterface extends Resource {
+  Id: string;
+  Status?: Status;
+  InterfaceEnabled?: boolean;
+  LinkStatus?: "LinkUp" | "NoLink" | "LinkDown" | (string & {});
+  MACAddress?: string;
+  PermanentMACAddress?: string;
+  SpeedMbps?: number;
+  MTUSize?: number;
+  HostName?: string;
+  FQDN?: string;
+  VLAN?: { VLANEnable?: boolean; VLANId?: number };
+  Links?: {
+    /** Set on the host-to-BMC interface (Redfish Host Interface), which is not a data NIC. */
+    HostInterface?: ODataId;
+    Chassis?: ODataId;
+  };
+}
+
+export interface Processor extends Resource {
+  Id: string;
+  ProcessorType?: "CPU" | "GPU" | "FPGA" | "DSP" | "Accelerator" | "Core" | "Thread" | (string & {});
+  Manufacturer?: string;
+  Model?: string;
+  TotalCores?: number;
+  TotalThreads?: number;
+  MaxSpeedMHz?: number;
+  Status?: Status;
+}
+
+export interface Memory extends Resource {
+  Id: string;
+  CapacityMiB?: number;
+  MemoryDeviceType?: string;
+  MemoryType?: string;
+  Status?: Status;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+export interface SessionService extends Resource {
+  ServiceEnabled?: boolean;
+  SessionTimeout?: number; // seconds
+  Sessions?: ODataId;
+  Status?: Status;
+}
+
+/** Body of `POST .../Sessions`; the service answers with a Session and an `X-Auth-Token` header. */
+export interface SessionCreateRequest {
+  UserName: string;
+  Password: string;
+}
+
+export interface Session extends Resource {
+  UserName?: string;
+  CreatedTime?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages and errors
+
+/** One entry of `@Message.ExtendedInfo` (Message schema). */
+export interface RedfishMessage {
+  MessageId: string;
+  Message?: string;
+  MessageArgs?: string[];
+  Severity?: string; // deprecated in favour of MessageSeverity
+  MessageSeverity?: "OK" | "Warning" | "Critical" | (string & {});
+  Resolution?: string;
+  RelatedProperties?: string[];
+}
+
+/** The body of a Redfish error response (any 4xx/5xx). */
+export interface RedfishErrorBody {
+  error: {
+    code: string;
+    message: string;
+    "@Message.ExtendedInfo"?: RedfishMessage[];
+  };
+}
