@@ -16,7 +16,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import * as tls from "node:tls";
 import axios, { AxiosInstance } from "axios";
-import { BaremetalError, validationError } from "../../core/errors";
+import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import { httpError, networkError, stripUserInfo } from "./errors";
 import { Limiter } from "./limiter";
 import {
@@ -532,7 +532,7 @@ export class RedfishClient {
   }
 
   private async macAddresses(system: ComputerSystem): Promise<string[]> {
-    const nics = await this.expand<EthernetInterface>(system.EthernetInterfaces);
+    const nics = await this.optionalFacts(() => this.expand<EthernetInterface>(system.EthernetInterfaces), []);
     const macs = new Set<string>();
     for (const nic of nics) {
       if (nic.Links?.HostInterface) continue; // the host-to-BMC link, not a data NIC
@@ -542,11 +542,25 @@ export class RedfishClient {
     return [...macs].sort();
   }
 
+  /**
+   * Facts from sub-collections are optional: many BMCs answer 404, 500 or 501 for collections they
+   * do not implement (sushy-tools' fake driver does for Processors and Memory). Such a fact is
+   * simply unknown; credentials, TLS and connection failures still fail the read.
+   */
+  private async optionalFacts<T, D>(fetch: () => Promise<T>, fallback: D): Promise<T | D> {
+    try {
+      return await fetch();
+    } catch (e) {
+      if (isBaremetalError(e) && (e.code === "not-found" || e.code === "backend")) return fallback;
+      throw e;
+    }
+  }
+
   private async cpuFacts(system: ComputerSystem): Promise<{ count?: number; model?: string }> {
     const summary = system.ProcessorSummary;
     if (typeof summary?.Count === "number") return { count: summary.Count, model: summary.Model };
     if (!system.Processors) return { model: summary?.Model };
-    const cpus = (await this.expand<Processor>(system.Processors)).filter(
+    const cpus = (await this.optionalFacts(() => this.expand<Processor>(system.Processors), [])).filter(
       (p) => (p.ProcessorType === undefined || p.ProcessorType === "CPU") && p.Status?.State !== "Absent",
     );
     return { count: cpus.length, model: summary?.Model ?? cpus.find((c) => c.Model)?.Model };
@@ -556,7 +570,8 @@ export class RedfishClient {
     const total = system.MemorySummary?.TotalSystemMemoryGiB;
     if (typeof total === "number") return total;
     if (!system.Memory) return undefined;
-    const dimms = await this.expand<Memory>(system.Memory);
+    const dimms = await this.optionalFacts(() => this.expand<Memory>(system.Memory), undefined);
+    if (!dimms) return undefined;
     const mib = dimms
       .filter((d) => d.Status?.State !== "Absent" && typeof d.CapacityMiB === "number")
       .reduce((sum, d) => sum + (d.CapacityMiB ?? 0), 0);
