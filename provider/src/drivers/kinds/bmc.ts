@@ -1,0 +1,57 @@
+/**
+ * The BMC driver kind: what a resource needs from a machine's management controller, whatever the
+ * protocol (Redfish today; IPMI and vendor APIs compose the same interface later).
+ * Every mutating call is idempotent: asking for a state that already holds is a success with
+ * `changed: false`.
+ */
+
+export type PowerState = "on" | "off" | "powering-on" | "powering-off" | "paused" | "unknown";
+export type BootDevice = "none" | "pxe" | "disk" | "cd" | "bios" | "http" | "usb";
+export type BootMode = "uefi" | "legacy";
+
+export interface BmcConnection {
+  /** `https://host[:port]`; the protocol's path (e.g. /redfish/v1) is the driver's business. */
+  address: string;
+  username?: string;
+  password?: string;
+  verifyTls: boolean;
+  /** PEM text. */
+  caBundle?: string;
+  requestTimeoutMs: number;
+  maxConcurrency: number;
+  signal?: AbortSignal;
+  /** Called once per request the driver makes (observability, request counting). */
+  onRequest?: (e: { method: string; path: string; status: number | undefined; ms: number }) => void;
+}
+
+export interface SystemFacts {
+  /** The protocol's own id of the system (Redfish: the last segment of its URI). */
+  systemId: string;
+  /** The system's path at the BMC (Redfish: its @odata.id); with the address it names the machine. */
+  systemUri: string;
+  manufacturer?: string;
+  model?: string;
+  serialNumber?: string;
+  uuid?: string;
+  cpuCount?: number;
+  cpuModel?: string;
+  memoryGiB?: number;
+  macAddresses: string[];
+  powerState: PowerState;
+  bootDevice: BootDevice | string;
+  /** Whether the boot override persists across boots. */
+  bootPersistent: boolean;
+  bootMode?: BootMode | string;
+  allowedBootDevices: string[];
+}
+
+export interface BmcDriver {
+  /** Ids of the systems this BMC manages. */
+  listSystems(): Promise<string[]>;
+  /** The facts of one system; throws a `not-found` BaremetalError when it is gone. */
+  facts(systemId: string): Promise<SystemFacts>;
+  setPower(systemId: string, desired: "on" | "off"): Promise<{ changed: boolean }>;
+  setBoot(systemId: string, device: BootDevice, mode?: BootMode): Promise<{ changed: boolean }>;
+  /** Ends sessions; idempotent. */
+  close(): Promise<void>;
+}

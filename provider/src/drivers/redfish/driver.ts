@@ -1,0 +1,96 @@
+/**
+ * The Redfish BMC driver: the BmcDriver kind over our Redfish client. Translations between the
+ * provider's vocabulary (lower-case power states and boot devices) and Redfish's enumerations are
+ * data (the tables below), not special cases.
+ */
+import { BaremetalError } from "../../core/errors";
+import type { BmcConnection, BmcDriver, BootDevice, BootMode, PowerState, SystemFacts } from "../kinds/bmc";
+import { RedfishClient } from "./client";
+
+const POWER_STATES: Record<string, PowerState> = {
+  On: "on",
+  Off: "off",
+  PoweringOn: "powering-on",
+  PoweringOff: "powering-off",
+  Paused: "paused",
+};
+
+/** Provider boot device -> Redfish BootSourceOverrideTarget. */
+export const BOOT_TARGETS: Record<Exclude<BootDevice, "none">, string> = {
+  pxe: "Pxe",
+  disk: "Hdd",
+  cd: "Cd",
+  bios: "BiosSetup",
+  http: "UefiHttp",
+  usb: "Usb",
+};
+const BOOT_DEVICES: Record<string, BootDevice> = Object.fromEntries(
+  Object.entries(BOOT_TARGETS).map(([device, target]) => [target, device as BootDevice]),
+);
+const BOOT_MODES: Record<BootMode, string> = { uefi: "UEFI", legacy: "Legacy" };
+
+export class RedfishDriver implements BmcDriver {
+  readonly client: RedfishClient;
+
+  constructor(conn: BmcConnection) {
+    this.client = new RedfishClient({
+      endpoint: conn.address,
+      username: conn.username,
+      password: conn.password,
+      verifyTls: conn.verifyTls,
+      caBundle: conn.caBundle,
+      timeoutMs: conn.requestTimeoutMs,
+      maxConcurrency: conn.maxConcurrency,
+      signal: conn.signal,
+      onRequest: conn.onRequest,
+    });
+  }
+
+  async listSystems(): Promise<string[]> {
+    const members = await this.client.listSystems();
+    return members.map((odataId) => odataId.replace(/\/+$/, "").split("/").pop() as string);
+  }
+
+  async facts(systemId: string): Promise<SystemFacts> {
+    const f = await this.client.getSystemFacts(systemId);
+    const enabled = f.bootSourceOverrideEnabled ?? "Disabled";
+    const target = f.bootSourceOverrideTarget ?? "None";
+    return {
+      systemId: f.id,
+      systemUri: f.odataId,
+      manufacturer: f.manufacturer,
+      model: f.model,
+      serialNumber: f.serialNumber,
+      uuid: f.uuid,
+      cpuCount: f.cpuCount,
+      cpuModel: f.cpuModel,
+      memoryGiB: f.memoryGiB,
+      macAddresses: f.macAddresses,
+      powerState: POWER_STATES[f.powerState ?? ""] ?? "unknown",
+      bootDevice: enabled === "Disabled" || target === "None" ? "none" : (BOOT_DEVICES[target] ?? target.toLowerCase()),
+      bootPersistent: enabled === "Continuous",
+      bootMode: f.bootMode ? (f.bootMode === "UEFI" ? "uefi" : f.bootMode === "Legacy" ? "legacy" : f.bootMode) : undefined,
+      allowedBootDevices: f.allowedBootTargets.map((t) => BOOT_DEVICES[t] ?? t.toLowerCase()),
+    };
+  }
+
+  async setPower(systemId: string, desired: "on" | "off"): Promise<{ changed: boolean }> {
+    const changed = await this.client.setPower(systemId, desired === "on" ? "On" : "Off");
+    return { changed };
+  }
+
+  async setBoot(systemId: string, device: BootDevice, mode?: BootMode): Promise<{ changed: boolean }> {
+    if (device === "none") {
+      const changed = await this.client.setBootOverride(systemId, "None", "Disabled", mode ? BOOT_MODES[mode] as "UEFI" | "Legacy" : undefined);
+      return { changed };
+    }
+    const target = BOOT_TARGETS[device];
+    if (!target) throw new BaremetalError("validation", `unknown boot device '${device}'`, { property: "bootDevice" });
+    const changed = await this.client.setBootOverride(systemId, target, "Continuous", mode ? (BOOT_MODES[mode] as "UEFI" | "Legacy") : undefined);
+    return { changed };
+  }
+
+  async close(): Promise<void> {
+    await this.client.logout();
+  }
+}
