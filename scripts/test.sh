@@ -15,7 +15,7 @@ status=0
 npx --no-install jest --ci --json --outputFile="$report" "$@" || status=$?
 # One plain closing line that any reader understands.
 node -e '
-const r = require(process.argv[1]);
+const r = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
 const line = `${r.numPassedTests} passed, ${r.numFailedTests} failed` + (r.numPendingTests ? `, ${r.numPendingTests} skipped` : "");
 console.log(line);
 ' "$report" || true
