@@ -23,7 +23,7 @@ const caBundle = config.get("caBundle");
 const nodes = systems.map((systemId, i) => new baremetal.compute.Node("node-" + i, {
   bmc: { address, systemId, caBundle },
   powerState,
-  bootDevice: "pxe",
+  bootDevice: config.get("bootDevice") ?? "pxe",
   owner: "operator-a",
   resourceClass: "baremetal-small",
   traits: ["CUSTOM_E2E"],
@@ -166,6 +166,46 @@ describe("Node through the real engine against sushy-tools", () => {
     expect(nodesIn((await p.exportStack()).deployment)).toHaveLength(0);
     const after = await Promise.all(bmc.systemIds.map((id) => redfishPower(bmc, id)));
     expect(after).toEqual(before);
+  });
+});
+
+describe("partial create through the real engine", () => {
+  let bmc: SushyInstance;
+
+  beforeAll(async () => {
+    bmc = await startSushy({ systems: 1, username: USER, password: PASSWORD, powerState: "Off" });
+  });
+  afterAll(async () => {
+    await bmc?.stop();
+  });
+
+  it("keeps a node that was found but not configured in state, and the next up converges it", async () => {
+    const p = await newProject("partial", PROGRAM);
+    try {
+      await configure(p, bmc, bmc.systemIds);
+      // sushy-tools offers no USB boot: the node is enrolled, but its boot device cannot be set.
+      await p.setConfig("bootDevice", "usb");
+      const failed = await p.pulumi(["up", "--yes", "--skip-preview"], { allowFail: true });
+      expect(failed.code).not.toBe(0);
+      expect(failed.stdout).toMatch(/bootDevice: the BMC does not offer boot device 'usb'.*it offers: .*pxe/);
+      const [node] = nodesIn((await p.exportStack()).deployment);
+      expect(node.id).toBe(`${bmc.url}/redfish/v1/Systems/${bmc.systemIds[0]}`);
+      expect((node as unknown as { initErrors?: string[] }).initErrors?.[0]).toMatch(/bootDevice/);
+      expect(await redfishPower(bmc, bmc.systemIds[0])).toBe("Off");
+
+      // The user fixes the program; the same node (no second one) is converged.
+      await p.setConfig("bootDevice", "pxe");
+      await p.pulumi(["up", "--yes", "--skip-preview"]);
+      const after = nodesIn((await p.exportStack()).deployment);
+      expect(after).toHaveLength(1);
+      expect(after[0].id).toBe(node.id);
+      expect((after[0] as unknown as { initErrors?: string[] }).initErrors ?? []).toEqual([]);
+      expect(await redfishPower(bmc, bmc.systemIds[0])).toBe("On");
+      await p.pulumi(["preview", "--expect-no-changes"]);
+      await p.pulumi(["destroy", "--yes", "--skip-preview"]);
+    } finally {
+      p.remove();
+    }
   });
 });
 

@@ -212,7 +212,9 @@ export class RedfishClient {
   #loggingIn?: Promise<AuthState>;
   private root?: ServiceRoot;
   /** ETag of the last GET of each path, used by `patch` when the caller gives none. */
+  /** Last ETag seen per path; "" = read, and the BMC sends no ETag (no need to read again before a PATCH). */
   private readonly etags = new Map<string, string>();
+  private readonly inventory = new Map<string, Promise<[string[], string[], { count?: number; model?: string }, number | undefined]>>();
 
   constructor(opts: RedfishClientOptions) {
     if (!isRecord(opts)) throw validationError("endpoint", "RedfishClient needs options with an endpoint");
@@ -283,8 +285,7 @@ export class RedfishClient {
       });
     }
     const etag = res.headers["etag"] ?? (typeof res.body["@odata.etag"] === "string" ? res.body["@odata.etag"] : undefined);
-    if (etag) this.etags.set(p, etag);
-    else this.etags.delete(p);
+    this.etags.set(p, etag ?? "");
     return etag ? { body: res.body as T, etag } : { body: res.body as T };
   }
 
@@ -292,6 +293,7 @@ export class RedfishClient {
     const p = this.toPath(path);
     let tag = etag ?? this.etags.get(p);
     if (tag === undefined) tag = (await this.get<unknown>(p)).etag;
+    if (tag === "") tag = undefined;
     const res = await this.request("PATCH", p, { body, ifMatch: tag, accept: [412] });
     if (res.status !== 412) return this.afterPatch(p, res);
     // Someone changed the resource since our read. Re-read once: if what we wanted is there
@@ -334,12 +336,15 @@ export class RedfishClient {
   async getSystemFacts(idOrPath: string): Promise<SystemFacts> {
     const p = this.systemPath(idOrPath);
     const { system } = await this.getSystem(p);
-    const [macAddresses, allowedResetTypes, cpu, memoryGiB] = await Promise.all([
-      this.macAddresses(system),
-      this.allowedResetTypes(system),
-      this.cpuFacts(system),
-      this.memoryGiB(system),
-    ]);
+    // Inventory (NICs, CPUs, memory, allowed resets) does not change while one client lives
+    // (one provider operation): read it once, and only the system itself on later calls.
+    let inventory = this.inventory.get(p);
+    if (!inventory) {
+      inventory = Promise.all([this.macAddresses(system), this.allowedResetTypes(system), this.cpuFacts(system), this.memoryGiB(system)]);
+      this.inventory.set(p, inventory);
+      inventory.catch(() => this.inventory.delete(p));
+    }
+    const [macAddresses, allowedResetTypes, cpu, memoryGiB] = await inventory;
     const boot = system.Boot;
     return {
       id: system.Id ?? p.split("/").pop() ?? p,
@@ -579,6 +584,7 @@ export class RedfishClient {
   }
 
   private afterPatch(path: string, res: RawResponse): void {
+    // After a change the old ETag is stale; without a new one, read again before the next PATCH.
     if (res.headers["etag"]) this.etags.set(path, res.headers["etag"]);
     else this.etags.delete(path);
     // A 200 may still report properties it did not apply, as message annotations.

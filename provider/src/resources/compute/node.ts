@@ -218,6 +218,10 @@ async function converge(ctx: OperationContext, driver: BmcDriver, systemId: stri
   const bootMode = declared.bootMode as BootMode | undefined;
   // Boot settings first: a BMC may refuse boot changes while the machine is in POST.
   if ((bootDevice && (bootDevice !== facts.bootDevice || (bootDevice !== "none" && !facts.bootPersistent))) || (bootMode && bootMode !== facts.bootMode)) {
+    const offered = facts.allowedBootDevices;
+    if (bootDevice && bootDevice !== "none" && offered.length && !offered.includes(bootDevice)) {
+      throw validationError("bootDevice", `the BMC does not offer boot device '${bootDevice}' for system ${systemId}; it offers: ${offered.join(", ")}`);
+    }
     ctx.progress(`setting boot device ${bootDevice ?? facts.bootDevice}${bootMode ? ` (${bootMode})` : ""}`);
     await driver.setBoot(systemId, bootDevice ?? (facts.bootDevice as BootDevice), bootMode);
   }
