@@ -214,4 +214,38 @@ describe("Create, Read, Update, Delete against the fake BMC", () => {
     expect(err?.details).toMatch(/^bmc\.password: .*HTTP 401/);
     expect(err?.details).not.toContain("wrong-pw-123");
   });
+
+  describe("a machine that never reaches the declared power state", () => {
+    const RESET = "/redfish/v1/Systems/437XR1138R2/Actions/ComputerSystem.Reset";
+    beforeEach(() => {
+      bmc.update("/redfish/v1/Systems/437XR1138R2", (r) => void (r.PowerState = "Off"));
+      // The BMC accepts the reset but nothing happens (a stuck machine).
+      bmc.failNext(1, { status: 204, method: "POST", path: RESET });
+    });
+
+    it("fails at the custom timeout, naming powerState and how to give it more time", async () => {
+      const started = Date.now();
+      const err = await call("create", new provproto.CreateRequest().setUrn(URN).setType(TYPE).setProperties(struct(inputs())).setTimeout(2)).then(
+        () => undefined,
+        (e: grpc.ServiceError) => e,
+      );
+      // Enrolled but not converged: an init failure, so the node stays in state.
+      const bin = err!.metadata.get("grpc-status-details-bin")[0] as Buffer;
+      const status = statusproto.Status.deserializeBinary(new Uint8Array(bin));
+      const detail = provproto.ErrorResourceInitFailed.deserializeBinary(status.getDetailsList()[0].getValue_asU8());
+      expect(detail.getReasonsList()[0]).toMatch(/^powerState: .*still reports power 'off'.*customTimeouts/);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
+    });
+
+    it("stops waiting when the engine cancels", async () => {
+      const pending = call("create", new provproto.CreateRequest().setUrn(URN).setType(TYPE).setProperties(struct(inputs())).setTimeout(120)).then(
+        () => undefined,
+        (e: grpc.ServiceError) => e,
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      await call("cancel", new Empty());
+      const err = await pending;
+      expect(err?.details).toMatch(/cancel/);
+    });
+  });
 });
