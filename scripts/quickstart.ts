@@ -9,6 +9,7 @@
 import { spawn } from "node:child_process";
 import { mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { offlinePulumiEnv } from "../test/harness/pulumi";
 import { startSushy } from "../test/harness/sushy";
 
 const REPO = resolve(__dirname, "..");
@@ -32,14 +33,7 @@ async function main(): Promise<void> {
   const password = `qs-${Math.random().toString(36).slice(2)}`;
   const bmc = await startSushy({ systems: 2, username: "admin", password, powerState: "Off" });
   console.log(`BMC (sushy-tools, fake driver) at ${bmc.url} with systems ${bmc.systemIds.join(", ")}`);
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PULUMI_HOME: join(LAB, "home"),
-    PULUMI_BACKEND_URL: `file://${join(LAB, "state")}`,
-    PULUMI_CONFIG_PASSPHRASE: "quickstart",
-    PULUMI_SKIP_UPDATE_CHECK: "true",
-    PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
-  };
+  const env = offlinePulumiEnv(LAB, "quickstart");
   try {
     await pulumi(["stack", "init", "lab"], env);
     await pulumi(["config", "set", "baremetal:bmcUsername"], env, "admin");

@@ -35,6 +35,21 @@ export interface PulumiProject {
 /** Imports of the generated SDK (compiled by scripts/build-sdk.sh) for test programs. */
 export const SDK_IMPORT = `import * as baremetal from ${JSON.stringify(join(REPO, "sdk/nodejs/bin"))};`;
 
+/**
+ * Environment for running pulumi offline on a project whose PULUMI_HOME and file backend live in
+ * `dir` (home/, state/): no update checks, no plugin downloads, passphrase secrets.
+ */
+export function offlinePulumiEnv(dir: string, passphrase: string): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    PULUMI_HOME: join(dir, "home"),
+    PULUMI_BACKEND_URL: `file://${join(dir, "state")}`,
+    PULUMI_CONFIG_PASSPHRASE: passphrase,
+    PULUMI_SKIP_UPDATE_CHECK: "true",
+    PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
+  };
+}
+
 export async function newProject(name: string, program: string): Promise<PulumiProject> {
   const dir = join(WORK, `${name}-${process.pid}-${Date.now()}`);
   rmSync(dir, { recursive: true, force: true });
@@ -61,16 +76,7 @@ export async function newProject(name: string, program: string): Promise<PulumiP
     JSON.stringify({ compilerOptions: { strict: true, target: "es2022", module: "commonjs", moduleResolution: "node", skipLibCheck: true }, files: ["index.ts"] }, null, 2),
   );
   writeFileSync(join(dir, "index.ts"), program);
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PULUMI_HOME: join(dir, "home"),
-    PULUMI_BACKEND_URL: `file://${join(dir, "state")}`,
-    PULUMI_CONFIG_PASSPHRASE: "e2e-passphrase-not-a-secret",
-    PULUMI_SKIP_UPDATE_CHECK: "true",
-    PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
-    PULUMI_SKIP_CONFIRMATIONS: "true",
-    NO_COLOR: "1",
-  };
+  const env: NodeJS.ProcessEnv = { ...offlinePulumiEnv(dir, "e2e-passphrase-not-a-secret"), PULUMI_SKIP_CONFIRMATIONS: "true", NO_COLOR: "1" };
   // Nothing of the caller's BAREMETAL_* settings leaks into a test stack.
   for (const k of Object.keys(env)) if (k.startsWith("BAREMETAL_") && k !== "BAREMETAL_NODE" && k !== "BAREMETAL_CACHE") delete env[k];
 

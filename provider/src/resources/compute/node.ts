@@ -186,6 +186,20 @@ function attribute(e: unknown): unknown {
   });
 }
 
+/** One driver (one BMC session) per operation, always closed. */
+async function withDriver<T>(ctx: OperationContext, bmc: BmcInputs, use: (driver: BmcDriver) => Promise<T>): Promise<T> {
+  const driver = connect(ctx, bmc, nodeRequestHooks.onRequest);
+  try {
+    return await use(driver);
+  } finally {
+    await driver.close().catch(() => undefined);
+  }
+}
+
+const rethrowAttributed = (e: unknown): never => {
+  throw attribute(e);
+};
+
 async function resolveSystemId(driver: BmcDriver, bmc: BmcInputs): Promise<string> {
   if (bmc.systemId) return bmc.systemId;
   const systems = await driver.listSystems();
@@ -313,17 +327,10 @@ export const nodeResource: ResourceDefinition = {
 
   async create(ctx, props) {
     const bmc = props.bmc as BmcInputs;
-    const driver = connect(ctx, bmc, nodeRequestHooks.onRequest);
-    try {
-      let systemId: string;
-      let facts: SystemFacts;
-      try {
-        systemId = await resolveSystemId(driver, bmc);
-        ctx.progress(`discovering system ${systemId}`);
-        facts = await factsOrExplain(driver, bmc, systemId);
-      } catch (e) {
-        throw attribute(e);
-      }
+    return withDriver(ctx, bmc, async (driver) => {
+      const systemId = await resolveSystemId(driver, bmc).catch(rethrowAttributed);
+      ctx.progress(`discovering system ${systemId}`);
+      let facts = await factsOrExplain(driver, bmc, systemId).catch(rethrowAttributed);
       const id = new URL(facts.systemUri, baseUrl(bmc.address)).href;
       try {
         facts = await converge(ctx, driver, systemId, props, facts);
@@ -332,17 +339,14 @@ export const nodeResource: ResourceDefinition = {
         throw new PartialCreateError(id, { ...props, ...stateOf(bmc.address, facts) }, [describeError(attribute(e))]);
       }
       return { id, outputs: { ...props, ...stateOf(bmc.address, facts) } };
-    } finally {
-      await driver.close().catch(() => undefined);
-    }
+    });
   },
 
   async read(ctx, id, stored) {
     const { address, systemId } = parseNodeId(id);
     const declared: Props = stored ?? { bmc: { address, systemId } };
     const bmc = { ...(declared.bmc as BmcInputs), address: (declared.bmc as BmcInputs | undefined)?.address ?? address };
-    const driver = connect(ctx, bmc, nodeRequestHooks.onRequest);
-    try {
+    return withDriver(ctx, bmc, async (driver) => {
       let facts: SystemFacts;
       try {
         facts = await driver.facts(systemId);
@@ -354,31 +358,19 @@ export const nodeResource: ResourceDefinition = {
       const inputs = stored ? observedInputs(declared, facts) : { ...declared, powerState: observedInputs({ powerState: "on" }, facts).powerState };
       const canonicalId = new URL(facts.systemUri, address).href;
       return { id: canonicalId, inputs, outputs: { ...inputs, ...stateOf(address, facts) } };
-    } finally {
-      await driver.close().catch(() => undefined);
-    }
+    });
   },
 
   async update(ctx, id, _olds, news) {
     const bmc = news.bmc as BmcInputs;
     const { systemId } = parseNodeId(id);
-    const driver = connect(ctx, bmc, nodeRequestHooks.onRequest);
-    try {
-      let facts: SystemFacts;
-      try {
-        facts = await driver.facts(systemId);
-      } catch (e) {
-        throw attribute(e);
-      }
+    return withDriver(ctx, bmc, async (driver) => {
+      const observed = await driver.facts(systemId).catch(rethrowAttributed);
       // Converge against what the machine reports, not against the old state: a node left
       // half-configured by an earlier run (or changed by hand) is put right either way.
-      facts = await converge(ctx, driver, systemId, news, facts).catch((e) => {
-        throw attribute(e);
-      });
+      const facts = await converge(ctx, driver, systemId, news, observed).catch(rethrowAttributed);
       return { ...news, ...stateOf(bmc.address, facts) };
-    } finally {
-      await driver.close().catch(() => undefined);
-    }
+    });
   },
 
   async delete(ctx) {
