@@ -16,6 +16,8 @@ const REPO = resolve(__dirname, "..");
 const PROGRAM = join(REPO, "examples/quickstart");
 const LAB = join(REPO, ".lab/quickstart");
 const keep = process.argv.includes("--keep");
+/** The lab stack's configuration, written by `pulumi stack init`/`config set`; removed after each run. */
+const STACK_CONFIG = join(PROGRAM, "Pulumi.lab.yaml");
 
 function pulumi(args: string[], env: NodeJS.ProcessEnv, input = ""): Promise<void> {
   return new Promise((ok, fail) => {
@@ -29,6 +31,7 @@ function pulumi(args: string[], env: NodeJS.ProcessEnv, input = ""): Promise<voi
 
 async function main(): Promise<void> {
   rmSync(LAB, { recursive: true, force: true });
+  rmSync(STACK_CONFIG, { force: true });
   mkdirSync(join(LAB, "state"), { recursive: true });
   const password = `qs-${Math.random().toString(36).slice(2)}`;
   const bmc = await startSushy({ systems: 2, username: "admin", password, powerState: "Off" });
@@ -51,6 +54,7 @@ async function main(): Promise<void> {
     console.log("\nquickstart: up, an empty preview and destroy all succeeded");
   } finally {
     await bmc.stop();
+    rmSync(STACK_CONFIG, { force: true });
   }
 }
 
