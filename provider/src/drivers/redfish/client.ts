@@ -50,6 +50,11 @@ export interface RedfishClientOptions {
   auth?: "session" | "basic" | "auto";
   /** Requests in flight to this BMC at a time (default 4). */
   maxConcurrency?: number;
+  /**
+   * A limiter shared by every client of the same BMC (see drivers/index.ts), so that the limit
+   * holds across concurrent operations; `maxConcurrency` then only sizes the connection pool.
+   */
+  limiter?: Limiter;
   /** Called once per HTTP exchange (also failed ones: status undefined). */
   onRequest?: (e: { method: string; path: string; status: number | undefined; ms: number }) => void;
   /** Cancels everything in flight and everything after. */
@@ -236,7 +241,7 @@ export class RedfishClient {
     if (!Number.isInteger(maxConcurrency) || maxConcurrency < 1) {
       throw validationError("maxConcurrency", `maxConcurrency must be a positive integer, got ${opts.maxConcurrency}`);
     }
-    this.limiter = new Limiter(maxConcurrency);
+    this.limiter = opts.limiter ?? new Limiter(maxConcurrency);
     this.onRequest = opts.onRequest;
     this.signal = opts.signal;
 

@@ -6,6 +6,7 @@
 import { BaremetalError } from "../../core/errors";
 import type { BmcConnection, BmcDriver, BootDevice, BootMode, PowerState, SystemFacts } from "../kinds/bmc";
 import { RedfishClient } from "./client";
+import type { Limiter } from "./limiter";
 
 const POWER_STATES: Record<string, PowerState> = {
   On: "on",
@@ -32,7 +33,7 @@ const BOOT_MODES: Record<BootMode, string> = { uefi: "UEFI", legacy: "Legacy" };
 export class RedfishDriver implements BmcDriver {
   readonly client: RedfishClient;
 
-  constructor(conn: BmcConnection) {
+  constructor(conn: BmcConnection, limiter?: Limiter) {
     this.client = new RedfishClient({
       endpoint: conn.address,
       username: conn.username,
@@ -41,6 +42,7 @@ export class RedfishDriver implements BmcDriver {
       caBundle: conn.caBundle,
       timeoutMs: conn.requestTimeoutMs,
       maxConcurrency: conn.maxConcurrency,
+      limiter,
       signal: conn.signal,
       onRequest: conn.onRequest,
     });
