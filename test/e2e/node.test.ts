@@ -295,4 +295,37 @@ describe("TLS through the real engine", () => {
       p.remove();
     }
   });
+
+  it("an explicit provider carries its own settings: verifyTls off by stack config, credentials secret in state", async () => {
+    const program = `
+import * as pulumi from "@pulumi/pulumi";
+${SDK_IMPORT}
+const config = new pulumi.Config();
+const provider = new baremetal.Provider("lab-bmcs", {
+  bmcUsername: config.require("user"),
+  bmcPassword: config.requireSecret("password"),
+  bmcVerifyTls: config.requireBoolean("verifyTls"),
+});
+const node = new baremetal.compute.Node("n", { bmc: { address: config.require("bmcAddress") } }, { provider });
+export const systemId = node.systemId;
+`;
+    const p = await newProject("explicit", program);
+    try {
+      await p.setConfig("bmcAddress", bmc.url);
+      await p.setConfig("user", USER);
+      await p.setConfig("password", PASSWORD, true);
+      await p.setConfig("verifyTls", "false");
+      await p.pulumi(["up", "--yes", "--skip-preview"]);
+      expect((await p.outputs()).systemId).toBe(bmc.systemIds[0]);
+      const exported = await p.exportStack();
+      expect(JSON.stringify(exported)).not.toContain(PASSWORD);
+      const provider = (exported.deployment.resources ?? []).find((r) => String(r.urn).endsWith("::lab-bmcs")) as StateResource;
+      expect(provider.inputs?.bmcVerifyTls).toBe(false);
+      expect(provider.inputs?.bmcPassword).toHaveProperty("ciphertext");
+      await p.pulumi(["preview", "--expect-no-changes"]);
+      await p.pulumi(["destroy", "--yes", "--skip-preview"]);
+    } finally {
+      p.remove();
+    }
+  });
 });
