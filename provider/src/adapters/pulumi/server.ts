@@ -39,7 +39,6 @@ interface Compiled {
 
 export class BaremetalProvider {
   private config: ProviderConfig = toProviderConfig(withEnvironment({}));
-  private configured = false;
   private engine?: engrpc.EngineClient;
   private readonly inflight = new Set<AbortController>();
   private readonly compiled = new Map<string, Compiled>();
@@ -147,7 +146,6 @@ export class BaremetalProvider {
     const failures = this.configValidator.check(merged);
     if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
     this.config = toProviderConfig(merged);
-    this.configured = true;
     return new provproto.ConfigureResponse().setAcceptsecrets(true).setSupportspreview(true).setAcceptresources(true).setAcceptoutputs(false);
   };
 
@@ -251,11 +249,6 @@ export class BaremetalProvider {
       done();
     }
   };
-
-  /** True once Configure ran (tests). */
-  get isConfigured(): boolean {
-    return this.configured;
-  }
 }
 
 /** Thrown by create when the object exists but is not fully configured (ErrorResourceInitFailed). */

@@ -279,12 +279,15 @@ function stateOf(address: string, facts: SystemFacts): Props {
   };
 }
 
+/** The power state as a declared value: a transition counts as its destination. */
+function declaredPower(facts: SystemFacts): string {
+  return facts.powerState === "powering-on" ? "on" : facts.powerState === "powering-off" ? "off" : facts.powerState;
+}
+
 /** Declared inputs as the machine really is: what refresh reports as drift. */
 function observedInputs(declared: Props, facts: SystemFacts): Props {
   const out: Props = { ...declared };
-  if (declared.powerState !== undefined) {
-    out.powerState = facts.powerState === "powering-on" ? "on" : facts.powerState === "powering-off" ? "off" : facts.powerState;
-  }
+  if (declared.powerState !== undefined) out.powerState = declaredPower(facts);
   if (declared.bootDevice !== undefined) out.bootDevice = facts.bootDevice !== "none" && !facts.bootPersistent ? `${facts.bootDevice} (once)` : facts.bootDevice;
   if (declared.bootMode !== undefined && facts.bootMode !== undefined) out.bootMode = facts.bootMode;
   return out;
@@ -355,7 +358,7 @@ export const nodeResource: ResourceDefinition = {
         throw attribute(e);
       }
       // An import declares the power state as it is, so that a program declaring it previews empty.
-      const inputs = stored ? observedInputs(declared, facts) : { ...declared, powerState: observedInputs({ powerState: "on" }, facts).powerState };
+      const inputs = stored ? observedInputs(declared, facts) : { ...declared, powerState: declaredPower(facts) };
       const canonicalId = new URL(facts.systemUri, address).href;
       return { id: canonicalId, inputs, outputs: { ...inputs, ...stateOf(address, facts) } };
     });
