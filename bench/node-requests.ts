@@ -25,18 +25,26 @@ async function main(): Promise<void> {
   const inputs = { bmc: { address: sushy.url, systemId: sushy.systemIds[0] }, powerState: "on", bootDevice: "pxe" };
   const measure = async <T>(label: string, op: () => Promise<T>): Promise<T> => {
     log.length = 0;
+    // Werkzeug colours the lines of non-2xx answers, so match the request, not the quote before it.
+    const seenBySushy = () => (sushy.log().match(/(GET|POST|PATCH|PUT|DELETE) \/redfish\S* HTTP/g) ?? []).length;
+    const sushyBefore = seenBySushy();
     const t0 = process.hrtime.bigint();
     const result = await op();
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     const byMethod = log.reduce<Record<string, number>>((acc, e) => ((acc[e.method] = (acc[e.method] ?? 0) + 1), acc), {});
     const mutating = log.filter((e) => e.method !== "GET").length;
-    console.log(`${label.padEnd(34)} requests=${String(log.length).padStart(3)} mutating=${mutating} ${JSON.stringify(byMethod)} wall=${ms.toFixed(0)} ms`);
+    // The emulator's own access log counts too: a cross-check that does not trust our hook.
+    await new Promise((r) => setTimeout(r, 300)); // let the emulator's log lines arrive
+    const sushyCount = seenBySushy() - sushyBefore;
+    console.log(
+      `${label.padEnd(38)} requests=${String(log.length).padStart(3)} (sushy log: ${sushyCount}) mutating=${mutating} ${JSON.stringify(byMethod)} wall=${ms.toFixed(0)} ms`,
+    );
     return result;
   };
   try {
     console.log(`sushy-tools fake driver at ${sushy.url}, system ${sushy.systemIds[0]}`);
     const created = await measure("create (fresh system as sushy has it)", () => nodeResource.create(ctx, inputs));
-    await measure("create (already on, pxe set)", () => nodeResource.create(ctx, inputs));
+    await measure("create (already on, pxe already set)", () => nodeResource.create(ctx, inputs));
     await measure("read (refresh)", () => nodeResource.read(ctx, created.id, inputs, created.outputs));
     await measure("update (no change)", () => nodeResource.update(ctx, created.id, inputs, inputs, created.outputs));
     await measure("update (power off, wait)", () => nodeResource.update(ctx, created.id, inputs, { ...inputs, powerState: "off" }, created.outputs));
