@@ -31,6 +31,11 @@ export interface BaremetalErrorOptions {
   details?: string[];
   /** Seconds the backend asked us to wait before retrying. */
   retryAfterSeconds?: number;
+  /**
+   * The request never reached the backend (connection refused, name not resolved): replaying it
+   * is safe even when it was not idempotent.
+   */
+  unsent?: boolean;
   cause?: unknown;
 }
 
@@ -41,6 +46,7 @@ export class BaremetalError extends Error {
   readonly messageId?: string;
   readonly details: string[];
   readonly retryAfterSeconds?: number;
+  readonly unsent: boolean;
 
   constructor(
     readonly code: ErrorCode,
@@ -54,6 +60,7 @@ export class BaremetalError extends Error {
     this.messageId = options.messageId;
     this.details = options.details ?? [];
     this.retryAfterSeconds = options.retryAfterSeconds;
+    this.unsent = options.unsent ?? false;
   }
 }
 

@@ -20,6 +20,8 @@ export interface BmcConnection {
   requestTimeoutMs: number;
   maxConcurrency: number;
   signal?: AbortSignal;
+  /** Progress a user should see while an operation waits (retries, back-off, task polling). */
+  onProgress?: (message: string) => void;
   /** Called once per request the driver makes (observability, request counting). */
   onRequest?: (e: { method: string; path: string; status: number | undefined; ms: number }) => void;
 }

@@ -34,8 +34,11 @@ describe("RedfishClient against our fake BMC (DMTF public-rackmount1 mockup)", (
   let server: RedfishMockupServer;
   const clients: RedfishClient[] = [];
 
+  /** Retries as in production, but with short waits so tests stay fast. */
+  const FAST_RETRIES = { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 20, maxRetryAfterMs: 5_000, busyBudgetMs: 2_000 };
+
   function client(extra: Partial<RedfishClientOptions> = {}): RedfishClient {
-    const c = new RedfishClient({ endpoint: server.url, username: USER, password: PASSWORD, ...extra });
+    const c = new RedfishClient({ endpoint: server.url, username: USER, password: PASSWORD, retryPolicy: FAST_RETRIES, ...extra });
     clients.push(c);
     return c;
   }
@@ -282,7 +285,7 @@ describe("RedfishClient against our fake BMC (DMTF public-rackmount1 mockup)", (
     expect(e.details[0]).toMatch(/read only/);
   });
 
-  test("503 with Retry-After: transient with retryAfterSeconds", async () => {
+  test("503 with a Retry-After longer than we wait: transient with retryAfterSeconds, not retried", async () => {
     const c = client();
     await c.serviceRoot(); // logged in
     server.failNext(1, { status: 503, retryAfter: 7 });
@@ -292,18 +295,64 @@ describe("RedfishClient against our fake BMC (DMTF public-rackmount1 mockup)", (
     expect(e.retryAfterSeconds).toBe(7);
     expect(e.messageId).toBe("Base.1.15.0.ServiceTemporarilyUnavailable");
     expect(e.details.length).toBeGreaterThan(0);
-    // No retry in this version.
     expect(server.requests("GET", SYSTEM)).toHaveLength(1);
     expect((await c.getSystem(SYSTEM_ID)).system.Id).toBe(SYSTEM_ID);
   });
 
-  test("POSTs are not replayed after a failure", async () => {
+  test("503 is retried after the BMC's Retry-After, and the retry is reported", async () => {
+    const retries: Array<{ attempt: number; delayMs: number; reason: string }> = [];
+    const c = client({ onRetry: (r) => retries.push(r) });
+    await c.serviceRoot();
+    server.failNext(1, { status: 503, retryAfter: 1, path: SYSTEM });
+    const started = Date.now();
+    expect((await c.getSystem(SYSTEM_ID)).system.Id).toBe(SYSTEM_ID);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    expect(server.requests("GET", SYSTEM)).toHaveLength(2);
+    expect(retries).toEqual([expect.objectContaining({ attempt: 1, delayMs: 1000, reason: expect.stringMatching(/503.*retry in 1 s/) })]);
+  });
+
+  test("503s beyond the attempt budget fail as transient", async () => {
+    const c = client();
+    await c.serviceRoot();
+    server.failNext(5, { status: 503, path: SYSTEM });
+    expect((await caught(c.getSystem(SYSTEM_ID))).code).toBe("transient");
+    expect(server.requests("GET", SYSTEM)).toHaveLength(3);
+    server.clearFaults();
+  });
+
+  test("a POST answered 503 is sent again (the BMC did nothing)", async () => {
     const c = client();
     await c.getSystem(SYSTEM_ID);
-    server.failNext(1, { method: "POST", path: RESET, status: 503, retryAfter: 1 });
+    server.failNext(1, { method: "POST", path: RESET, status: 503 });
+    await c.resetSystem(SYSTEM_ID, "ForceRestart");
+    expect(server.requests("POST", RESET)).toHaveLength(2);
+  });
+
+  test("a POST whose connection dropped is never replayed (it may have happened)", async () => {
+    const c = client();
+    await c.getSystem(SYSTEM_ID);
+    server.failNext(1, { method: "POST", path: RESET, drop: true });
     const e = await caught(c.resetSystem(SYSTEM_ID, "ForceRestart"));
     expect(e.code).toBe("transient");
     expect(server.requests("POST", RESET)).toHaveLength(1);
+  });
+
+  test("409 on a power action is retried until the BMC accepts it, within the busy budget", async () => {
+    const c = client();
+    await c.getSystem(SYSTEM_ID);
+    server.failNext(4, { method: "POST", path: RESET, status: 409 });
+    await c.resetSystem(SYSTEM_ID, "ForceRestart");
+    // Busy answers are not bound by maxAttempts (3), only by the busy time budget.
+    expect(server.requests("POST", RESET)).toHaveLength(5);
+  });
+
+  test("409 on a power action that outlasts the busy budget fails as a conflict", async () => {
+    const c = client({ retryPolicy: { ...FAST_RETRIES, busyBudgetMs: 100 } });
+    await c.getSystem(SYSTEM_ID);
+    server.failNext(1000, { method: "POST", path: RESET, status: 409 });
+    const e = await caught(c.resetSystem(SYSTEM_ID, "ForceRestart"));
+    server.clearFaults();
+    expect(e.code).toBe("conflict");
   });
 
   test("404 -> not-found, 409 -> conflict, 500 -> backend", async () => {
@@ -321,17 +370,23 @@ describe("RedfishClient against our fake BMC (DMTF public-rackmount1 mockup)", (
     expect(be.httpStatus).toBe(500);
   });
 
-  test("a dropped connection is transient", async () => {
+  test("a dropped connection on a GET is retried", async () => {
     const c = client({ auth: "basic" });
     server.failNext(1, { drop: true });
+    expect((await c.getSystem(SYSTEM_ID)).system.Id).toBe(SYSTEM_ID);
+  });
+
+  test("connections that keep dropping fail as transient, naming the BMC", async () => {
+    const c = client({ auth: "basic" });
+    server.failNext(3, { drop: true });
     const e = await caught(c.getSystem(SYSTEM_ID));
     expect(e.code).toBe("transient");
     expect(e.message).toContain(server.url);
   });
 
-  test("a slow answer beyond timeoutMs is a timeout", async () => {
+  test("a slow answer beyond timeoutMs is a timeout (after the GET's retries)", async () => {
     const c = client({ auth: "basic", timeoutMs: 150 });
-    server.failNext(1, { delayMs: 600 });
+    server.failNext(3, { delayMs: 600 });
     const e = await caught(c.getSystem(SYSTEM_ID));
     expect(e.code).toBe("timeout");
     expect(e.message).toContain("150 ms");
@@ -371,7 +426,7 @@ describe("RedfishClient against our fake BMC (DMTF public-rackmount1 mockup)", (
 
   test("onRequest reports failed exchanges with status undefined", async () => {
     const events: Array<{ status: number | undefined }> = [];
-    const c = client({ auth: "basic", onRequest: (e) => events.push(e) });
+    const c = client({ auth: "basic", onRequest: (e) => events.push(e), retryPolicy: { ...FAST_RETRIES, maxAttempts: 1 } });
     server.failNext(1, { drop: true });
     await caught(c.get("Chassis"));
     expect(events).toEqual([expect.objectContaining({ method: "GET", path: "/redfish/v1/Chassis", status: undefined })]);

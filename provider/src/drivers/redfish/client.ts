@@ -19,6 +19,7 @@ import axios, { AxiosInstance } from "axios";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import { httpError, networkError, stripUserInfo } from "./errors";
 import { Limiter } from "./limiter";
+import { DEFAULT_QUIRKS, DEFAULT_RETRY_POLICY, RetryPlanner, type RetryPolicy, type RetryQuirks } from "./retry";
 import {
   ActionInfo,
   BOOT_OVERRIDE_ENABLED,
@@ -55,6 +56,12 @@ export interface RedfishClientOptions {
    * holds across concurrent operations; `maxConcurrency` then only sizes the connection pool.
    */
   limiter?: Limiter;
+  /** When and how often a failed request is tried again (default: DEFAULT_RETRY_POLICY). */
+  retryPolicy?: RetryPolicy;
+  /** Vendor behaviour that the retry planner needs (busy MessageIds). */
+  quirks?: RetryQuirks;
+  /** Told before each retry: what failed and how long we wait (progress for the user). */
+  onRetry?: (e: { method: string; path: string; attempt: number; delayMs: number; reason: string }) => void;
   /** Called once per HTTP exchange (also failed ones: status undefined). */
   onRequest?: (e: { method: string; path: string; status: number | undefined; ms: number }) => void;
   /** Cancels everything in flight and everything after. */
@@ -187,6 +194,21 @@ function closeMatch(value: string, allowed: readonly string[]): string | undefin
   return allowed.find((a) => a.toLowerCase() === value.toLowerCase());
 }
 
+function abortableSleep(ms: number, signal: AbortSignal | undefined, cancelled: () => Error): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(cancelled());
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(cancelled());
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
 function notAllowed(property: string, what: string, value: string, allowed: readonly string[], whose: string): BaremetalError {
   const near = closeMatch(value, allowed);
   return new BaremetalError(
@@ -207,6 +229,8 @@ export class RedfishClient {
   private readonly authMode: "session" | "basic" | "auto";
   private readonly timeoutMs: number;
   private readonly onRequest?: RedfishClientOptions["onRequest"];
+  private readonly onRetry?: RedfishClientOptions["onRetry"];
+  private readonly retry: RetryPlanner;
   private readonly signal?: AbortSignal;
   private readonly limiter: Limiter;
   private readonly httpAgent: http.Agent;
@@ -243,6 +267,8 @@ export class RedfishClient {
     }
     this.limiter = opts.limiter ?? new Limiter(maxConcurrency);
     this.onRequest = opts.onRequest;
+    this.onRetry = opts.onRetry;
+    this.retry = new RetryPlanner(opts.retryPolicy ?? DEFAULT_RETRY_POLICY, opts.quirks ?? DEFAULT_QUIRKS);
     this.signal = opts.signal;
 
     const verifyTls = opts.verifyTls ?? true;
@@ -705,12 +731,44 @@ export class RedfishClient {
     return ROOT_PATH + p.replace(/^\/+/, "");
   }
 
-  /** One authenticated exchange, with a single re-login when a session was refused. */
+  /**
+   * One authenticated request: a single re-login when a session was refused, and retries where
+   * the retry planner says they are safe (see retry.ts), each reported through `onRetry`.
+   */
   private async request(
     method: string,
     path: string,
     o: { body?: unknown; ifMatch?: string; accept?: number[] } = {},
   ): Promise<RawResponse> {
+    const started = Date.now();
+    for (let attempt = 1; ; attempt++) {
+      let res: RawResponse | undefined;
+      let error: unknown;
+      try {
+        res = await this.exchange(method, path, o);
+        if ((res.status >= 200 && res.status < 300) || o.accept?.includes(res.status)) return res;
+      } catch (e) {
+        if (isBaremetalError(e) && e.code === "cancelled") throw e;
+        error = e;
+      }
+      const failure = error ?? this.failure(method, path, res!);
+      const decision = this.retry.decide({
+        method,
+        isAction: method === "POST" && path.includes("/Actions/"),
+        attempt,
+        elapsedMs: Date.now() - started,
+        status: res?.status,
+        retryAfterSeconds: isBaremetalError(failure) ? failure.retryAfterSeconds : undefined,
+        messageId: isBaremetalError(failure) ? failure.messageId : undefined,
+        error,
+      });
+      if (!decision.retry) throw failure;
+      this.onRetry?.({ method, path, attempt, delayMs: decision.delayMs, reason: decision.reason });
+      await abortableSleep(decision.delayMs, this.signal, () => new BaremetalError("cancelled", `${method} ${path} to the BMC at ${this.endpoint} was cancelled`));
+    }
+  }
+
+  private async exchange(method: string, path: string, o: { body?: unknown; ifMatch?: string }): Promise<RawResponse> {
     const extra: Record<string, string> = o.ifMatch ? { "If-Match": o.ifMatch } : {};
     let auth = await this.ensureAuth();
     let res = await this.send(method, path, { ...this.authHeaders(auth), ...extra }, o.body);
@@ -721,8 +779,7 @@ export class RedfishClient {
       auth = await this.ensureAuth();
       res = await this.send(method, path, { ...this.authHeaders(auth), ...extra }, o.body);
     }
-    if ((res.status >= 200 && res.status < 300) || o.accept?.includes(res.status)) return res;
-    throw this.failure(method, path, res);
+    return res;
   }
 
   private failure(method: string, path: string, res: RawResponse): BaremetalError {

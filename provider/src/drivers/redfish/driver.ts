@@ -45,6 +45,8 @@ export class RedfishDriver implements BmcDriver {
       limiter,
       signal: conn.signal,
       onRequest: conn.onRequest,
+      onRetry: (r) =>
+        conn.onProgress?.(`${r.reason}; ${r.method} ${r.path} again in ${(r.delayMs / 1000).toFixed(1)} s (attempt ${r.attempt + 1})`),
     });
   }
 

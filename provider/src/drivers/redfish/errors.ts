@@ -141,6 +141,9 @@ const TLS_TRUST_CODES = new Set([
 const TLS_VALIDITY_CODES = new Set(["CERT_HAS_EXPIRED", "CERT_NOT_YET_VALID", "CRL_HAS_EXPIRED", "CERT_REVOKED"]);
 const TLS_NAME_CODES = new Set(["ERR_TLS_CERT_ALTNAME_INVALID", "HOSTNAME_MISMATCH"]);
 
+/** Failures before a connection existed: the BMC cannot have seen the request. */
+const NOT_SENT_CODES = new Set(["ECONNREFUSED", "EHOSTUNREACH", "EHOSTDOWN", "ENETUNREACH", "ENETDOWN", "ENOTFOUND", "EAI_AGAIN", "EADDRNOTAVAIL"]);
+
 const TRANSIENT_CODES: Record<string, string> = {
   ECONNREFUSED: "connection refused",
   ECONNRESET: "connection reset",
@@ -222,7 +225,10 @@ export function networkError(endpoint: string, method: string, path: string, e: 
     return new BaremetalError("timeout", `the BMC at ${endpoint} did not answer ${what} in time (${code})`, { cause });
   }
   if (code && TRANSIENT_CODES[code]) {
-    return new BaremetalError("transient", `cannot reach the BMC at ${endpoint}: ${TRANSIENT_CODES[code]} (${code}) on ${what}`, { cause });
+    return new BaremetalError("transient", `cannot reach the BMC at ${endpoint}: ${TRANSIENT_CODES[code]} (${code}) on ${what}`, {
+      cause,
+      unsent: NOT_SENT_CODES.has(code),
+    });
   }
   if (/socket hang up/i.test(messageOf(e))) {
     return new BaremetalError("transient", `cannot reach the BMC at ${endpoint}: connection reset (socket hang up) on ${what}`, { cause });

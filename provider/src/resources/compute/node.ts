@@ -158,6 +158,7 @@ function connect(ctx: OperationContext, bmc: BmcInputs, onRequest?: NodeRequestC
     requestTimeoutMs: cfg.bmcRequestTimeoutSeconds * 1000,
     maxConcurrency: cfg.bmcMaxConcurrency,
     signal: ctx.signal,
+    onProgress: (m) => ctx.progress(m),
     onRequest,
   });
 }
