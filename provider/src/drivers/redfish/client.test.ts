@@ -560,6 +560,7 @@ describe("connection and TLS failures", () => {
 
 describe("odd answers (an ad-hoc server)", () => {
   let srv: http.Server;
+  let taskPolls = 0;
   let url: string;
   beforeAll(async () => {
     srv = http.createServer((req, res) => {
@@ -577,6 +578,17 @@ describe("odd answers (an ad-hoc server)", () => {
       }
       if (req.url === "/redfish/v1/Systems/1") return send(200, { "@odata.id": "/redfish/v1/Systems/1", Id: "1" }, { ETag: 'W/"1"' });
       if (req.url === "/redfish/v1/Moved") return send(301, undefined, { Location: "https://elsewhere.example/redfish/v1/Moved" });
+      // A long action as a task: 202 + task monitor, running for two polls, then done or failed.
+      if (req.method === "POST" && req.url?.startsWith("/redfish/v1/Slow/")) {
+        taskPolls = 0;
+        return send(202, undefined, { Location: `/redfish/v1/TaskService/TaskMonitors/${req.url.split("/").pop()}` });
+      }
+      if (req.url?.startsWith("/redfish/v1/TaskService/TaskMonitors/")) {
+        taskPolls++;
+        if (taskPolls < 3) return send(202, { TaskState: "Running", PercentComplete: taskPolls * 40 }, { "Retry-After": "0" });
+        if (req.url.endsWith("/ok")) return send(204);
+        return send(200, { "@odata.id": "/redfish/v1/TaskService/Tasks/9", TaskState: "Exception", TaskStatus: "Critical", Messages: [{ MessageId: "Base.1.8.InternalError", Message: "flash failed" }] });
+      }
       send(404, { error: { code: "Base.1.8.GeneralError", message: "nothing here" } });
     });
     await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
@@ -593,6 +605,26 @@ describe("odd answers (an ad-hoc server)", () => {
     expect(e.code).toBe("backend");
     expect(e.httpStatus).toBe(200);
     expect(e.messageId).toBe("Base.1.8.PropertyValueNotInList");
+    await c.close();
+  });
+
+  test("a long action answered 202 is awaited on its task monitor, with progress", async () => {
+    const progress: string[] = [];
+    const c = new RedfishClient({ endpoint: url, onRetry: (r) => progress.push(r.reason) });
+    const res = await c.post("Slow/ok", {});
+    expect(res.status).toBe(204);
+    expect(taskPolls).toBe(3);
+    expect(progress).toEqual([expect.stringMatching(/running as a BMC task, 40% done/), expect.stringMatching(/80% done/)]);
+    await c.close();
+  });
+
+  test("a task that ends in Exception is a backend error with its messages", async () => {
+    const c = new RedfishClient({ endpoint: url });
+    const e = await caught(c.post("Slow/fail", {}));
+    expect(e.code).toBe("backend");
+    expect(e.message).toMatch(/task state Exception \(Critical\)/);
+    expect(e.messageId).toBe("Base.1.8.InternalError");
+    expect(e.details).toEqual(["flash failed"]);
     await c.close();
   });
 

@@ -17,7 +17,7 @@ import * as https from "node:https";
 import * as tls from "node:tls";
 import axios, { AxiosInstance } from "axios";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
-import { httpError, networkError, stripUserInfo } from "./errors";
+import { httpError, networkError, parseRetryAfter, stripUserInfo } from "./errors";
 import { Limiter } from "./limiter";
 import { DEFAULT_QUIRKS, DEFAULT_RETRY_POLICY, RetryPlanner, type RetryPolicy, type RetryQuirks } from "./retry";
 import {
@@ -34,6 +34,7 @@ import {
   ResetAction,
   ServiceRoot,
   Session,
+  Task,
 } from "./types";
 
 export interface RedfishClientOptions {
@@ -194,6 +195,8 @@ function closeMatch(value: string, allowed: readonly string[]): string | undefin
   return allowed.find((a) => a.toLowerCase() === value.toLowerCase());
 }
 
+const TASK_DONE = new Set(["Completed", "Killed", "Exception", "Cancelled"]);
+
 function abortableSleep(ms: number, signal: AbortSignal | undefined, cancelled: () => Error): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(cancelled());
@@ -325,7 +328,8 @@ export class RedfishClient {
     let tag = etag ?? this.etags.get(p);
     if (tag === undefined) tag = (await this.get<unknown>(p)).etag;
     if (tag === "") tag = undefined;
-    const res = await this.request("PATCH", p, { body, ifMatch: tag, accept: [412] });
+    let res = await this.request("PATCH", p, { body, ifMatch: tag, accept: [412] });
+    if (res.status === 202 && res.headers["location"]) res = await this.awaitTask(res.headers["location"], `PATCH ${p}`);
     if (res.status !== 412) return this.afterPatch(p, res);
     // Someone changed the resource since our read. Re-read once: if what we wanted is there
     // already, we are done; otherwise try once more against the new ETag (a second 412 fails).
@@ -335,12 +339,47 @@ export class RedfishClient {
     return this.afterPatch(p, again);
   }
 
-  async post<T = unknown>(path: string, body: object): Promise<{ status: number; body?: T; location?: string }> {
-    const res = await this.request("POST", this.toPath(path), { body });
+  /**
+   * POST; a long action that answers 202 with a task monitor is awaited until it is done (its
+   * final answer replaces the 202). `awaitTask: false` returns the 202 as it is.
+   */
+  async post<T = unknown>(path: string, body: object, opts: { awaitTask?: boolean } = {}): Promise<{ status: number; body?: T; location?: string }> {
+    let res = await this.request("POST", this.toPath(path), { body });
+    if (res.status === 202 && res.headers["location"] && opts.awaitTask !== false) res = await this.awaitTask(res.headers["location"], `POST ${path}`);
     const out: { status: number; body?: T; location?: string } = { status: res.status };
     if (res.body !== undefined) out.body = res.body as T;
     if (res.headers["location"]) out.location = res.headers["location"];
     return out;
+  }
+
+  /**
+   * Polls a task monitor until the long action behind it is done. While running, a monitor
+   * answers 202 (with Retry-After, or we back off up to 5 s); when done it answers the action's
+   * own result, or a Task whose TaskState says how it ended. Bounded by the client's signal (the
+   * operation's deadline).
+   */
+  async awaitTask(monitor: string, what: string): Promise<RawResponse> {
+    const path = this.toPath(monitor);
+    for (let poll = 1; ; poll++) {
+      const res = await this.request("GET", path, { accept: [202] });
+      const task = isRecord(res.body) && typeof res.body.TaskState === "string" ? (res.body as unknown as Task) : undefined;
+      const running = res.status === 202 || (task !== undefined && !TASK_DONE.has(task.TaskState!));
+      if (!running) {
+        if (task && task.TaskState !== "Completed") {
+          const messages = (task.Messages ?? []).map((m) => m.Message ?? m.MessageId ?? "").filter(Boolean);
+          throw new BaremetalError("backend", `${what} on the BMC at ${this.endpoint} ended as task state ${task.TaskState}${task.TaskStatus ? ` (${task.TaskStatus})` : ""}`, {
+            messageId: task.Messages?.[0]?.MessageId,
+            details: messages,
+          });
+        }
+        return res;
+      }
+      const hinted = parseRetryAfter(res.headers["retry-after"]);
+      const delayMs = hinted !== undefined ? Math.min(hinted, 60) * 1000 : Math.min(500 * poll, 5000);
+      const pct = task?.PercentComplete !== undefined ? `, ${task.PercentComplete}% done` : "";
+      this.onRetry?.({ method: "GET", path, attempt: poll, delayMs, reason: `${what} is running as a BMC task${pct}` });
+      await abortableSleep(delayMs, this.signal, () => new BaremetalError("cancelled", `waiting for ${what} on the BMC at ${this.endpoint} was cancelled`));
+    }
   }
 
   // -------------------------------------------------------------------------------------------

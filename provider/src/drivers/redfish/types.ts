@@ -293,3 +293,12 @@ export interface RedfishErrorBody {
     "@Message.ExtendedInfo"?: RedfishMessage[];
   };
 }
+
+/** A Redfish Task (TaskService), as a task monitor reports it while or after a long action runs. */
+export interface Task extends Resource {
+  TaskState?: "New" | "Starting" | "Running" | "Suspended" | "Interrupted" | "Pending" | "Stopping" | "Completed" | "Killed" | "Exception" | "Service" | "Cancelling" | "Cancelled";
+  TaskStatus?: "OK" | "Warning" | "Critical";
+  PercentComplete?: number;
+  TaskMonitor?: string;
+  Messages?: Array<{ MessageId?: string; Message?: string }>;
+}
