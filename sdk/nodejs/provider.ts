@@ -35,6 +35,7 @@ export class Provider extends pulumi.ProviderResource {
         opts = opts || {};
         {
             resourceInputs["bmcCaBundle"] = (args ? args.bmcCaBundle : undefined) ?? utilities.getEnv("BAREMETAL_BMC_CA_BUNDLE");
+            resourceInputs["bmcGlobalMaxConcurrency"] = pulumi.output((args ? args.bmcGlobalMaxConcurrency : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_GLOBAL_MAX_CONCURRENCY") || 64)).apply(JSON.stringify);
             resourceInputs["bmcMaxConcurrency"] = pulumi.output((args ? args.bmcMaxConcurrency : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_MAX_CONCURRENCY") || 4)).apply(JSON.stringify);
             resourceInputs["bmcPassword"] = (args?.bmcPassword ? pulumi.secret(args.bmcPassword) : undefined) ?? utilities.getEnv("BAREMETAL_BMC_PASSWORD");
             resourceInputs["bmcRequestTimeoutSeconds"] = pulumi.output((args ? args.bmcRequestTimeoutSeconds : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_REQUEST_TIMEOUT") || 60)).apply(JSON.stringify);
@@ -56,6 +57,10 @@ export interface ProviderArgs {
      * PEM certificates (the text, or a path to a file) trusted for BMC TLS in addition to the system's roots.
      */
     bmcCaBundle?: pulumi.Input<string>;
+    /**
+     * Requests in flight to all BMCs together, from one provider process.
+     */
+    bmcGlobalMaxConcurrency?: pulumi.Input<number>;
     /**
      * Requests in flight to one BMC at a time (many BMCs handle only a few sessions).
      */

@@ -48,6 +48,15 @@ export const configFields = {
     env: ["BAREMETAL_BMC_MAX_CONCURRENCY"],
     hint: "Use a whole number between 1 and 64",
   },
+  bmcGlobalMaxConcurrency: {
+    type: "integer",
+    minimum: 1,
+    maximum: 4096,
+    default: 64,
+    description: "Requests in flight to all BMCs together, from one provider process.",
+    env: ["BAREMETAL_BMC_GLOBAL_MAX_CONCURRENCY"],
+    hint: "Use a whole number between 1 and 4096",
+  },
   project: {
     type: "string",
     description: "The caller's project (tenant) id, checked by the multi-tenancy policy.",
@@ -68,6 +77,7 @@ export interface ProviderConfig {
   bmcCaBundle?: string;
   bmcRequestTimeoutSeconds: number;
   bmcMaxConcurrency: number;
+  bmcGlobalMaxConcurrency: number;
   project?: string;
   roles: string[];
 }
@@ -118,6 +128,7 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     bmcCaBundle: v("bmcCaBundle") as string | undefined,
     bmcRequestTimeoutSeconds: (v("bmcRequestTimeoutSeconds") as number | undefined) ?? 60,
     bmcMaxConcurrency: (v("bmcMaxConcurrency") as number | undefined) ?? 4,
+    bmcGlobalMaxConcurrency: (v("bmcGlobalMaxConcurrency") as number | undefined) ?? 64,
     project: v("project") as string | undefined,
     roles: (v("roles") as string[] | undefined) ?? [],
   };

@@ -8,21 +8,38 @@ import { RedfishDriver } from "./redfish/driver";
 import { Limiter } from "./redfish/limiter";
 
 /**
- * One request limiter per BMC for the whole provider process: Pulumi runs many resource
- * operations at once, and many BMCs serve only a few sessions or requests at a time, so the
- * `bmcMaxConcurrency` limit holds per BMC, not per operation.
+ * Limits shared by the whole provider process: Pulumi runs many resource operations at once, and
+ * many BMCs serve only a few sessions or requests at a time. So `bmcMaxConcurrency` holds per
+ * BMC (not per operation), changes to one BMC go one at a time, and `bmcGlobalMaxConcurrency`
+ * bounds the requests in flight to all BMCs together.
  */
-const limiters = new Map<string, Limiter>();
+const perBmc = new Map<string, Limiter>();
+const mutations = new Map<string, Limiter>();
+let global: Limiter | undefined;
+
+function shared(map: Map<string, Limiter>, key: string, max: number): Limiter {
+  let limiter = map.get(key);
+  if (!limiter) map.set(key, (limiter = new Limiter(max)));
+  return limiter;
+}
 
 export function bmcLimiter(address: string, max: number): Limiter {
-  const key = `${new URL(address).origin} ${max}`;
-  let limiter = limiters.get(key);
-  if (!limiter) limiters.set(key, (limiter = new Limiter(max)));
-  return limiter;
+  return shared(perBmc, `${new URL(address).origin} ${max}`, max);
+}
+
+function globalLimiter(max: number): Limiter {
+  if (!global || global.max !== max) global = new Limiter(max);
+  return global;
 }
 
 export function bmcDriverFor(conn: BmcConnection, property = "bmc.address"): BmcDriver {
   const scheme = new URL(conn.address).protocol;
-  if (scheme === "https:" || scheme === "http:") return new RedfishDriver(conn, bmcLimiter(conn.address, conn.maxConcurrency));
+  if (scheme === "https:" || scheme === "http:") {
+    return new RedfishDriver(conn, {
+      perBmc: bmcLimiter(conn.address, conn.maxConcurrency),
+      mutations: shared(mutations, new URL(conn.address).origin, 1),
+      global: globalLimiter(conn.globalMaxConcurrency ?? 64),
+    });
+  }
   throw validationError(property, `no BMC driver serves '${scheme}' addresses; use an https:// (Redfish) address`);
 }

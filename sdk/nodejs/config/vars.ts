@@ -19,6 +19,17 @@ Object.defineProperty(exports, "bmcCaBundle", {
 });
 
 /**
+ * Requests in flight to all BMCs together, from one provider process.
+ */
+export declare const bmcGlobalMaxConcurrency: number;
+Object.defineProperty(exports, "bmcGlobalMaxConcurrency", {
+    get() {
+        return __config.getObject<number>("bmcGlobalMaxConcurrency") ?? (utilities.getEnvNumber("BAREMETAL_BMC_GLOBAL_MAX_CONCURRENCY") || 64);
+    },
+    enumerable: true,
+});
+
+/**
  * Requests in flight to one BMC at a time (many BMCs handle only a few sessions).
  */
 export declare const bmcMaxConcurrency: number;

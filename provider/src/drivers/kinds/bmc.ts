@@ -19,6 +19,8 @@ export interface BmcConnection {
   caBundle?: string;
   requestTimeoutMs: number;
   maxConcurrency: number;
+  /** Requests in flight to all BMCs together (process-wide). */
+  globalMaxConcurrency?: number;
   signal?: AbortSignal;
   /** Progress a user should see while an operation waits (retries, back-off, task polling). */
   onProgress?: (message: string) => void;

@@ -57,6 +57,13 @@ export interface RedfishClientOptions {
    * holds across concurrent operations; `maxConcurrency` then only sizes the connection pool.
    */
   limiter?: Limiter;
+  /**
+   * Serialises changes: at most one mutating request (POST, PATCH, PUT, DELETE) to this BMC at a
+   * time, shared like `limiter`. Many BMCs mishandle concurrent changes (lost updates, 409s).
+   */
+  mutationLimiter?: Limiter;
+  /** A process-wide limit over all BMCs (shared by every client). */
+  globalLimiter?: Limiter;
   /** When and how often a failed request is tried again (default: DEFAULT_RETRY_POLICY). */
   retryPolicy?: RetryPolicy;
   /** Vendor behaviour that the retry planner needs (busy MessageIds). */
@@ -195,6 +202,7 @@ function closeMatch(value: string, allowed: readonly string[]): string | undefin
   return allowed.find((a) => a.toLowerCase() === value.toLowerCase());
 }
 
+const MUTATING = new Set(["POST", "PATCH", "PUT", "DELETE"]);
 const TASK_DONE = new Set(["Completed", "Killed", "Exception", "Cancelled"]);
 
 function abortableSleep(ms: number, signal: AbortSignal | undefined, cancelled: () => Error): Promise<void> {
@@ -236,6 +244,8 @@ export class RedfishClient {
   private readonly retry: RetryPlanner;
   private readonly signal?: AbortSignal;
   private readonly limiter: Limiter;
+  private readonly mutationLimiter: Limiter;
+  private readonly globalLimiter?: Limiter;
   private readonly httpAgent: http.Agent;
   private readonly httpsAgent: https.Agent;
   private readonly http: AxiosInstance;
@@ -269,6 +279,8 @@ export class RedfishClient {
       throw validationError("maxConcurrency", `maxConcurrency must be a positive integer, got ${opts.maxConcurrency}`);
     }
     this.limiter = opts.limiter ?? new Limiter(maxConcurrency);
+    this.mutationLimiter = opts.mutationLimiter ?? new Limiter(1);
+    this.globalLimiter = opts.globalLimiter;
     this.onRequest = opts.onRequest;
     this.onRetry = opts.onRetry;
     this.retry = new RetryPlanner(opts.retryPolicy ?? DEFAULT_RETRY_POLICY, opts.quirks ?? DEFAULT_QUIRKS);
@@ -837,7 +849,27 @@ export class RedfishClient {
   private async send(method: string, path: string, headers: Record<string, string>, body?: unknown): Promise<RawResponse> {
     const cancelled = () =>
       new BaremetalError("cancelled", `${method} ${path} to the BMC at ${this.endpoint} was cancelled`);
-    const release = await this.limiter.acquire(this.signal, cancelled);
+    // Always in this order (changes, this BMC, all BMCs), so that waiting can never deadlock.
+    const releaseMutation = MUTATING.has(method) ? await this.mutationLimiter.acquire(this.signal, cancelled) : () => undefined;
+    let releaseBmc: () => void;
+    let releaseGlobal: () => void;
+    try {
+      releaseBmc = await this.limiter.acquire(this.signal, cancelled);
+      try {
+        releaseGlobal = this.globalLimiter ? await this.globalLimiter.acquire(this.signal, cancelled) : () => undefined;
+      } catch (e) {
+        releaseBmc();
+        throw e;
+      }
+    } catch (e) {
+      releaseMutation();
+      throw e;
+    }
+    const release = () => {
+      releaseGlobal();
+      releaseBmc();
+      releaseMutation();
+    };
     const ctl = new AbortController();
     let timedOut = false;
     const timer = setTimeout(() => {

@@ -33,7 +33,7 @@ const BOOT_MODES: Record<BootMode, string> = { uefi: "UEFI", legacy: "Legacy" };
 export class RedfishDriver implements BmcDriver {
   readonly client: RedfishClient;
 
-  constructor(conn: BmcConnection, limiter?: Limiter) {
+  constructor(conn: BmcConnection, limits: { perBmc?: Limiter; mutations?: Limiter; global?: Limiter } = {}) {
     this.client = new RedfishClient({
       endpoint: conn.address,
       username: conn.username,
@@ -42,7 +42,9 @@ export class RedfishDriver implements BmcDriver {
       caBundle: conn.caBundle,
       timeoutMs: conn.requestTimeoutMs,
       maxConcurrency: conn.maxConcurrency,
-      limiter,
+      limiter: limits.perBmc,
+      mutationLimiter: limits.mutations,
+      globalLimiter: limits.global,
       signal: conn.signal,
       onRequest: conn.onRequest,
       onRetry: (r) =>

@@ -157,6 +157,7 @@ function connect(ctx: OperationContext, bmc: BmcInputs, onRequest?: NodeRequestC
     caBundle: readCaBundle(bmc.caBundle, "bmc.caBundle") ?? readCaBundle(cfg.bmcCaBundle, "bmcCaBundle"),
     requestTimeoutMs: cfg.bmcRequestTimeoutSeconds * 1000,
     maxConcurrency: cfg.bmcMaxConcurrency,
+    globalMaxConcurrency: cfg.bmcGlobalMaxConcurrency,
     signal: ctx.signal,
     onProgress: (m) => ctx.progress(m),
     onRequest,
