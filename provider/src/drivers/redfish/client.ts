@@ -33,8 +33,10 @@ import {
   RESET_TYPES,
   ResetAction,
   ServiceRoot,
+  Manager,
   Session,
   Task,
+  VirtualMedia,
 } from "./types";
 
 export interface RedfishClientOptions {
@@ -520,6 +522,64 @@ export class RedfishClient {
     if (mode !== undefined && boot.BootSourceOverrideMode !== mode) change.BootSourceOverrideMode = mode;
     if (!Object.keys(change).length) return false;
     await this.patch(p, { Boot: change }, etag);
+    return true;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Virtual media
+
+  /**
+   * The system's virtual drive for `mediaType` (CD by default; DVD drives count as CD). Newer
+   * BMCs list virtual media under the system, older ones (and some vendors, see the lab's
+   * flavors) under the system's managers: both places are searched, the system first.
+   */
+  async findVirtualMedia(idOrPath: string, mediaType: "CD" | "USBStick" | "Floppy" = "CD"): Promise<{ path: string; media: VirtualMedia }> {
+    const p = this.systemPath(idOrPath);
+    const { system } = await this.getSystem(p);
+    const wanted = mediaType === "CD" ? ["CD", "DVD"] : [mediaType];
+    const places: string[] = [];
+    if (system.VirtualMedia?.["@odata.id"]) places.push(system.VirtualMedia["@odata.id"]);
+    for (const m of system.Links?.ManagedBy ?? []) {
+      const manager = await this.optionalFacts(() => this.get<Manager>(m["@odata.id"]).then((r) => r.body), undefined);
+      const vm = manager?.VirtualMedia?.["@odata.id"];
+      if (vm && !places.includes(vm)) places.push(vm);
+    }
+    for (const place of places) {
+      const members = await this.optionalFacts(() => this.expand<VirtualMedia>({ "@odata.id": place }), [] as VirtualMedia[]);
+      const found = members.find((m) => (m.MediaTypes ?? []).some((t) => wanted.includes(t)));
+      if (found?.["@odata.id"]) return { path: this.toPath(found["@odata.id"]), media: found };
+    }
+    throw new BaremetalError(
+      "validation",
+      `system ${system.Id ?? p} on the BMC at ${this.endpoint} offers no virtual ${mediaType} drive (searched ${places.length ? places.join(", ") : "no VirtualMedia collections"}); boot it over the network instead`,
+      { property: "bootInterface" },
+    );
+  }
+
+  /**
+   * Inserts an image (by URL) into a virtual drive, write-protected. Idempotent: an image that is
+   * already inserted is left alone (returns false). Uses the InsertMedia action where the BMC
+   * has it, else PATCHes Image/Inserted as older BMCs expect.
+   */
+  async insertMedia(mediaPath: string, image: string): Promise<boolean> {
+    const path = this.toPath(mediaPath);
+    const media = (await this.get<VirtualMedia>(path)).body;
+    if (media.Inserted && media.Image === image) return false;
+    if (media.Inserted) await this.ejectMedia(path);
+    const action = media.Actions?.["#VirtualMedia.InsertMedia"]?.target;
+    if (action) await this.post(action, { Image: image, Inserted: true, WriteProtected: true });
+    else await this.patch(path, { Image: image, Inserted: true, WriteProtected: true });
+    return true;
+  }
+
+  /** Ejects whatever is in a virtual drive. Idempotent: an empty drive is left alone (returns false). */
+  async ejectMedia(mediaPath: string): Promise<boolean> {
+    const path = this.toPath(mediaPath);
+    const media = (await this.get<VirtualMedia>(path)).body;
+    if (!media.Inserted && !media.Image) return false;
+    const action = media.Actions?.["#VirtualMedia.EjectMedia"]?.target;
+    if (action) await this.post(action, {});
+    else await this.patch(path, { Image: null, Inserted: false });
     return true;
   }
 

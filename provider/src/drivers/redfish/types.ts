@@ -302,3 +302,21 @@ export interface Task extends Resource {
   TaskMonitor?: string;
   Messages?: Array<{ MessageId?: string; Message?: string }>;
 }
+
+/** VirtualMedia: a virtual CD/DVD/USB drive a BMC attaches to its system from an image URL. */
+export interface VirtualMedia extends Resource {
+  MediaTypes?: string[];
+  Image?: string | null;
+  ImageName?: string;
+  Inserted?: boolean;
+  WriteProtected?: boolean;
+  ConnectedVia?: string;
+  Actions?: {
+    "#VirtualMedia.InsertMedia"?: ActionTarget;
+    "#VirtualMedia.EjectMedia"?: ActionTarget;
+  };
+}
+
+export interface Manager extends Resource {
+  VirtualMedia?: ODataId;
+}
