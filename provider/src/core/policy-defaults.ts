@@ -50,6 +50,8 @@ export const IMPLIED_ROLES: Readonly<Record<string, readonly string[]>> = {
 
 /** The operations the provider asks the policy about (Ironic's policy names). */
 export const OPERATIONS = [
+  "baremetal:node:create",
+  "baremetal:node:delete",
   "baremetal:node:get",
   "baremetal:node:list",
   "baremetal:node:list_all",
@@ -137,6 +139,10 @@ const LEGACY: Record<string, string> = {
 
 /** Each operation's default: the `check_str` of its DocumentedRuleDefault in ironic/common/policy.py. */
 const OPERATION_DEFAULTS: Record<Operation, string> = {
+  // Enrolling and deleting hardware records is the operator's (Ironic: system-scoped members
+  // create nodes; deletion is kept to system admins here, stricter than Ironic's default).
+  "baremetal:node:create": "rule:system_member",
+  "baremetal:node:delete": "rule:system_admin",
   "baremetal:node:get": "rule:system_or_project_reader",
   "baremetal:node:list": "rule:api_reader",
   "baremetal:node:list_all": "rule:system_reader",

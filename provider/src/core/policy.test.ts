@@ -281,6 +281,8 @@ const systemRead = "Y Y Y N N N N N N N N N";
 const memberOfNode = "Y N Y Y Y N Y Y N N N N";
 const ownerMemberLesseeAdmin = "Y N Y Y Y N Y N N N N N";
 const expected: Record<string, string> = {
+  "baremetal:node:create": "Y N Y N N N N N N N N N",
+  "baremetal:node:delete": "Y N N N N N N N N N N N",
   "baremetal:node:get": readNode,
   "baremetal:node:list": anyReader,
   "baremetal:node:list_all": systemRead,
@@ -395,6 +397,9 @@ describe("equivalence with Ironic's expanded check strings", () => {
   const ALLOCATION_MEMBER = or(SYSTEM_MEMBER, "role:member and project_id:%(allocation.owner)s");
   const ALLOCATION_READER = or(SYSTEM_READER, "role:reader and project_id:%(allocation.owner)s");
   const ironic: Record<string, string> = {
+    "baremetal:node:create": SYSTEM_MEMBER,
+    // Ironic lets system members delete nodes; ours keeps deletion to system admins (stricter).
+    "baremetal:node:delete": SYSTEM_ADMIN,
     "baremetal:node:get": SYSTEM_OR_PROJECT_READER,
     "baremetal:node:list": "(role:reader) or (role:service)",
     "baremetal:node:list_all": SYSTEM_READER,
