@@ -22,7 +22,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages the tests need. Later issues append here.
 #   openssl: throwaway test certificates (TLS to the BMC emulator, ...)
-APT_PACKAGES=(openssl)
+#   postgresql: the PostgreSQL inventory's tests start a throwaway server from its binaries
+APT_PACKAGES=(openssl postgresql)
 
 # Python packages installed next to sushy-tools, pinned so that the venv directory name
 # (keyed by the sushy-tools version) always means the same set. sushy-tools' fake system

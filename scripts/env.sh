@@ -50,6 +50,24 @@ BAREMETAL_SUSHY_EMULATOR="$BAREMETAL_SUSHY_VENV/bin/sushy-emulator"
 export BAREMETAL_CACHE BAREMETAL_NODE BAREMETAL_PULUMI BAREMETAL_SUSHY_EMULATOR
 export BAREMETAL_NODE_VERSION BAREMETAL_PULUMI_VERSION BAREMETAL_SUSHY_TOOLS_VERSION
 
+# PostgreSQL server binaries (Debian's postgresql package, installed by bootstrap.sh) for the
+# throwaway server of the inventory tests (test/harness/postgres.ts): the newest major version
+# under /usr/lib/postgresql, unless already set. Left unset when none is installed.
+if [[ -z "${BAREMETAL_PG_BIN:-}" ]]; then
+  __baremetal_pg_best=0
+  for __baremetal_pg_dir in /usr/lib/postgresql/*/bin; do
+    __baremetal_pg_version="${__baremetal_pg_dir#/usr/lib/postgresql/}"
+    __baremetal_pg_version="${__baremetal_pg_version%/bin}"
+    if [[ "$__baremetal_pg_version" =~ ^[0-9]+$ && -x "$__baremetal_pg_dir/postgres" ]] &&
+      ((__baremetal_pg_version > __baremetal_pg_best)); then
+      __baremetal_pg_best="$__baremetal_pg_version"
+      BAREMETAL_PG_BIN="$__baremetal_pg_dir"
+    fi
+  done
+  unset __baremetal_pg_best __baremetal_pg_dir __baremetal_pg_version
+fi
+if [[ -n "${BAREMETAL_PG_BIN:-}" ]]; then export BAREMETAL_PG_BIN; fi
+
 # Offline Pulumi: never phone home, never download plugins behind our back.
 export PULUMI_SKIP_UPDATE_CHECK=true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true

@@ -1,0 +1,417 @@
+/**
+ * What both SQL backends share: argument validation and normalisation, the matching rule of a
+ * claim, the choice among matching nodes, the explanation of a claim that matched nothing, and the
+ * translation of driver errors into `BaremetalError`s.
+ *
+ * Keeping these in one place is what makes the backends agree: the SQLite backend matches in
+ * JavaScript with `matchesClaim`/`rankNodes` (it holds the database's write lock anyway), the
+ * PostgreSQL backend expresses the same rule in one SQL statement (so that the row locks do the
+ * arbitration), and the shared conformance suite checks that both pick the same node.
+ */
+import { createHash } from "crypto";
+import { BaremetalError } from "../core/errors";
+import { AVAILABLE, ClaimRequest, ENROLL, NodeFilter, NodeInput, NodeRecord } from "./types";
+
+const MAX_ID = 1024; // Redfish system URIs with a BMC address in front
+const MAX_TEXT = 255;
+const MAX_TRAITS = 128;
+const MAX_CANDIDATES = 10000;
+/** Longest lease: a lock is for one operation; a day covers the slowest firmware update. */
+export const MAX_LEASE_SECONDS = 86400;
+
+function bad(property: string, message: string): BaremetalError {
+  return new BaremetalError("validation", message, { property });
+}
+
+export function requireText(property: string, v: unknown, max = MAX_TEXT): string {
+  if (typeof v !== "string" || v.length === 0) throw bad(property, `${property} must be a non-empty string`);
+  if (v.length > max) throw bad(property, `${property} must be at most ${max} characters long`);
+  // PostgreSQL text cannot hold NUL; refuse it on both backends so that they agree.
+  if (v.includes("\u0000")) throw bad(property, `${property} must not contain NUL characters`);
+  return v;
+}
+
+/** Optional text: undefined, null and "" all mean "unset" (Pulumi sends "" for cleared strings). */
+export function optionalText(property: string, v: unknown, max = MAX_TEXT): string | undefined {
+  if (v === undefined || v === null || v === "") return undefined;
+  return requireText(property, v, max);
+}
+
+export function requireId(property: string, v: unknown): string {
+  return requireText(property, v, MAX_ID);
+}
+
+/** Traits: strings, sorted and deduplicated (so that equal sets compare equal everywhere). */
+export function normaliseTraits(property: string, v: unknown): string[] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) throw bad(property, `${property} must be a list of strings`);
+  if (v.length > MAX_TRAITS) throw bad(property, `${property} may hold at most ${MAX_TRAITS} traits`);
+  const out = new Set<string>();
+  v.forEach((t, i) => out.add(requireText(`${property}[${i}]`, t)));
+  return [...out].sort(byteOrder);
+}
+
+export function normaliseCandidates(property: string, v: unknown): string[] | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v)) throw bad(property, `${property} must be a list of node ids`);
+  if (v.length > MAX_CANDIDATES) throw bad(property, `${property} may hold at most ${MAX_CANDIDATES} node ids`);
+  const out = new Set<string>();
+  v.forEach((t, i) => out.add(requireId(`${property}[${i}]`, t)));
+  return [...out].sort(byteOrder);
+}
+
+/** Provision states are Ironic-style words ("available", "deploy failed", "clean wait"). */
+export function requireState(property: string, v: unknown): string {
+  const s = requireText(property, v, 64);
+  if (!/^[a-z][a-z0-9 _-]*$/.test(s)) {
+    throw bad(property, `${property} must be a lower-case provision state such as "available" or "deploy failed", got ${JSON.stringify(s)}`);
+  }
+  return s;
+}
+
+export function optionalVersion(property: string, v: unknown): number | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+    throw bad(property, `${property} must be a whole number >= 0 (0: the node must not exist yet)`);
+  }
+  return v;
+}
+
+export function requireLease(property: string, v: unknown): number {
+  if (typeof v !== "number" || !Number.isFinite(v) || v <= 0 || v > MAX_LEASE_SECONDS) {
+    throw bad(property, `${property} must be a number of seconds above 0 and at most ${MAX_LEASE_SECONDS}`);
+  }
+  return v;
+}
+
+/** JSON with object keys sorted at every level: equal values give equal text on both backends. */
+export function canonicalJson(v: unknown): string {
+  return JSON.stringify(sortKeys(v));
+}
+
+export function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v !== null && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    const out: Record<string, unknown> = {};
+    for (const k of Object.keys(o).sort(byteOrder)) if (o[k] !== undefined) out[k] = sortKeys(o[k]);
+    return out;
+  }
+  return v;
+}
+
+export function normaliseProperties(property: string, v: unknown): Record<string, unknown> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== "object" || Array.isArray(v)) throw bad(property, `${property} must be an object`);
+  let text: string;
+  try {
+    text = canonicalJson(v);
+  } catch (err) {
+    throw bad(property, `${property} must be plain JSON: ${(err as Error).message}`);
+  }
+  if (text.includes("\\u0000")) throw bad(property, `${property} must not contain NUL characters`);
+  if (text.length > 1_000_000) throw bad(property, `${property} must be under 1 MB as JSON`);
+  return JSON.parse(text) as Record<string, unknown>;
+}
+
+/** A validated, normalised `NodeInput`. */
+export interface NodeValues {
+  id: string;
+  name: string;
+  owner?: string;
+  lessee?: string;
+  resourceClass?: string;
+  traits: string[];
+  properties: Record<string, unknown>;
+  provisionState?: string;
+  maintenance?: boolean;
+  maintenanceReason?: string;
+}
+
+export function normaliseNode(n: NodeInput): NodeValues {
+  if (n === null || typeof n !== "object") throw bad("node", "node must be an object");
+  if (n.maintenance !== undefined && typeof n.maintenance !== "boolean") throw bad("maintenance", "maintenance must be a boolean");
+  return {
+    id: requireId("id", n.id),
+    name: requireText("name", n.name),
+    owner: optionalText("owner", n.owner),
+    lessee: optionalText("lessee", n.lessee),
+    resourceClass: optionalText("resourceClass", n.resourceClass),
+    traits: normaliseTraits("traits", n.traits),
+    properties: normaliseProperties("properties", n.properties),
+    provisionState: n.provisionState === undefined ? undefined : requireState("provisionState", n.provisionState),
+    maintenance: n.maintenance,
+    maintenanceReason: optionalText("maintenanceReason", n.maintenanceReason, 4096),
+  };
+}
+
+export interface ClaimValues {
+  allocationId: string;
+  name: string;
+  owner?: string;
+  project?: string;
+  resourceClass?: string;
+  traits: string[];
+  candidates?: string[];
+}
+
+export function normaliseClaim(r: ClaimRequest): ClaimValues {
+  if (r === null || typeof r !== "object") throw bad("request", "the claim request must be an object");
+  const project = optionalText("project", r.project);
+  return {
+    allocationId: requireId("allocationId", r.allocationId),
+    name: requireText("name", r.name),
+    owner: optionalText("owner", r.owner) ?? project,
+    project,
+    resourceClass: optionalText("resourceClass", r.resourceClass),
+    traits: normaliseTraits("traits", r.traits),
+    candidates: normaliseCandidates("candidates", r.candidates),
+  };
+}
+
+export function normaliseFilter(f: NodeFilter | undefined): NodeFilter {
+  if (f === undefined || f === null) return {};
+  return {
+    owner: optionalText("owner", f.owner),
+    lessee: optionalText("lessee", f.lessee),
+    visibleTo: optionalText("visibleTo", f.visibleTo),
+    provisionState: f.provisionState === undefined ? undefined : requireState("provisionState", f.provisionState),
+    resourceClass: optionalText("resourceClass", f.resourceClass),
+  };
+}
+
+/** Plain byte-wise (code unit) order, the same as SQLite's BINARY and PostgreSQL's "C" collation for ASCII. */
+export function byteOrder(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** The restrictions of a claim, without availability. */
+export function matchesRestrictions(n: NodeRecord, c: ClaimValues): boolean {
+  if (c.candidates && !c.candidates.includes(n.id)) return false;
+  if (c.project !== undefined && n.owner !== c.project && n.lessee !== c.project) return false;
+  if (c.resourceClass !== undefined && n.resourceClass !== c.resourceClass) return false;
+  return c.traits.every((t) => n.traits.includes(t));
+}
+
+export function isClaimable(n: NodeRecord): boolean {
+  return n.provisionState === AVAILABLE && !n.maintenance && n.allocationId === undefined;
+}
+
+export function matchesClaim(n: NodeRecord, c: ClaimValues): boolean {
+  return isClaimable(n) && matchesRestrictions(n, c);
+}
+
+/**
+ * The rendezvous ("highest random weight") key of a node for an allocation name. The node with the
+ * lowest key wins; ties (never seen in practice) fall back to the node's name, then its id.
+ * PostgreSQL computes the same value as `md5(name || '/' || id)`.
+ */
+export function rendezvousKey(allocationName: string, nodeId: string): string {
+  return createHash("md5").update(`${allocationName}/${nodeId}`, "utf8").digest("hex");
+}
+
+/** Nodes in the order a claim named `allocationName` would try them. */
+export function rankNodes<T extends { id: string; name: string }>(allocationName: string, nodes: T[]): T[] {
+  return nodes
+    .map((n) => ({ n, k: rendezvousKey(allocationName, n.id) }))
+    .sort((a, b) => byteOrder(a.k, b.k) || byteOrder(a.n.name, b.n.name) || byteOrder(a.n.id, b.n.id))
+    .map((x) => x.n);
+}
+
+function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+/**
+ * The `conflict` of a claim that found no node: a funnel over the whole inventory (each
+ * restriction in turn, then availability), so that the user sees which restriction emptied the
+ * pool, or that matching nodes exist but are all claimed, in maintenance or not `available`.
+ * Computed from a read after the failed claim, so under heavy concurrency the figures may be a
+ * moment newer than the claim's view.
+ */
+export function noMatchError(c: ClaimValues, all: NodeRecord[], inventoryKind: string): BaremetalError {
+  const details: string[] = [];
+  let pool = all;
+  details.push(`${plural(all.length, "node")} enrolled in the inventory`);
+  const step = (label: string, keep: (n: NodeRecord) => boolean): void => {
+    pool = pool.filter(keep);
+    details.push(`${pool.length} of them ${label}`);
+  };
+  if (c.candidates) {
+    const known = new Set(all.map((n) => n.id));
+    const unknown = c.candidates.filter((id) => !known.has(id));
+    step(`among the ${plural(c.candidates.length, "candidate")}`, (n) => c.candidates!.includes(n.id));
+    if (unknown.length) details.push(`candidates not enrolled: ${unknown.slice(0, 10).join(", ")}${unknown.length > 10 ? ", ..." : ""}`);
+  }
+  if (c.project !== undefined) step(`owned by or leased to project "${c.project}"`, (n) => n.owner === c.project || n.lessee === c.project);
+  if (c.resourceClass !== undefined) step(`of resource class "${c.resourceClass}"`, (n) => n.resourceClass === c.resourceClass);
+  if (c.traits.length) step(`with every trait of [${c.traits.join(", ")}]`, (n) => c.traits.every((t) => n.traits.includes(t)));
+
+  let reason: string;
+  if (all.length === 0) {
+    reason = "no node is enrolled";
+  } else if (pool.length === 0) {
+    reason = `none of the ${plural(all.length, "enrolled node")} passes the restrictions (${details.slice(1).join("; ")})`;
+  } else {
+    const claimed = pool.filter((n) => n.allocationId !== undefined);
+    const maintenance = pool.filter((n) => n.allocationId === undefined && n.maintenance);
+    const states = new Map<string, number>();
+    for (const n of pool) {
+      if (n.allocationId === undefined && !n.maintenance && n.provisionState !== AVAILABLE) {
+        states.set(n.provisionState, (states.get(n.provisionState) ?? 0) + 1);
+      }
+    }
+    const parts: string[] = [];
+    if (claimed.length) parts.push(`${claimed.length} already claimed`);
+    if (maintenance.length) parts.push(`${maintenance.length} in maintenance`);
+    for (const [s, k] of [...states].sort((a, b) => byteOrder(a[0], b[0]))) parts.push(`${k} in provision state "${s}"`);
+    const free = pool.filter(isClaimable).length;
+    reason =
+      free > 0
+        ? `${plural(pool.length, "node matches", "nodes match")} but ${pool.length === 1 ? "it was" : "they were"} claimed concurrently; try again`
+        : `${plural(pool.length, "node matches", "nodes match")} the restrictions but none is free: ${parts.join(", ")}`;
+    details.push(...parts.map((p) => `of those, ${p}`));
+  }
+  const restrictions: string[] = [];
+  if (c.project !== undefined) restrictions.push(`project "${c.project}"`);
+  if (c.resourceClass !== undefined) restrictions.push(`resource class "${c.resourceClass}"`);
+  if (c.traits.length) restrictions.push(`traits [${c.traits.join(", ")}]`);
+  if (c.candidates) restrictions.push(plural(c.candidates.length, "candidate"));
+  return new BaremetalError(
+    "conflict",
+    `no available node matches allocation "${c.name}"` +
+      (restrictions.length ? ` (${restrictions.join(", ")})` : "") +
+      `: ${reason} [${inventoryKind} inventory]`,
+    { details, messageId: NO_MATCH },
+  );
+}
+
+/** `messageId` of the claim that found no node, for callers that must tell it from other conflicts. */
+export const NO_MATCH = "inventory.NoAvailableNode";
+
+/** A `conflict` for a write against a stale version. */
+export function versionConflict(what: string, expected: number, actual: number): BaremetalError {
+  return new BaremetalError(
+    "conflict",
+    expected === 0
+      ? `${what} already exists (version ${actual}); it was expected not to exist yet`
+      : `${what} changed concurrently: expected version ${expected}, found ${actual}; read it again and retry`,
+    { messageId: "inventory.VersionConflict" },
+  );
+}
+
+export function nodeNotFound(id: string): BaremetalError {
+  return new BaremetalError("not-found", `node ${JSON.stringify(id)} is not enrolled in the inventory`);
+}
+
+export function closedError(kind: string): BaremetalError {
+  return new BaremetalError("internal", `the ${kind} inventory is closed`);
+}
+
+export function lockHeld(nodeId: string, holder: string, operation: string, expiresAt: string): BaremetalError {
+  return new BaremetalError(
+    "conflict",
+    `node ${JSON.stringify(nodeId)} is locked by ${JSON.stringify(holder)} for ${JSON.stringify(operation)} until ${expiresAt}; ` +
+      "wait for that operation to finish (a crashed run's lock runs out at that time)",
+    { messageId: "inventory.NodeLocked" },
+  );
+}
+
+/** Hides the password of a database URL, for messages. */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:]*):[^/@]*@/i, "$1:***@");
+}
+
+export function nowIso(): string {
+  return new Date().toISOString();
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A lock row as both backends read it back (times as ISO text). */
+export interface LockRow {
+  holder: string;
+  operation: string;
+  token: string;
+  expires_at: string;
+}
+
+/** The `conflict` of a renew that came too late: expired, released, or taken over by another holder. */
+export function lostLock(nodeId: string, operation: string, cur: LockRow | undefined, token: string, now: string): BaremetalError {
+  const why =
+    !cur || cur.token !== token
+      ? cur
+        ? `it was taken over by ${JSON.stringify(cur.holder)} for ${JSON.stringify(cur.operation)}`
+        : "it was released or taken over and freed since"
+      : `its lease ran out at ${cur.expires_at} (now ${now})`;
+  return new BaremetalError(
+    "conflict",
+    `the lock of node ${JSON.stringify(nodeId)} for ${JSON.stringify(operation)} is lost: ${why}; stop the operation (renew the lease well before it runs out)`,
+    { messageId: "inventory.LockLost" },
+  );
+}
+
+/** The declared and operational columns of a node row, as written (JSON as canonical text). */
+export interface NodeColumns {
+  name: string;
+  owner: string | null;
+  lessee: string | null;
+  resource_class: string | null;
+  traits: string;
+  properties: string;
+  provision_state: string;
+  maintenance: boolean;
+  maintenance_reason: string | null;
+}
+
+/**
+ * The columns `upsertNode` writes, the same on both backends: the declared fields replace the
+ * row's; provision state and maintenance change only when given (new nodes: `enroll`, not in
+ * maintenance); a maintenance reason is kept only while in maintenance.
+ */
+export function nodeColumns(cur: NodeRecord | undefined, v: NodeValues): NodeColumns {
+  const maintenance = v.maintenance ?? cur?.maintenance ?? false;
+  return {
+    name: v.name,
+    owner: v.owner ?? null,
+    lessee: v.lessee ?? null,
+    resource_class: v.resourceClass ?? null,
+    traits: JSON.stringify(v.traits),
+    properties: canonicalJson(v.properties),
+    provision_state: v.provisionState ?? cur?.provisionState ?? ENROLL,
+    maintenance,
+    maintenance_reason:
+      v.maintenance === undefined ? (cur?.maintenanceReason ?? null) : v.maintenance ? (v.maintenanceReason ?? null) : null,
+  };
+}
+
+/** A node's current columns, to tell a no-op upsert (which keeps the row and its version). */
+export function currentColumns(cur: NodeRecord): NodeColumns {
+  return {
+    name: cur.name,
+    owner: cur.owner ?? null,
+    lessee: cur.lessee ?? null,
+    resource_class: cur.resourceClass ?? null,
+    traits: JSON.stringify(cur.traits),
+    properties: canonicalJson(cur.properties),
+    provision_state: cur.provisionState,
+    maintenance: cur.maintenance,
+    maintenance_reason: cur.maintenanceReason ?? null,
+  };
+}
+
+export function sameColumns(a: NodeColumns, b: NodeColumns): boolean {
+  return (Object.keys(a) as (keyof NodeColumns)[]).every((k) => a[k] === b[k]);
+}
+
+export const NODE_COLUMNS: readonly (keyof NodeColumns)[] = [
+  "name", "owner", "lessee", "resource_class", "traits", "properties", "provision_state", "maintenance", "maintenance_reason",
+];
+
+/** The record without its undefined fields (unset optional fields are absent, as in JSON). */
+export function compact<T extends object>(o: T): T {
+  for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
+  return o;
+}

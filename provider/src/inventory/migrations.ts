@@ -1,0 +1,170 @@
+/**
+ * Versioned schema migrations of the inventory, one ordered list with the SQL of each dialect.
+ *
+ * - Versions are 1, 2, 3, ... without gaps; a migration is never edited once released (a change
+ *   is a new migration), so `schema_migrations` tells exactly which SQL a database has seen.
+ * - `schema_migrations (version, name, applied_at)` is created by the runner itself, not by a
+ *   migration, so that the runner can always ask a database where it stands.
+ * - On every open the runner takes the database's write lock (SQLite `BEGIN IMMEDIATE`,
+ *   PostgreSQL a transaction-scoped advisory lock), reads the applied versions, applies the
+ *   missing ones in order and records each, and commits once: several processes opening the same
+ *   fresh database at once apply the schema exactly once, and a failed migration leaves nothing
+ *   behind (DDL is transactional on both engines).
+ * - A database whose versions the code does not know (newer code wrote it) is refused with a
+ *   `conflict` that says to upgrade the provider: old code must not write rows whose meaning it
+ *   does not know.
+ *
+ * Schema notes (v1):
+ * - `nodes.allocation_id` is the claim itself, on the node row: claiming is an update of that row,
+ *   so on PostgreSQL the row lock taken by `FOR UPDATE SKIP LOCKED` arbitrates between claims and
+ *   the re-check of the claim's condition after waiting sees the competing claim (see postgres.ts).
+ *   It is UNIQUE: one node per allocation.
+ * - `allocations_one_active_per_node` (partial unique index) is the second guard: one active
+ *   allocation per node, whatever the code does. Released allocations stay, for the record.
+ * - `node_locks` is keyed by node id without a foreign key: a lock may be taken before the node is
+ *   enrolled (create) and outlives its removal until released or expired. `token` is the fencing
+ *   token of one acquisition (renew/release of a stale handle never touch a newer holder's lock).
+ * - SQLite stores times as ISO 8601 text in UTC (they sort as text) and JSON as text; PostgreSQL
+ *   uses timestamptz and jsonb.
+ */
+import { BaremetalError } from "../core/errors";
+
+export interface Migration {
+  version: number;
+  /** Short, stable description (recorded). */
+  name: string;
+  sqlite: string[];
+  postgres: string[];
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "nodes, allocations, node locks",
+    sqlite: [
+      `CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT,
+        lessee TEXT,
+        resource_class TEXT,
+        traits TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(traits) AND json_type(traits) = 'array'),
+        properties TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(properties) AND json_type(properties) = 'object'),
+        provision_state TEXT NOT NULL DEFAULT 'enroll',
+        maintenance INTEGER NOT NULL DEFAULT 0 CHECK (maintenance IN (0, 1)),
+        maintenance_reason TEXT,
+        last_error TEXT,
+        allocation_id TEXT UNIQUE,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1
+      )`,
+      `CREATE INDEX nodes_owner ON nodes (owner)`,
+      `CREATE INDEX nodes_lessee ON nodes (lessee)`,
+      `CREATE INDEX nodes_name ON nodes (name, id)`,
+      `CREATE INDEX nodes_claimable ON nodes (resource_class) WHERE provision_state = 'available' AND maintenance = 0 AND allocation_id IS NULL`,
+      `CREATE TABLE allocations (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT,
+        project TEXT,
+        node_id TEXT NOT NULL,
+        resource_class TEXT,
+        traits TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(traits)),
+        candidate_nodes TEXT CHECK (candidate_nodes IS NULL OR json_valid(candidate_nodes)),
+        state TEXT NOT NULL CHECK (state IN ('active', 'released')),
+        created_at TEXT NOT NULL,
+        released_at TEXT
+      )`,
+      `CREATE UNIQUE INDEX allocations_one_active_per_node ON allocations (node_id) WHERE state = 'active'`,
+      `CREATE INDEX allocations_owner ON allocations (owner)`,
+      `CREATE TABLE node_locks (
+        node_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        token TEXT NOT NULL,
+        acquired_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+      )`,
+    ],
+    postgres: [
+      `CREATE TABLE nodes (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        owner text,
+        lessee text,
+        resource_class text,
+        traits jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(traits) = 'array'),
+        properties jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(properties) = 'object'),
+        provision_state text NOT NULL DEFAULT 'enroll',
+        maintenance boolean NOT NULL DEFAULT false,
+        maintenance_reason text,
+        last_error text,
+        allocation_id text UNIQUE,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        version integer NOT NULL DEFAULT 1
+      )`,
+      `CREATE INDEX nodes_owner ON nodes (owner)`,
+      `CREATE INDEX nodes_lessee ON nodes (lessee)`,
+      `CREATE INDEX nodes_name ON nodes (name COLLATE "C", id COLLATE "C")`,
+      `CREATE INDEX nodes_claimable ON nodes (resource_class) WHERE provision_state = 'available' AND NOT maintenance AND allocation_id IS NULL`,
+      `CREATE TABLE allocations (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        owner text,
+        project text,
+        node_id text NOT NULL,
+        resource_class text,
+        traits jsonb NOT NULL DEFAULT '[]',
+        candidate_nodes jsonb,
+        state text NOT NULL CHECK (state IN ('active', 'released')),
+        created_at timestamptz NOT NULL,
+        released_at timestamptz
+      )`,
+      `CREATE UNIQUE INDEX allocations_one_active_per_node ON allocations (node_id) WHERE state = 'active'`,
+      `CREATE INDEX allocations_owner ON allocations (owner)`,
+      `CREATE TABLE node_locks (
+        node_id text PRIMARY KEY,
+        holder text NOT NULL,
+        operation text NOT NULL,
+        token text NOT NULL,
+        acquired_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL
+      )`,
+    ],
+  },
+];
+
+/** The schema version this code writes. */
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
+
+/** Refuses a malformed list (a bug of ours): versions must be 1..n in order. */
+export function checkMigrationList(list: readonly Migration[]): void {
+  list.forEach((m, i) => {
+    if (m.version !== i + 1) {
+      throw new BaremetalError("internal", `inventory migration #${i} has version ${m.version}, expected ${i + 1}`);
+    }
+  });
+}
+
+/**
+ * The migrations still to apply to a database that recorded `applied`, or a `conflict` when the
+ * database was written by newer code (or by different code: a version this list lacks).
+ */
+export function pendingMigrations(applied: number[], list: readonly Migration[], where: string): Migration[] {
+  checkMigrationList(list);
+  const latest = list.length ? list[list.length - 1].version : 0;
+  const known = new Set(list.map((m) => m.version));
+  const newest = applied.length ? Math.max(...applied) : 0;
+  if (newest > latest || applied.some((v) => !known.has(v))) {
+    throw new BaremetalError(
+      "conflict",
+      `the inventory database (${where}) has schema version ${newest}, newer than this provider knows (${latest}): ` +
+        "upgrade pulumi-resource-baremetal on every machine that uses this inventory, or point this one at another inventory",
+      { messageId: "inventory.SchemaTooNew", details: [`applied versions: ${[...applied].sort((a, b) => a - b).join(", ")}`] },
+    );
+  }
+  const done = new Set(applied);
+  return list.filter((m) => !done.has(m.version));
+}
