@@ -162,6 +162,12 @@ if ((${#apt_missing[@]})); then
   have apt-get || die "missing Debian packages (${apt_missing[*]}) and no apt-get to install them"
   SUDO=(); [[ "$(id -u)" == 0 ]] || SUDO=(sudo)
   t=$(date +%s%N)
+  # Debian's postgresql would create a cluster and start it in the background; the tests start
+  # their own throwaway servers (test/harness/postgres.ts) and nothing else may be left running.
+  if [[ " ${apt_missing[*]} " == *" postgresql "* ]] && ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
+    "${SUDO[@]}" mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | "${SUDO[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
   run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" apt-get update -q
   run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${apt_missing[@]}"
