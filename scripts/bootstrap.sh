@@ -170,7 +170,7 @@ if ((${#apt_missing[@]})); then
   fi
   run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" apt-get update -q
   run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${apt_missing[@]}"
+    apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${apt_missing[@]}"
   say "debian packages: installed ${apt_missing[*]} in $(elapsed "$t") s"
 elif want apt; then
   say "debian packages: ${APT_PACKAGES[*]} (present)"
