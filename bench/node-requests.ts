@@ -7,7 +7,10 @@
  */
 import { applyDefaults } from "../provider/src/core/fields";
 import { configFields, toProviderConfig, withEnvironment } from "../provider/src/core/config";
+import { callerOf } from "../provider/src/core/auth";
+import { Policy } from "../provider/src/core/policy";
 import type { OperationContext } from "../provider/src/core/resource";
+import { openInventory } from "../provider/src/inventory";
 import { nodeRequestHooks, nodeResource } from "../provider/src/resources/compute/node";
 import { startSushy } from "../test/harness/sushy";
 
@@ -15,8 +18,14 @@ async function main(): Promise<void> {
   const sushy = await startSushy({ systems: 1, username: "admin", password: "bench-password" });
   const log: Array<{ method: string; path: string; ms: number }> = [];
   nodeRequestHooks.onRequest = (e) => log.push(e);
+  const config = toProviderConfig(applyDefaults(configFields, withEnvironment({ bmcUsername: "admin", bmcPassword: "bench-password" }, {})));
+  const inventory = openInventory("sqlite::memory:");
   const ctx: OperationContext = {
-    config: toProviderConfig(applyDefaults(configFields, withEnvironment({ bmcUsername: "admin", bmcPassword: "bench-password" }, {}))),
+    config,
+    caller: callerOf(config),
+    policy: Policy.defaults(),
+    inventory: () => inventory,
+    name: "bench-node",
     signal: new AbortController().signal,
     deadline: Date.now() + 300_000,
     progress: () => undefined,
@@ -50,6 +59,7 @@ async function main(): Promise<void> {
     await measure("update (power off, wait)", () => nodeResource.update(ctx, created.id, inputs, { ...inputs, powerState: "off" }, created.outputs));
     await measure("create (power on from off, wait)", () => nodeResource.create(ctx, inputs));
   } finally {
+    await (await inventory).close();
     await sushy.stop();
   }
 }

@@ -41,6 +41,7 @@ async function main(): Promise<void> {
     await pulumi(["stack", "init", "lab"], env);
     await pulumi(["config", "set", "baremetal:bmcUsername"], env, "admin");
     await pulumi(["config", "set", "--secret", "baremetal:bmcPassword"], env, password);
+    await pulumi(["config", "set", "baremetal:inventoryUrl"], env, `sqlite://${join(LAB, "inventory.db")}`);
     await pulumi(["config", "set", "bmcAddress"], env, bmc.url);
     await pulumi(["config", "set", "systemIds"], env, JSON.stringify(bmc.systemIds));
     await pulumi(["up", "--yes", "--skip-preview"], env);

@@ -41,6 +41,8 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["bmcRequestTimeoutSeconds"] = pulumi.output((args ? args.bmcRequestTimeoutSeconds : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_REQUEST_TIMEOUT") || 60)).apply(JSON.stringify);
             resourceInputs["bmcUsername"] = (args ? args.bmcUsername : undefined) ?? utilities.getEnv("BAREMETAL_BMC_USERNAME");
             resourceInputs["bmcVerifyTls"] = pulumi.output((args ? args.bmcVerifyTls : undefined) ?? (utilities.getEnvBoolean("BAREMETAL_BMC_VERIFY_TLS") || true)).apply(JSON.stringify);
+            resourceInputs["inventoryUrl"] = (args?.inventoryUrl ? pulumi.secret(args.inventoryUrl) : undefined) ?? utilities.getEnv("BAREMETAL_INVENTORY_URL");
+            resourceInputs["policyFile"] = (args ? args.policyFile : undefined) ?? utilities.getEnv("BAREMETAL_POLICY_FILE");
             resourceInputs["project"] = (args ? args.project : undefined) ?? utilities.getEnv("BAREMETAL_PROJECT");
             resourceInputs["roles"] = pulumi.output((args ? args.roles : undefined) ?? <any>utilities.getEnv("BAREMETAL_ROLES")).apply(JSON.stringify);
         }
@@ -82,7 +84,15 @@ export interface ProviderArgs {
      */
     bmcVerifyTls?: pulumi.Input<boolean>;
     /**
-     * The caller's project (tenant) id, checked by the multi-tenancy policy.
+     * Where the shared inventory lives (enrolled nodes, allocations, operation locks): `sqlite:///absolute/path.db` (the default: ~/.local/state/pulumi-baremetal/inventory.db) or `postgres://user:password@host:port/database` for teams. Every stack of one installation must use the same one.
+     */
+    inventoryUrl?: pulumi.Input<string>;
+    /**
+     * A policy file (YAML or JSON, rule name -> check string, as Ironic's policy.yaml) overriding the default rules. Used only when `project` is set.
+     */
+    policyFile?: pulumi.Input<string>;
+    /**
+     * The caller's project (tenant) id, checked by the multi-tenancy policy. Unset: the caller is the operator of a standalone installation and every operation is allowed.
      */
     project?: pulumi.Input<string>;
     /**

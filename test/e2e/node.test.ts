@@ -53,6 +53,8 @@ async function waitForPower(bmc: SushyInstance, systemId: string, want: string):
 }
 
 async function configure(p: PulumiProject, bmc: SushyInstance, systems: string[]): Promise<void> {
+  // Each test project has its own inventory (the shared database of one installation).
+  await p.setConfig("baremetal:inventoryUrl", `sqlite://${p.dir}/inventory.db`, true);
   await p.setConfig("baremetal:bmcUsername", USER);
   await p.setConfig("baremetal:bmcPassword", PASSWORD, true);
   await p.setConfig("bmcAddress", bmc.url);
@@ -305,6 +307,7 @@ const provider = new baremetal.Provider("lab-bmcs", {
   bmcUsername: config.require("user"),
   bmcPassword: config.requireSecret("password"),
   bmcVerifyTls: config.requireBoolean("verifyTls"),
+  inventoryUrl: config.require("inventoryUrl"),
 });
 const node = new baremetal.compute.Node("n", { bmc: { address: config.require("bmcAddress") } }, { provider });
 export const systemId = node.systemId;
@@ -315,6 +318,7 @@ export const systemId = node.systemId;
       await p.setConfig("user", USER);
       await p.setConfig("password", PASSWORD, true);
       await p.setConfig("verifyTls", "false");
+      await p.setConfig("inventoryUrl", `sqlite://${p.dir}/inventory.db`);
       await p.pulumi(["up", "--yes", "--skip-preview"]);
       expect((await p.outputs()).systemId).toBe(bmc.systemIds[0]);
       const exported = await p.exportStack();

@@ -57,9 +57,25 @@ export const configFields = {
     env: ["BAREMETAL_BMC_GLOBAL_MAX_CONCURRENCY"],
     hint: "Use a whole number between 1 and 4096",
   },
+  inventoryUrl: {
+    type: "string",
+    secret: true,
+    description:
+      "Where the shared inventory lives (enrolled nodes, allocations, operation locks): `sqlite:///absolute/path.db` (the default: ~/.local/state/pulumi-baremetal/inventory.db) or `postgres://user:password@host:port/database` for teams. Every stack of one installation must use the same one.",
+    env: ["BAREMETAL_INVENTORY_URL"],
+    hint: "Use sqlite:///absolute/path.db or postgres://user:password@host:port/database",
+    validate: (v: string) => (/^(sqlite:(\/\/\/|:memory:)|postgres(ql)?:\/\/)/.test(v) ? undefined : `'${v.replace(/\/\/[^@/]*@/, "//***@")}' is not an inventory URL`),
+  },
+  policyFile: {
+    type: "string",
+    description:
+      "A policy file (YAML or JSON, rule name -> check string, as Ironic's policy.yaml) overriding the default rules. Used only when `project` is set.",
+    env: ["BAREMETAL_POLICY_FILE"],
+  },
   project: {
     type: "string",
-    description: "The caller's project (tenant) id, checked by the multi-tenancy policy.",
+    description:
+      "The caller's project (tenant) id, checked by the multi-tenancy policy. Unset: the caller is the operator of a standalone installation and every operation is allowed.",
     env: ["BAREMETAL_PROJECT"],
   },
   roles: {
@@ -78,6 +94,8 @@ export interface ProviderConfig {
   bmcRequestTimeoutSeconds: number;
   bmcMaxConcurrency: number;
   bmcGlobalMaxConcurrency: number;
+  inventoryUrl?: string;
+  policyFile?: string;
   project?: string;
   roles: string[];
 }
@@ -129,6 +147,8 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     bmcRequestTimeoutSeconds: (v("bmcRequestTimeoutSeconds") as number | undefined) ?? 60,
     bmcMaxConcurrency: (v("bmcMaxConcurrency") as number | undefined) ?? 4,
     bmcGlobalMaxConcurrency: (v("bmcGlobalMaxConcurrency") as number | undefined) ?? 64,
+    inventoryUrl: v("inventoryUrl") as string | undefined,
+    policyFile: v("policyFile") as string | undefined,
     project: v("project") as string | undefined,
     roles: (v("roles") as string[] | undefined) ?? [],
   };

@@ -3,16 +3,31 @@
  * handlers. Adapters (Pulumi gRPC, later Terraform) drive these handlers; they hold no business
  * logic of their own.
  */
+import type { Inventory } from "../inventory/types";
+import type { Caller } from "./auth";
 import type { Fields } from "./fields";
 import type { ProviderConfig } from "./config";
+import type { Policy } from "./policy";
 import type { CheckFailure } from "./validate";
 
 export type Props = Record<string, unknown>;
 
-/** What a handler may use while it runs. */
-export interface OperationContext {
+/** What every handler may use, also at preview (Check): nothing here touches a machine. */
+export interface ProviderContext {
   /** The configured provider. */
   readonly config: ProviderConfig;
+  /** Who runs this (from the provider's `project` and `roles`). */
+  readonly caller: Caller;
+  /** The effective policy (defaults, or the provider's `policyFile`). */
+  readonly policy: Policy;
+  /** The shared inventory, opened on first use. */
+  inventory(): Promise<Inventory>;
+}
+
+/** What a handler may use while it runs. */
+export interface OperationContext extends ProviderContext {
+  /** The resource's name in the program (its URN's last part). */
+  readonly name: string;
   /** Aborted when the engine cancels or the deadline passes. */
   readonly signal: AbortSignal;
   /** When the operation must be done by (from custom timeouts or the resource default). */
@@ -47,8 +62,17 @@ export interface ResourceDefinition {
   deleteBeforeReplace?: boolean;
   /** Default time for create/update/delete, in seconds, when the program sets no custom timeout. */
   defaultTimeoutSeconds: number;
-  /** Offline checks beyond field validation (cross-field rules); never touches a backend. */
-  check?(inputs: Props): CheckFailure[];
+  /**
+   * Checks beyond field validation: cross-field rules and the policy (at preview time). Never
+   * touches a machine; may read the inventory. Throws an `auth` error when the policy denies.
+   */
+  check?(inputs: Props, ctx: ProviderContext): Promise<CheckFailure[]> | CheckFailure[];
+  /**
+   * The policy check of a change, run by the adapter at preview time (create and update
+   * previews) and again before the change is made (and before delete). Throws an `auth` error
+   * naming the rule when the caller may not. `state` is the current state (update, delete).
+   */
+  authorize?(ctx: ProviderContext, change: "create" | "update" | "delete", inputs: Props, state?: Props): Promise<void> | void;
   /** Canonical form of valid inputs (e.g. a URL without its trailing slash), so equal meanings diff equal. */
   normalize?(inputs: Props): Props;
   /** Outputs known at preview time without touching a backend; the rest are unknown. */

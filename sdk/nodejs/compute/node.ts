@@ -37,6 +37,10 @@ export class Node extends pulumi.CustomResource {
     }
 
     /**
+     * The allocation that holds the node, if any.
+     */
+    public /*out*/ readonly allocationId!: pulumi.Output<string | undefined>;
+    /**
      * How to reach the machine's BMC.
      */
     public readonly bmc!: pulumi.Output<outputs.compute.Bmc>;
@@ -69,6 +73,10 @@ export class Node extends pulumi.CustomResource {
      */
     public /*out*/ readonly currentPowerState!: pulumi.Output<string>;
     /**
+     * The last error recorded for the node in the inventory.
+     */
+    public /*out*/ readonly lastError!: pulumi.Output<string | undefined>;
+    /**
      * Project the node is leased to.
      */
     public readonly lessee!: pulumi.Output<string | undefined>;
@@ -100,6 +108,10 @@ export class Node extends pulumi.CustomResource {
      * Free-form properties of the node.
      */
     public readonly properties!: pulumi.Output<{[key: string]: string} | undefined>;
+    /**
+     * Provision state in the shared inventory, as Ironic's: enroll, manageable, available, deploying, active, deploy failed, cleaning, clean failed.
+     */
+    public /*out*/ readonly provisionState!: pulumi.Output<string>;
     /**
      * Resource class used to match allocations, e.g. `baremetal-large`.
      */
@@ -148,20 +160,24 @@ export class Node extends pulumi.CustomResource {
             resourceInputs["properties"] = args ? args.properties : undefined;
             resourceInputs["resourceClass"] = args ? args.resourceClass : undefined;
             resourceInputs["traits"] = args ? args.traits : undefined;
+            resourceInputs["allocationId"] = undefined /*out*/;
             resourceInputs["cpuCount"] = undefined /*out*/;
             resourceInputs["cpuModel"] = undefined /*out*/;
             resourceInputs["currentBootDevice"] = undefined /*out*/;
             resourceInputs["currentBootMode"] = undefined /*out*/;
             resourceInputs["currentPowerState"] = undefined /*out*/;
+            resourceInputs["lastError"] = undefined /*out*/;
             resourceInputs["macAddresses"] = undefined /*out*/;
             resourceInputs["manufacturer"] = undefined /*out*/;
             resourceInputs["memoryGiB"] = undefined /*out*/;
             resourceInputs["model"] = undefined /*out*/;
+            resourceInputs["provisionState"] = undefined /*out*/;
             resourceInputs["serialNumber"] = undefined /*out*/;
             resourceInputs["systemId"] = undefined /*out*/;
             resourceInputs["systemUri"] = undefined /*out*/;
             resourceInputs["uuid"] = undefined /*out*/;
         } else {
+            resourceInputs["allocationId"] = undefined /*out*/;
             resourceInputs["bmc"] = undefined /*out*/;
             resourceInputs["bootDevice"] = undefined /*out*/;
             resourceInputs["bootMode"] = undefined /*out*/;
@@ -170,6 +186,7 @@ export class Node extends pulumi.CustomResource {
             resourceInputs["currentBootDevice"] = undefined /*out*/;
             resourceInputs["currentBootMode"] = undefined /*out*/;
             resourceInputs["currentPowerState"] = undefined /*out*/;
+            resourceInputs["lastError"] = undefined /*out*/;
             resourceInputs["lessee"] = undefined /*out*/;
             resourceInputs["macAddresses"] = undefined /*out*/;
             resourceInputs["manufacturer"] = undefined /*out*/;
@@ -178,6 +195,7 @@ export class Node extends pulumi.CustomResource {
             resourceInputs["owner"] = undefined /*out*/;
             resourceInputs["powerState"] = undefined /*out*/;
             resourceInputs["properties"] = undefined /*out*/;
+            resourceInputs["provisionState"] = undefined /*out*/;
             resourceInputs["resourceClass"] = undefined /*out*/;
             resourceInputs["serialNumber"] = undefined /*out*/;
             resourceInputs["systemId"] = undefined /*out*/;

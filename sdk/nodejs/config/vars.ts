@@ -85,7 +85,29 @@ Object.defineProperty(exports, "bmcVerifyTls", {
 });
 
 /**
- * The caller's project (tenant) id, checked by the multi-tenancy policy.
+ * Where the shared inventory lives (enrolled nodes, allocations, operation locks): `sqlite:///absolute/path.db` (the default: ~/.local/state/pulumi-baremetal/inventory.db) or `postgres://user:password@host:port/database` for teams. Every stack of one installation must use the same one.
+ */
+export declare const inventoryUrl: string | undefined;
+Object.defineProperty(exports, "inventoryUrl", {
+    get() {
+        return __config.get("inventoryUrl") ?? utilities.getEnv("BAREMETAL_INVENTORY_URL");
+    },
+    enumerable: true,
+});
+
+/**
+ * A policy file (YAML or JSON, rule name -> check string, as Ironic's policy.yaml) overriding the default rules. Used only when `project` is set.
+ */
+export declare const policyFile: string | undefined;
+Object.defineProperty(exports, "policyFile", {
+    get() {
+        return __config.get("policyFile") ?? utilities.getEnv("BAREMETAL_POLICY_FILE");
+    },
+    enumerable: true,
+});
+
+/**
+ * The caller's project (tenant) id, checked by the multi-tenancy policy. Unset: the caller is the operator of a standalone installation and every operation is allowed.
  */
 export declare const project: string | undefined;
 Object.defineProperty(exports, "project", {

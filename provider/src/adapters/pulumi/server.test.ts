@@ -39,7 +39,7 @@ beforeAll(async () => {
   const s = await serve();
   server = s.server;
   client = new provrpc.ResourceProviderClient(`127.0.0.1:${s.port}`, grpc.credentials.createInsecure());
-  const cfg = new provproto.ConfigureRequest().setArgs(struct({ bmcUsername: "admin", bmcPassword: secret("mockup-pw") })).setAcceptsecrets(true);
+  const cfg = new provproto.ConfigureRequest().setArgs(struct({ bmcUsername: "admin", bmcPassword: secret("mockup-pw"), inventoryUrl: "sqlite::memory:" })).setAcceptsecrets(true);
   const resp = await call<provproto.ConfigureRequest, provproto.ConfigureResponse>("configure", cfg);
   expect(resp.getSupportspreview()).toBe(true);
   expect(resp.getAcceptsecrets()).toBe(true);

@@ -16,11 +16,15 @@ import * as plugproto from "@pulumi/pulumi/proto/plugin_pb";
 import * as provrpc from "@pulumi/pulumi/proto/provider_grpc_pb";
 import * as provproto from "@pulumi/pulumi/proto/provider_pb";
 import * as statusproto from "@pulumi/pulumi/proto/status_pb";
+import { callerOf } from "../../core/auth";
 import { type ProviderConfig, configFields, toProviderConfig, withEnvironment } from "../../core/config";
+import { Policy } from "../../core/policy";
+import { defaultInventoryUrl, openInventory } from "../../inventory";
+import type { Inventory } from "../../inventory/types";
 import { diffInputs, type PropertyChange } from "../../core/diff";
 import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
 import { applyDefaults, type Fields } from "../../core/fields";
-import { isPartialCreate, type OperationContext, type Props, type ResourceDefinition } from "../../core/resource";
+import { isPartialCreate, type OperationContext, type ProviderContext, type Props, type ResourceDefinition } from "../../core/resource";
 import { type CheckFailure, Validator } from "../../core/validate";
 import { UNKNOWN, isUnknown } from "../../core/values";
 import { resourcesByToken } from "../../resources";
@@ -39,6 +43,8 @@ interface Compiled {
 
 export class BaremetalProvider {
   private config: ProviderConfig = toProviderConfig(withEnvironment({}));
+  private policy: Policy = Policy.defaults();
+  private inventoryHandle?: { url: string; opened: Promise<Inventory> };
   private engine?: engrpc.EngineClient;
   private readonly inflight = new Set<AbortController>();
   private readonly compiled = new Map<string, Compiled>();
@@ -82,7 +88,31 @@ export class BaremetalProvider {
     this.engine.log(req, () => undefined);
   }
 
-  private context(urn: string, timeoutSeconds: number, def: ResourceDefinition): { ctx: OperationContext; done: () => void } {
+  /** What every handler may use: config, caller, policy and the shared inventory (opened once). */
+  private providerContext(): ProviderContext {
+    return {
+      config: this.config,
+      caller: callerOf(this.config),
+      policy: this.policy,
+      inventory: () => {
+        const url = this.config.inventoryUrl ?? defaultInventoryUrl();
+        if (this.inventoryHandle?.url !== url) {
+          const previous = this.inventoryHandle?.opened;
+          this.inventoryHandle = { url, opened: openInventory(url, { property: "inventoryUrl" }) };
+          previous?.then((i) => i.close()).catch(() => undefined);
+        }
+        return this.inventoryHandle.opened;
+      },
+    };
+  }
+
+  /** Closes what the provider holds open (the inventory). */
+  async close(): Promise<void> {
+    await this.inventoryHandle?.opened.then((i) => i.close()).catch(() => undefined);
+    this.inventoryHandle = undefined;
+  }
+
+  private context(urn: string, timeoutSeconds: number, def: ResourceDefinition, name = ""): { ctx: OperationContext; done: () => void } {
     const controller = new AbortController();
     this.inflight.add(controller);
     const seconds = timeoutSeconds > 0 ? timeoutSeconds : def.defaultTimeoutSeconds;
@@ -92,7 +122,8 @@ export class BaremetalProvider {
       seconds * 1000 + 2000,
     );
     const ctx: OperationContext = {
-      config: this.config,
+      ...this.providerContext(),
+      name: name || urn.split("::").pop() || "",
       signal: controller.signal,
       deadline,
       progress: (m) => this.log(engproto.LogSeverity.INFO, m, urn, true),
@@ -146,6 +177,7 @@ export class BaremetalProvider {
     const failures = this.configValidator.check(merged);
     if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
     this.config = toProviderConfig(merged);
+    this.policy = this.config.policyFile ? Policy.fromFile(this.config.policyFile) : Policy.defaults();
     return new provproto.ConfigureResponse().setAcceptsecrets(true).setSupportspreview(true).setAcceptresources(true).setAcceptoutputs(false);
   };
 
@@ -161,7 +193,7 @@ export class BaremetalProvider {
     const news = fromStruct(req.getNews());
     let inputs = applyDefaults(def.inputs, news.value);
     const failures = validator.check(inputs);
-    if (!failures.length && def.check) failures.push(...def.check(inputs));
+    if (!failures.length && def.check) failures.push(...(await def.check(inputs, this.providerContext())));
     if (!failures.length && def.normalize) inputs = def.normalize(inputs);
     return checkResponse(inputs, new Set([...news.secretPaths, ...secretPaths]), failures);
   };
@@ -179,13 +211,14 @@ export class BaremetalProvider {
     const { def, secretPaths } = this.resource(req.getType(), req.getUrn());
     const inputs = fromStruct(req.getProperties());
     const secrets = new Set([...inputs.secretPaths, ...secretPaths]);
+    await def.authorize?.(this.providerContext(), "create", inputs.value);
     if (req.getPreview()) {
       const known = def.preview ? def.preview(inputs.value) : {};
       const outs: Props = { ...inputs.value };
       for (const name of Object.keys(def.outputs)) outs[name] = known[name] ?? UNKNOWN;
       return new provproto.CreateResponse().setId("").setProperties(toStruct(outs, secrets));
     }
-    const { ctx, done } = this.context(req.getUrn(), req.getTimeout(), def);
+    const { ctx, done } = this.context(req.getUrn(), req.getTimeout(), def, req.getName());
     try {
       const result = await def.create(ctx, inputs.value);
       return new provproto.CreateResponse().setId(result.id).setProperties(toStruct(result.outputs, secrets));
@@ -203,7 +236,7 @@ export class BaremetalProvider {
     const inputs = fromStruct(req.getInputs());
     const hasInputs = req.hasInputs() && Object.keys(inputs.value).length > 0;
     const secrets = new Set([...state.secretPaths, ...inputs.secretPaths, ...secretPaths]);
-    const { ctx, done } = this.context(req.getUrn(), 0, def);
+    const { ctx, done } = this.context(req.getUrn(), 0, def, req.getName());
     try {
       const result = await def.read(ctx, req.getId(), hasInputs ? inputs.value : undefined, req.hasProperties() ? state.value : undefined);
       // An empty id tells the engine the object is gone (refresh removes it from state).
@@ -223,12 +256,13 @@ export class BaremetalProvider {
     const oldInputs = req.hasOldInputs() ? fromStruct(req.getOldInputs()).value : pick(oldState.value, def.inputs);
     const news = fromStruct(req.getNews());
     const secrets = new Set([...news.secretPaths, ...oldState.secretPaths, ...secretPaths]);
+    await def.authorize?.(this.providerContext(), "update", news.value, oldState.value);
     if (req.getPreview()) {
       const outs: Props = { ...news.value };
       for (const [name, f] of Object.entries(def.outputs)) outs[name] = f.stable ? oldState.value[name] : UNKNOWN;
       return new provproto.UpdateResponse().setProperties(toStruct(outs, secrets));
     }
-    const { ctx, done } = this.context(req.getUrn(), req.getTimeout(), def);
+    const { ctx, done } = this.context(req.getUrn(), req.getTimeout(), def, req.getName());
     try {
       const outputs = await def.update(ctx, req.getId(), oldInputs, news.value, oldState.value);
       return new provproto.UpdateResponse().setProperties(toStruct(outputs, secrets));
@@ -241,7 +275,8 @@ export class BaremetalProvider {
     const { def } = this.resource(req.getType(), req.getUrn());
     const state = fromStruct(req.getProperties()).value;
     const inputs = req.hasOldInputs() ? fromStruct(req.getOldInputs()).value : pick(state, def.inputs);
-    const { ctx, done } = this.context(req.getUrn(), req.getTimeout(), def);
+    await def.authorize?.(this.providerContext(), "delete", inputs, state);
+    const { ctx, done } = this.context(req.getUrn(), req.getTimeout(), def, req.getName());
     try {
       await def.delete(ctx, req.getId(), inputs, state);
       return new Empty();

@@ -9,7 +9,9 @@ import { readFileSync } from "node:fs";
 import { BaremetalError, describeError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import { type OperationContext, PartialCreateError, type Props, type ResourceDefinition } from "../../core/resource";
+import { authorize } from "../../core/auth";
 import { bmcDriverFor } from "../../drivers";
+import { AVAILABLE, ENROLL, type NodeInput, type NodeRecord } from "../../inventory/types";
 import type { BmcDriver, BootDevice, BootMode, SystemFacts } from "../../drivers/kinds/bmc";
 
 const BOOT_DEVICES = ["none", "pxe", "disk", "cd", "bios", "http", "usb"] as const;
@@ -107,6 +109,13 @@ const outputs = {
   },
   currentBootDevice: { type: "string", required: true, description: "The boot override read from the BMC (`none` when disabled)." },
   currentBootMode: { type: "string", description: "The boot mode read from the BMC (uefi or legacy)." },
+  provisionState: {
+    type: "string",
+    required: true,
+    description: "Provision state in the shared inventory, as Ironic's: enroll, manageable, available, deploying, active, deploy failed, cleaning, clean failed.",
+  },
+  lastError: { type: "string", description: "The last error recorded for the node in the inventory." },
+  allocationId: { type: "string", description: "The allocation that holds the node, if any." },
 } as const satisfies Fields;
 
 interface BmcInputs {
@@ -187,6 +196,33 @@ function attribute(e: unknown): unknown {
     cause: e,
   });
 }
+
+/** The node's record in the shared inventory: what other stacks allocate from. */
+function nodeRecordOf(id: string, name: string, props: Props): NodeInput {
+  return {
+    id,
+    name,
+    owner: props.owner as string | undefined,
+    lessee: props.lessee as string | undefined,
+    resourceClass: props.resourceClass as string | undefined,
+    traits: (props.traits as string[] | undefined) ?? [],
+    properties: (props.properties as Record<string, string> | undefined) ?? {},
+  };
+}
+
+/** Registers (or updates) the node; a new node becomes available for allocations. */
+async function register(ctx: OperationContext, id: string, props: Props): Promise<Props> {
+  const inventory = await ctx.inventory();
+  const existing = await inventory.getNode(id);
+  const record = await inventory.upsertNode({ ...nodeRecordOf(id, existing?.name ?? ctx.name, props), provisionState: existing ? undefined : AVAILABLE });
+  return inventoryOutputs(record);
+}
+
+function inventoryOutputs(record: NodeRecord | undefined): Props {
+  return { provisionState: record?.provisionState ?? ENROLL, lastError: record?.lastError, allocationId: record?.allocationId };
+}
+
+const str = (v: unknown) => (typeof v === "string" ? v : undefined);
 
 /** One driver (one BMC session) per operation, always closed. */
 async function withDriver<T>(ctx: OperationContext, bmc: BmcInputs, use: (driver: BmcDriver) => Promise<T>): Promise<T> {
@@ -337,13 +373,15 @@ export const nodeResource: ResourceDefinition = {
       ctx.progress(`discovering system ${systemId}`);
       let facts = await factsOrExplain(driver, bmc, systemId).catch(rethrowAttributed);
       const id = new URL(facts.systemUri, baseUrl(bmc.address)).href;
+      let registered: Props;
       try {
         facts = await converge(ctx, driver, systemId, props, facts);
+        registered = await register(ctx, id, props);
       } catch (e) {
-        // Enrolled but not configured: keep the node in state so the next run converges it.
-        throw new PartialCreateError(id, { ...props, ...stateOf(bmc.address, facts) }, [describeError(attribute(e))]);
+        // Found but not configured or not registered: keep the node in state so the next run converges it.
+        throw new PartialCreateError(id, { ...props, ...stateOf(bmc.address, facts), ...inventoryOutputs(undefined) }, [describeError(attribute(e))]);
       }
-      return { id, outputs: { ...props, ...stateOf(bmc.address, facts) } };
+      return { id, outputs: { ...props, ...stateOf(bmc.address, facts), ...registered } };
     });
   },
 
@@ -362,7 +400,8 @@ export const nodeResource: ResourceDefinition = {
       // An import declares the power state as it is, so that a program declaring it previews empty.
       const inputs = stored ? observedInputs(declared, facts) : { ...declared, powerState: declaredPower(facts) };
       const canonicalId = new URL(facts.systemUri, address).href;
-      return { id: canonicalId, inputs, outputs: { ...inputs, ...stateOf(address, facts) } };
+      const record = await (await ctx.inventory()).getNode(canonicalId);
+      return { id: canonicalId, inputs, outputs: { ...inputs, ...stateOf(address, facts), ...inventoryOutputs(record) } };
     });
   },
 
@@ -374,12 +413,25 @@ export const nodeResource: ResourceDefinition = {
       // Converge against what the machine reports, not against the old state: a node left
       // half-configured by an earlier run (or changed by hand) is put right either way.
       const facts = await converge(ctx, driver, systemId, news, observed).catch(rethrowAttributed);
-      return { ...news, ...stateOf(bmc.address, facts) };
+      return { ...news, ...stateOf(bmc.address, facts), ...(await register(ctx, id, news)) };
     });
   },
 
-  async delete(ctx) {
+  async delete(ctx, id) {
     // Deliberately no BMC call: un-enrolling releases our management; the machine keeps running as it is.
+    const inventory = await ctx.inventory();
+    const record = await inventory.getNode(id);
+    if (record?.allocationId) {
+      throw new BaremetalError("conflict", `the node is held by allocation ${record.allocationId}; destroy that allocation (and its deployment) first`);
+    }
+    if (record) await inventory.removeNode(id);
     ctx.progress("released from management; the machine is left as it is");
+  },
+
+  authorize(ctx, change, inputs, state) {
+    const owner = str((change === "create" ? inputs : (state ?? inputs)).owner);
+    const lessee = str((change === "create" ? inputs : (state ?? inputs)).lessee);
+    const operation = change === "create" ? "baremetal:node:create" : change === "delete" ? "baremetal:node:delete" : "baremetal:node:update";
+    authorize(ctx.policy, ctx.caller, operation, { "node.owner": owner, "node.lessee": lessee });
   },
 };
