@@ -26,6 +26,7 @@ async function main(): Promise<void> {
     policy: Policy.defaults(),
     inventory: () => inventory,
     name: "bench-node",
+    urn: "urn:pulumi:bench::bench::baremetal:compute:Node::bench-node",
     signal: new AbortController().signal,
     deadline: Date.now() + 300_000,
     progress: () => undefined,

@@ -28,6 +28,8 @@ export interface ProviderContext {
 export interface OperationContext extends ProviderContext {
   /** The resource's name in the program (its URN's last part). */
   readonly name: string;
+  /** The resource's URN: unique per stack, stable across runs. */
+  readonly urn: string;
   /** Aborted when the engine cancels or the deadline passes. */
   readonly signal: AbortSignal;
   /** When the operation must be done by (from custom timeouts or the resource default). */

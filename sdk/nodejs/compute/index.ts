@@ -5,6 +5,11 @@ import * as pulumi from "@pulumi/pulumi";
 import * as utilities from "../utilities";
 
 // Export members:
+export { AllocationArgs } from "./allocation";
+export type Allocation = import("./allocation").Allocation;
+export const Allocation: typeof import("./allocation").Allocation = null as any;
+utilities.lazyLoad(exports, ["Allocation"], () => require("./allocation"));
+
 export { NodeArgs } from "./node";
 export type Node = import("./node").Node;
 export const Node: typeof import("./node").Node = null as any;
@@ -15,6 +20,8 @@ const _module = {
     version: utilities.getVersion(),
     construct: (name: string, type: string, urn: string): pulumi.Resource => {
         switch (type) {
+            case "baremetal:compute:Allocation":
+                return new Allocation(name, <any>undefined, { urn })
             case "baremetal:compute:Node":
                 return new Node(name, <any>undefined, { urn })
             default:

@@ -124,6 +124,7 @@ export class BaremetalProvider {
     const ctx: OperationContext = {
       ...this.providerContext(),
       name: name || urn.split("::").pop() || "",
+      urn,
       signal: controller.signal,
       deadline,
       progress: (m) => this.log(engproto.LogSeverity.INFO, m, urn, true),
