@@ -1,9 +1,10 @@
 # shellcheck shell=bash
 # Shared steps of the README's two commands (scripts/test.sh, scripts/quickstart.sh). Sourced.
 
-# Tools (cached outside the clone), then the project's npm packages with Node 24 on PATH.
+# Tools (cached outside the clone; all of them, or the bootstrap steps named), then the
+# project's npm packages with Node 24 on PATH.
 prepare_tools_and_packages() {
-  bash scripts/bootstrap.sh
+  bash scripts/bootstrap.sh "$@"
   # shellcheck source=scripts/env.sh
   source scripts/env.sh
   # `npm ci` only when the lock file changed since the last install: a warm run skips it.

@@ -2,15 +2,16 @@
  * The main job: `pulumi up` of examples/quickstart against a BMC on loopback, then a preview that
  * must show no changes, the nodes' facts, and (unless --keep) destroy and stop.
  *
- * Until the embedded lab exists, the BMC is sushy-tools (OpenStack's Redfish emulator, fake
- * driver) with two systems and Basic auth. State and PULUMI_HOME live under .lab/ in the clone.
+ * The BMC is the embedded lab's (provider/src/lab: our own Redfish emulator, in this process,
+ * no Python, no root): one BMC with two systems, powered off. State and PULUMI_HOME live under
+ * .lab/ in the clone.
  * Run through scripts/quickstart.sh, which installs and builds what this needs.
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { offlinePulumiEnv } from "../test/harness/pulumi";
-import { startSushy } from "../test/harness/sushy";
+import { startLab } from "../provider/src/lab/lab";
 
 const REPO = resolve(__dirname, "..");
 const PROGRAM = join(REPO, "examples/quickstart");
@@ -33,28 +34,30 @@ async function main(): Promise<void> {
   rmSync(LAB, { recursive: true, force: true });
   rmSync(STACK_CONFIG, { force: true });
   mkdirSync(join(LAB, "state"), { recursive: true });
-  const password = `qs-${Math.random().toString(36).slice(2)}`;
-  const bmc = await startSushy({ systems: 2, username: "admin", password, powerState: "Off" });
-  console.log(`BMC (sushy-tools, fake driver) at ${bmc.url} with systems ${bmc.systemIds.join(", ")}`);
+  const lab = await startLab({ bmcs: 1, systems: 2, powerState: "Off" });
+  const { bmcAddress, systemIds } = lab.info.quickstart;
+  console.log(`Embedded lab BMC (our Redfish emulator) at ${bmcAddress} with systems ${systemIds.join(", ")}`);
   const env = offlinePulumiEnv(LAB, "quickstart");
   try {
     await pulumi(["stack", "init", "lab"], env);
-    await pulumi(["config", "set", "baremetal:bmcUsername"], env, "admin");
-    await pulumi(["config", "set", "--secret", "baremetal:bmcPassword"], env, password);
+    for (const [key, value] of Object.entries(lab.info.providerConfig)) {
+      const secret = /password/i.test(key) ? ["--secret"] : [];
+      await pulumi(["config", "set", ...secret, key], env, String(value));
+    }
     await pulumi(["config", "set", "baremetal:inventoryUrl"], env, `sqlite://${join(LAB, "inventory.db")}`);
-    await pulumi(["config", "set", "bmcAddress"], env, bmc.url);
-    await pulumi(["config", "set", "systemIds"], env, JSON.stringify(bmc.systemIds));
+    await pulumi(["config", "set", "bmcAddress"], env, bmcAddress);
+    await pulumi(["config", "set", "systemIds"], env, JSON.stringify(systemIds));
     await pulumi(["up", "--yes", "--skip-preview"], env);
     await pulumi(["preview", "--expect-no-changes"], env);
     await pulumi(["stack", "output", "facts", "--json"], env);
     if (keep) {
-      console.log(`\nThe BMC keeps running at ${bmc.url} (PID ${bmc.pid}); the stack is in ${LAB}. Ctrl-C stops the BMC.`);
+      console.log(`\nThe lab BMC keeps running at ${bmcAddress} (in this process, PID ${process.pid}); the stack is in ${LAB}. Ctrl-C stops it.`);
       await new Promise<void>((r) => process.once("SIGINT", () => r()));
     }
     await pulumi(["destroy", "--yes", "--skip-preview"], env);
     console.log("\nquickstart: up, an empty preview and destroy all succeeded");
   } finally {
-    await bmc.stop();
+    await lab.stop();
     rmSync(STACK_CONFIG, { force: true });
   }
 }
