@@ -44,6 +44,12 @@ export const allocationId = a.allocationId;
 export const restrictedTo = a.restrictedTo;
 `;
 
+const VIEWER = `
+import * as pulumi from "@pulumi/pulumi";
+${SDK_IMPORT}
+export const visible = baremetal.compute.getNodesOutput({}).nodes.apply((ns) => ns.map((n) => n.id));
+`;
+
 describe("allocations from a shared pool, by tenants, under the policy", () => {
   let bmc: SushyInstance;
   let operator: PulumiProject;
@@ -125,6 +131,24 @@ describe("allocations from a shared pool, by tenants, under the policy", () => {
     expect(destroy.code).not.toBe(0);
     expect(destroy.stdout).toMatch(/the node is held by allocation alloc-[0-9a-f-]+; destroy that allocation/);
     expect((await operatorNodes())[1].id).toBe(ids[1]);
+  });
+
+  it("getNodes lists what the caller may see: its project's nodes, or all of them for the operator", async () => {
+    const seen = async (project: string | undefined, roles: string[]) => {
+      const v = await newProject("viewer", VIEWER);
+      tenants.push(v);
+      await v.setConfig("baremetal:inventoryUrl", inventoryUrl, true);
+      if (project) {
+        await v.setConfig("baremetal:project", project);
+        await v.setConfig("baremetal:roles", JSON.stringify(roles));
+      }
+      await v.pulumi(["up", "--yes", "--skip-preview"]);
+      return ((await v.outputs()).visible as string[]).slice().sort();
+    };
+    expect(await seen("p-beta", ["reader"])).toEqual([ids[1]]);
+    expect(await seen("p-alpha", ["member"])).toEqual([ids[0], ids[1]].sort());
+    expect(await seen("system", ["admin"])).toEqual([...ids].sort());
+    expect(await seen(undefined, [])).toEqual([...ids].sort());
   });
 
   it("a pool with nothing left for the project fails with the reason", async () => {

@@ -84,9 +84,15 @@ export function walkFields(fields: Fields, visit: (path: string, field: Field) =
 
 /** Every named object type reachable from the fields, keyed by token. */
 export function objectTypes(fields: Fields, into = new Map<string, ObjectField>()): Map<string, ObjectField> {
-  walkFields(fields, (_path, field) => {
-    if (field.type === "object") into.set(field.typeToken, field);
-  });
+  const collect = (field: Field): void => {
+    if (field.type === "object") {
+      into.set(field.typeToken, field);
+      for (const f of Object.values(field.properties)) collect(f);
+    }
+    if (field.type === "array") collect(field.items);
+    if (field.type === "map") collect(field.values);
+  };
+  for (const field of Object.values(fields)) collect(field);
   return into;
 }
 

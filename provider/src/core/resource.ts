@@ -108,3 +108,13 @@ export class PartialCreateError extends Error {
 export function isPartialCreate(e: unknown): e is PartialCreateError {
   return e instanceof Error && e.name === "PartialCreateError" && "id" in e && "outputs" in e;
 }
+
+/** A function (Pulumi invoke / Terraform data source): reads, never changes anything. */
+export interface FunctionDefinition {
+  /** `baremetal:<module>:get<Name>`. */
+  token: string;
+  description: string;
+  inputs: Fields;
+  outputs: Fields;
+  invoke(ctx: ProviderContext, args: Props): Promise<Props>;
+}

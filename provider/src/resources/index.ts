@@ -1,8 +1,13 @@
 /** The one registration list: every resource the provider serves. */
-import type { ResourceDefinition } from "../core/resource";
+import type { FunctionDefinition, ResourceDefinition } from "../core/resource";
 import { allocationResource } from "./compute/allocation";
+import { getNodesFunction } from "./compute/get-nodes";
 import { nodeResource } from "./compute/node";
 
 export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource];
 
 export const resourcesByToken: ReadonlyMap<string, ResourceDefinition> = new Map(resources.map((r) => [r.token, r]));
+
+export const functions: readonly FunctionDefinition[] = [getNodesFunction];
+
+export const functionsByToken: ReadonlyMap<string, FunctionDefinition> = new Map(functions.map((f) => [f.token, f]));

@@ -10,6 +10,11 @@ export type Allocation = import("./allocation").Allocation;
 export const Allocation: typeof import("./allocation").Allocation = null as any;
 utilities.lazyLoad(exports, ["Allocation"], () => require("./allocation"));
 
+export { GetNodesArgs, GetNodesResult, GetNodesOutputArgs } from "./getNodes";
+export const getNodes: typeof import("./getNodes").getNodes = null as any;
+export const getNodesOutput: typeof import("./getNodes").getNodesOutput = null as any;
+utilities.lazyLoad(exports, ["getNodes","getNodesOutput"], () => require("./getNodes"));
+
 export { NodeArgs } from "./node";
 export type Node = import("./node").Node;
 export const Node: typeof import("./node").Node = null as any;

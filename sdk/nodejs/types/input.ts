@@ -35,4 +35,5 @@ export namespace compute {
          */
         verifyTls?: pulumi.Input<boolean>;
     }
+
 }

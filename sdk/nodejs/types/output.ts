@@ -36,4 +36,46 @@ export namespace compute {
         verifyTls?: boolean;
     }
 
+    /**
+     * A node as the inventory knows it.
+     */
+    export interface NodeSummary {
+        /**
+         * The allocation holding the node, if any.
+         */
+        allocationId?: string;
+        /**
+         * The node's id (its Node resource id, the Redfish system URI).
+         */
+        id: string;
+        /**
+         * The project the node is leased to.
+         */
+        lessee?: string;
+        /**
+         * Whether the node is in maintenance.
+         */
+        maintenance: boolean;
+        /**
+         * The node's name.
+         */
+        name: string;
+        /**
+         * The owning project.
+         */
+        owner?: string;
+        /**
+         * The provision state.
+         */
+        provisionState: string;
+        /**
+         * The node's resource class.
+         */
+        resourceClass?: string;
+        /**
+         * The node's traits.
+         */
+        traits: string[];
+    }
+
 }

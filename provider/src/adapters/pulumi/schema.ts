@@ -4,8 +4,8 @@
  */
 import { configFields } from "../../core/config";
 import { type Field, type Fields, objectTypes } from "../../core/fields";
-import type { ResourceDefinition } from "../../core/resource";
-import { resources } from "../../resources";
+import type { FunctionDefinition, ResourceDefinition } from "../../core/resource";
+import { functions, resources } from "../../resources";
 import { PROVIDER_VERSION } from "./version";
 
 type Spec = Record<string, unknown>;
@@ -60,9 +60,17 @@ function resourceSpec(r: ResourceDefinition): Spec {
   };
 }
 
-export function packageSchema(defs: readonly ResourceDefinition[] = resources): Spec {
+function functionSpec(f: FunctionDefinition): Spec {
+  return {
+    description: f.description,
+    inputs: { properties: propertiesSpec(f.inputs), required: requiredOf(f.inputs) },
+    outputs: { properties: propertiesSpec(f.outputs), required: requiredOf(f.outputs) },
+  };
+}
+
+export function packageSchema(defs: readonly ResourceDefinition[] = resources, fns: readonly FunctionDefinition[] = functions): Spec {
   const types = new Map<string, Spec>();
-  for (const r of defs) {
+  for (const r of [...defs, ...fns]) {
     for (const [token, obj] of objectTypes({ ...r.inputs, ...r.outputs })) {
       types.set(token, { type: "object", description: obj.description, properties: propertiesSpec(obj.properties), required: requiredOf(obj.properties) });
     }
@@ -84,6 +92,7 @@ export function packageSchema(defs: readonly ResourceDefinition[] = resources): 
     },
     types: Object.fromEntries([...types].sort(byToken)),
     resources: Object.fromEntries(defs.map((r) => [r.token, resourceSpec(r)] as [string, Spec]).sort(byToken)),
+    functions: Object.fromEntries(fns.map((f) => [f.token, functionSpec(f)] as [string, Spec]).sort(byToken)),
     language: {
       nodejs: {
         packageName: "@pulumi-baremetal/sdk",

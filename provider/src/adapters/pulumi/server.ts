@@ -27,7 +27,7 @@ import { applyDefaults, type Fields } from "../../core/fields";
 import { isPartialCreate, type OperationContext, type ProviderContext, type Props, type ResourceDefinition } from "../../core/resource";
 import { type CheckFailure, Validator } from "../../core/validate";
 import { UNKNOWN, isUnknown } from "../../core/values";
-import { resourcesByToken } from "../../resources";
+import { functionsByToken, resourcesByToken } from "../../resources";
 import { packageSchema } from "./schema";
 import { declaredSecretPaths, fromStruct, toStruct } from "./values";
 import { PROVIDER_VERSION } from "./version";
@@ -185,6 +185,21 @@ export class BaremetalProvider {
   cancel: Handler<Empty, Empty> = async () => {
     for (const c of this.inflight) c.abort(new BaremetalError("cancelled", "the engine cancelled the operation"));
     return new Empty();
+  };
+
+  /** Functions (invokes): validated like resource inputs, authorised by the function itself. */
+  invoke: Handler<provproto.InvokeRequest, provproto.InvokeResponse> = async (req) => {
+    const fn = functionsByToken.get(req.getTok());
+    if (!fn) throw new BaremetalError("validation", `unknown function '${req.getTok()}'; this provider serves: ${[...functionsByToken.keys()].join(", ")}`);
+    const args = fromStruct(req.getArgs());
+    const failures = new Validator(fn.inputs).check(args.value);
+    const resp = new provproto.InvokeResponse();
+    if (failures.length) {
+      resp.setFailuresList(failures.map((f) => new provproto.CheckFailure().setProperty(f.property).setReason(f.reason)));
+      return resp;
+    }
+    const result = await fn.invoke(this.providerContext(), applyDefaults(fn.inputs, args.value));
+    return resp.setReturn(toStruct(result, new Set([...args.secretPaths, ...declaredSecretPaths(fn.outputs)])));
   };
 
   // ---- resource lifecycle --------------------------------------------------------------------
@@ -414,7 +429,7 @@ export function serviceImplementation(p: BaremetalProvider): grpc.UntypedService
     delete: wrap(p.delete),
     cancel: wrap(p.cancel),
     parameterize: unimplemented("Parameterize"),
-    invoke: unimplemented("Invoke"),
+    invoke: wrap(p.invoke),
     call: unimplemented("Call"),
     construct: unimplemented("Construct"),
     attach: unimplemented("Attach"),
