@@ -93,8 +93,17 @@ test("two labs with the same options describe the same machines", async () => {
 });
 
 test("--port-base: BMC i listens on base + i - 1; a busy port fails with a clear message and leaves nothing running", async () => {
-  const base = await freePort();
-  const l = await lab({ bmcs: 2, systems: 1, portBase: base });
+  // Other test workers take ports too: retry with another base if base + 1 happens to be taken.
+  let base = 0;
+  let l: Awaited<ReturnType<typeof lab>> | undefined;
+  for (let attempt = 0; !l && attempt < 10; attempt++) {
+    base = await freePort();
+    l = await lab({ bmcs: 2, systems: 1, portBase: base }).catch((e: Error) => {
+      if (!/port is in use/.test(e.message)) throw e;
+      return undefined;
+    });
+  }
+  if (!l) throw new Error("found no two free consecutive ports in 10 tries");
   expect(l.info.bmcs.map((b) => b.url)).toEqual([`http://127.0.0.1:${base}`, `http://127.0.0.1:${base + 1}`]);
   await expect(startLab({ bmcs: 1, portBase: base + 1 })).rejects.toThrow(/port-base/);
   // BMC 1 of this one starts (on base - 1), BMC 2 cannot (base is taken): BMC 1 is closed again.
