@@ -19,6 +19,27 @@
  * Vendor differences (ids, limits, status codes, where VirtualMedia lives, tasks, ETag style) are
  * data: see flavors.ts. A flavor's Processors/Memory collections may be absent (404 while linked).
  *
+ * What the machine does when it boots (lab state, not Redfish: a real BMC does not know it):
+ * every system has one emulated disk (`"empty"` or `{image, checksum?, writtenAt}`) and, while
+ * On, runs something (`running`): `"nothing"`, `"pxe"`, `"installer:<image>"` or `"os:<image>"`.
+ * - Boot: when a power-on (or restart) ends, after `bootSeconds`, the boot override decides
+ *   (Once is used up by this boot, Continuous stays): Cd with media inserted runs
+ *   `installer:<the media's image>`; Hdd runs `os:<disk image>` if the disk is written, else
+ *   `nothing`; Pxe and UefiHttp run `pxe`; any other target, and Cd without media, `nothing`.
+ *   Without an override (Disabled, or target None) the machine boots its disk: `os:<image>` if
+ *   written, else `nothing` (the default boot order has no CD or network fallback).
+ * - The installer: `installSeconds` (default 5) after it started it writes its image to the disk
+ *   (`writtenAt` = that instant; `checksum` = `sha256:<hex>` or `sha512:<hex>` when the image URL
+ *   declares one in its fragment, `...iso#sha256=<64 hex>`) and then powers the machine off by
+ *   itself (PowerState Off at the same instant; lastOffAt, so a power-on guard applies), the
+ *   convention deploy ramdisks use to signal completion. It fails (no write, power off by itself,
+ *   `lastInstallError` set) when the fragment's checksum is malformed, when the media is ejected
+ *   or replaced meanwhile, and, with `fetchImages`, when its http(s) URL on loopback does not
+ *   answer 200 or its body does not match the declared checksum. A power-off or restart during
+ *   the install interrupts it (no write, `lastInstallError` set, no extra power change).
+ * - Erase: `eraseDisk()` (and DELETE /lab/systems/<id>/disk) at any time; over Redfish, where the
+ *   flavor has it, Drive.SecureErase on the system's one Drive, refused (409) unless the system is Off.
+ *
  * Lab-only admin endpoint (same port, outside /redfish, no authentication, loopback only):
  *   GET    /lab                 this BMC: url, flavor, systems, pid, lab id
  *   GET    /lab/state           power, boot, media of every system; sessions; tasks
@@ -27,6 +48,8 @@
  *   GET    /lab/log[?since=N]   request log (seq > N), side effects, counters;  DELETE clears it
  *   POST   /lab/clock           {"advanceSeconds": S} moves the lab's time forward
  *   POST   /lab/latency         {"ms": L} sets the latency of every Redfish request
+ *   GET    /lab/systems/<id>    one system as the TS API sees it (id, or 1-based index)
+ *   GET    /lab/systems/<id>/disk   the disk;  PUT {"image": URL, "checksum"?: "sha256:<hex>"} writes it;  DELETE erases it
  * It is for tests and demos; a real BMC has nothing like it.
  */
 import { createHash, randomBytes } from "node:crypto";
@@ -45,8 +68,8 @@ import {
   SideEffect,
   SideEffectKind,
 } from "./faults";
-import { labMac, labSerial, labUuid, MAX_INDEX, memoryGiB, profileOf, HardwareProfile, UUID_KIND } from "./fixtures";
-import { Flavor, FlavorName, flavorByName } from "./flavors";
+import { labDiskSerial, labMac, labSerial, labUuid, MAX_INDEX, memoryGiB, profileOf, HardwareProfile, UUID_KIND } from "./fixtures";
+import { Flavor, FlavorName, flavorByName, StorageSpec } from "./flavors";
 import { errorBody, fail, Json, message, messagesBody, RedfishError, Reply } from "./messages";
 
 export type { Reply } from "./messages";
@@ -100,6 +123,15 @@ export interface LabBmcOptions {
   bootSeconds?: number;
   /** Lab seconds a GracefulShutdown takes (default 1). */
   shutdownSeconds?: number;
+  /** Lab seconds the installer of a deploy image (booted from the virtual CD) runs before it writes the disk and powers off (default 5). */
+  installSeconds?: number;
+  /**
+   * The installer fetches its image when the URL is http(s) on loopback (127.0.0.0/8, localhost,
+   * ::1): an answer other than 200, or a body whose digest differs from the URL's declared
+   * checksum, fails the install (default false: images are never fetched). The image server's
+   * TLS certificate is not verified.
+   */
+  fetchImages?: boolean;
   /** Power state of every system at start (default Off). */
   powerState?: "On" | "Off";
   /** Overrides of the flavor's values. */
@@ -127,6 +159,22 @@ interface MediaState {
   busyTask?: string;
 }
 
+/** The emulated disk of a system: empty, or the image a deploy wrote (lab time in ms). */
+export type LabDisk = "empty" | { image: string; checksum?: string; writtenAt: number };
+/** What a system runs while On (null while it is not On). */
+export type LabRunning = "nothing" | "pxe" | `installer:${string}` | `os:${string}`;
+
+interface InstallState {
+  image: string;
+  checksum?: string;
+  startedAt: number;
+  endsAt: number;
+  /** Known at the start (malformed checksum) or from the image fetch: the install will fail. */
+  error?: string;
+  /** The image fetch (fetchImages): the install cannot end while it is pending. */
+  fetch?: { state: "pending" } | { state: "done"; at: number };
+}
+
 interface SystemState {
   index: number;
   id: string;
@@ -144,6 +192,12 @@ interface SystemState {
   assetTag: string;
   nics: Array<{ id: string; mac: string }>;
   media: MediaState;
+  disk: LabDisk;
+  running: LabRunning | null;
+  install?: InstallState;
+  lastInstallError: string | null;
+  /** The id of a task that is erasing the drive. */
+  eraseTask?: string;
 }
 
 interface Account {
@@ -230,6 +284,17 @@ export interface LabSystemView {
   boot: { target: string; enabled: string; mode: string };
   macAddresses: string[];
   virtualMedia: { uri: string; image: string | null; inserted: boolean; writeProtected: boolean };
+  /** The emulated disk (not in Redfish). */
+  disk: LabDisk;
+  /** What the machine runs; null unless PowerState is On (or PoweringOff: what is shutting down). */
+  running: LabRunning | null;
+  /** The installer at work (lab ms), or null. */
+  install: { image: string; startedAt: number; endsAt: number } | null;
+  /** Why the last install wrote nothing; null after a successful one (and before any). */
+  lastInstallError: string | null;
+  /** The Redfish Drive of the disk (flavors with Storage), and its SecureErase target where offered. */
+  driveUri: string | null;
+  secureEraseTarget: string | null;
 }
 
 export interface LabBmcInfo {
@@ -275,11 +340,76 @@ function collection(type: string, uri: string, name: string, members: string[]):
   };
 }
 
+/** The file name of an image URL (without query or fragment: `#sha256=...` is not part of it). */
+function imageName(image: string): string {
+  const last = image.replace(/[?#].*$/s, "").split("/").pop() ?? "";
+  try {
+    return decodeURIComponent(last);
+  } catch {
+    return last;
+  }
+}
+
 function stableJson(v: unknown): string {
   return JSON.stringify(v);
 }
 
 const POWER_ON_TYPES = new Set(["On", "ForceOn"]);
+const SANITIZATION_TYPES = ["BlockErase", "CryptographicErase", "Overwrite"];
+
+function copyDisk(d: LabDisk): LabDisk {
+  return d === "empty" ? d : { ...d };
+}
+
+/**
+ * The checksum an image URL declares in its fragment: `#sha256=<64 hex>` or `#sha512=<128 hex>`
+ * (other fragment parameters, `&`-separated, are ignored). Returned as `sha256:<lower-case hex>`.
+ */
+export function declaredChecksum(image: string): { checksum?: string; error?: string } {
+  const i = image.indexOf("#");
+  if (i < 0) return {};
+  const params = new URLSearchParams(image.slice(i + 1));
+  for (const [algo, hexLength] of [["sha256", 64], ["sha512", 128]] as const) {
+    const v = params.get(algo);
+    if (v === null) continue;
+    if (v.length !== hexLength || !/^[0-9a-fA-F]+$/.test(v)) return { error: `the image URL declares a malformed ${algo} checksum (want ${hexLength} hex digits)` };
+    return { checksum: `${algo}:${v.toLowerCase()}` };
+  }
+  return {};
+}
+
+function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/** GET of an image (the installer's download): undefined when it answered 200 (and matched `checksum`), else why not. */
+function fetchImage(url: URL, checksum: string | undefined, signal: AbortSignal): Promise<string | undefined> {
+  const u = new URL(url.href);
+  u.hash = "";
+  const where = `GET ${u.href}`;
+  return new Promise((resolve) => {
+    const onAnswer = (res: http.IncomingMessage): void => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        resolve(`${where} answered ${res.statusCode} (want 200)`);
+        return;
+      }
+      const [algo, want] = checksum ? checksum.split(":") : [];
+      const hash = algo ? createHash(algo) : undefined;
+      res.on("data", (chunk: Buffer) => hash?.update(chunk));
+      res.on("error", (e) => resolve(`${where} failed while reading: ${e.message}`));
+      res.on("end", () => {
+        const got = hash?.digest("hex");
+        resolve(got !== undefined && got !== want ? `the image's ${algo} is ${got}, the URL declares ${want}` : undefined);
+      });
+    };
+    const opts = { agent: false as const, timeout: 30_000, signal };
+    const req = u.protocol === "https:" ? https.get(u, { ...opts, rejectUnauthorized: false }, onAnswer) : http.get(u, opts, onAnswer);
+    req.on("timeout", () => req.destroy(new Error("no answer within 30 s")));
+    req.on("error", (e) => resolve(`${where} failed: ${e.message}`));
+  });
+}
 const RESTART_TYPES = new Set(["ForceRestart", "GracefulRestart", "PowerCycle", "FullPowerCycle"]);
 
 export class LabBmc {
@@ -294,6 +424,8 @@ export class LabBmc {
   readonly managerUri: string;
   readonly bootSeconds: number;
   readonly shutdownSeconds: number;
+  readonly installSeconds: number;
+  readonly fetchImages: boolean;
   latencyMs: number;
 
   private readonly host: string;
@@ -320,6 +452,9 @@ export class LabBmc {
   private _url = "";
   private _port = 0;
   private closed = false;
+  /** Image fetches of installers in flight (fetchImages). */
+  private readonly imageFetches = new Set<Promise<void>>();
+  private readonly fetchAbort = new AbortController();
 
   private constructor(opts: LabBmcOptions) {
     this.index = opts.index ?? 1;
@@ -349,7 +484,10 @@ export class LabBmc {
     this.latencyMs = opts.latencyMs ?? 0;
     this.bootSeconds = opts.bootSeconds ?? 2;
     this.shutdownSeconds = opts.shutdownSeconds ?? 1;
-    for (const [k, v] of Object.entries({ latencyMs: this.latencyMs, bootSeconds: this.bootSeconds, shutdownSeconds: this.shutdownSeconds })) {
+    this.installSeconds = opts.installSeconds ?? 5;
+    this.fetchImages = opts.fetchImages ?? false;
+    const durations = { latencyMs: this.latencyMs, bootSeconds: this.bootSeconds, shutdownSeconds: this.shutdownSeconds, installSeconds: this.installSeconds };
+    for (const [k, v] of Object.entries(durations)) {
       if (!(v >= 0) || !Number.isFinite(v)) throw new RangeError(`${k} must be a number >= 0, got ${v}`);
     }
     this.host = opts.host ?? "127.0.0.1";
@@ -413,6 +551,7 @@ export class LabBmc {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.fetchAbort.abort();
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
       for (const s of this.sockets) s.destroy();
@@ -481,6 +620,9 @@ export class LabBmc {
       assetTag: "",
       nics,
       media: { id: mediaId, uri: mediaUri, image: null, inserted: false, writeProtected: true, transferProtocolType: null, userName: null },
+      disk: "empty",
+      running: power === "On" ? "nothing" : null,
+      lastInstallError: null,
     };
     this.systemsList.push(sys);
     this.systemsById.set(id, sys);
@@ -501,13 +643,56 @@ export class LabBmc {
     return this.view(this.findSystem(idOrIndex));
   }
 
-  /** Changes a system's power at once, behind every client's back (no side effect is counted). */
+  /**
+   * Changes a system's power at once, behind every client's back (no power side effect is
+   * counted). Powering on boots at once (see "Boot" above); powering off interrupts an install.
+   */
   forcePower(idOrIndex: string | number, state: "On" | "Off"): void {
     this.settle();
     const s = this.findSystem(idOrIndex);
-    s.power = state;
-    s.transitionEndsAt = undefined;
-    if (state === "Off") s.lastOffAt = this.clock.now();
+    const now = this.clock.now();
+    if (state === "Off") {
+      this.interruptInstall(s, "the machine was powered off behind the BMC's back", now);
+      s.power = "Off";
+      s.transitionEndsAt = undefined;
+      s.running = null;
+      s.lastOffAt = now;
+    } else if (s.power !== "On") {
+      s.power = "On";
+      s.transitionEndsAt = undefined;
+      this.completeBoot(s, now);
+    }
+  }
+
+  /** Erases a system's disk behind the BMC's back (any flavor, any power state); counted as disk-erased (via "lab"). */
+  eraseDisk(idOrIndex: string | number): void {
+    this.settle();
+    this.erase(this.findSystem(idOrIndex), "lab", this.clock.now());
+  }
+
+  /** Writes an image to a system's disk behind the BMC's back (an already deployed machine); counted as disk-written (via "lab"). */
+  writeDisk(idOrIndex: string | number, image: string, checksum?: string): void {
+    if (typeof image !== "string" || !image) throw new TypeError("writeDisk needs an image URL");
+    if (checksum !== undefined && !/^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/.test(checksum)) {
+      throw new TypeError("a checksum is sha256:<64 lower-case hex digits> or sha512:<128>");
+    }
+    this.settle();
+    const s = this.findSystem(idOrIndex);
+    const now = this.clock.now();
+    s.disk = checksum ? { image, checksum, writtenAt: now } : { image, writtenAt: now };
+    this.effect("disk-written", s.uri, { image, ...(checksum ? { checksum } : {}), via: "lab" }, now);
+  }
+
+  /**
+   * Waits for the installers' image fetches in flight (`fetchImages`), then settles: after it, an
+   * install whose lab time is over has ended. Without fetches, the same as reading the state.
+   */
+  async settled(): Promise<void> {
+    this.settle(); // a boot whose time has come starts its installer (and its download) here
+    while (this.imageFetches.size) {
+      await Promise.allSettled([...this.imageFetches]);
+      this.settle();
+    }
   }
 
   /** Changes a system's boot override behind every client's back (its ETag changes). */
@@ -598,7 +783,10 @@ export class LabBmc {
   }
 
   private findSystem(idOrIndex: string | number): SystemState {
-    const s = typeof idOrIndex === "number" ? this.systemsList[idOrIndex - 1] : this.systemsById.get(idOrIndex);
+    const s =
+      typeof idOrIndex === "number"
+        ? this.systemsList[idOrIndex - 1]
+        : (this.systemsById.get(idOrIndex) ?? (/^\d+$/.test(idOrIndex) ? this.systemsList[Number(idOrIndex) - 1] : undefined));
     if (!s) throw new Error(`lab BMC ${this.index}: no system ${idOrIndex}`);
     return s;
   }
@@ -621,37 +809,48 @@ export class LabBmc {
       boot: { ...s.boot },
       macAddresses: s.nics.map((n) => n.mac.toLowerCase()),
       virtualMedia: { uri: s.media.uri, image: s.media.image, inserted: s.media.inserted, writeProtected: s.media.writeProtected },
+      disk: copyDisk(s.disk),
+      running: s.running,
+      install: s.install ? { image: s.install.image, startedAt: s.install.startedAt, endsAt: s.install.endsAt } : null,
+      lastInstallError: s.lastInstallError,
+      driveUri: this.flavor.storage ? this.driveUri(s) : null,
+      secureEraseTarget: this.flavor.storage?.secureErase ? `${this.driveUri(s)}/Actions/Drive.SecureErase` : null,
     };
   }
 
   // -------------------------------------------------------------------------------------------
   // Time
 
-  /** Applies everything whose time has come: finished power transitions and tasks, idle sessions. */
+  /**
+   * Applies everything whose time has come, in the order of lab time (so that, say, an eject task
+   * that ended before an install did is seen by the install): finished power transitions (and the
+   * boots they end), installs, tasks; then idle sessions.
+   */
   private settle(): void {
     const now = this.clock.now();
-    for (const s of this.systemsList) {
-      if (s.transitionEndsAt === undefined || now < s.transitionEndsAt) continue;
-      if (s.power === "PoweringOn") {
-        s.power = "On";
-        // A one-time override is used by this boot (ComputerSystem schema: Once -> Disabled).
-        if (s.boot.enabled === "Once") s.boot.enabled = "Disabled";
-      } else if (s.power === "PoweringOff") {
-        s.power = "Off";
-        s.lastOffAt = s.transitionEndsAt;
+    for (;;) {
+      let at = Infinity;
+      let next: (() => void) | undefined;
+      for (const s of this.systemsList) {
+        const t = s.transitionEndsAt;
+        if (t !== undefined && t <= now && t < at) {
+          at = t;
+          next = () => this.endTransition(s, t);
+        }
+        const i = this.installEndsAt(s);
+        if (i !== undefined && i <= now && i < at) {
+          at = i;
+          next = () => this.endInstall(s, i);
+        }
       }
-      s.transitionEndsAt = undefined;
-    }
-    for (const t of this.tasksById.values()) {
-      if (t.state !== "Running" || now < t.endsAt) continue;
-      t.state = "Completed";
-      t.endedAt = t.endsAt;
-      try {
-        t.result = t.apply(t.endsAt);
-      } catch (e) {
-        t.state = "Exception";
-        t.result = e instanceof RedfishError ? e.reply() : { status: 500, body: errorBody(message("InternalError")) };
+      for (const task of this.tasksById.values()) {
+        if (task.state === "Running" && task.endsAt <= now && task.endsAt < at) {
+          at = task.endsAt;
+          next = () => this.endTask(task);
+        }
       }
+      if (!next) break;
+      next();
     }
     const timeout = this.sessionTimeoutSeconds * 1000;
     if (this.flavor.sessions && timeout > 0) {
@@ -662,6 +861,136 @@ export class LabBmc {
         }
       }
     }
+  }
+
+  private endTransition(s: SystemState, at: number): void {
+    s.transitionEndsAt = undefined;
+    if (s.power === "PoweringOn") {
+      s.power = "On";
+      this.completeBoot(s, at);
+    } else if (s.power === "PoweringOff") {
+      s.power = "Off";
+      s.running = null;
+      s.lastOffAt = at;
+    }
+  }
+
+  private endTask(t: Task): void {
+    t.state = "Completed";
+    t.endedAt = t.endsAt;
+    try {
+      t.result = t.apply(t.endsAt);
+    } catch (e) {
+      t.state = "Exception";
+      t.result = e instanceof RedfishError ? e.reply() : { status: 500, body: errorBody(message("InternalError")) };
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Boot, installer, disk (lab state; see the header)
+
+  /** The machine has just come up (PowerState On at `at`): the boot override decides what it runs. */
+  private completeBoot(s: SystemState, at: number): void {
+    const override = s.boot.enabled !== "Disabled" && s.boot.target !== "None" ? s.boot.target : undefined;
+    // A one-time override is used by this boot (ComputerSystem schema: Once -> Disabled).
+    if (s.boot.enabled === "Once") s.boot.enabled = "Disabled";
+    const target = override ?? "Hdd";
+    let running: LabRunning = "nothing";
+    if (target === "Cd") {
+      if (s.media.inserted && s.media.image !== null) running = `installer:${s.media.image}`;
+    } else if (target === "Hdd") {
+      if (s.disk !== "empty") running = `os:${s.disk.image}`;
+    } else if (target === "Pxe" || target === "UefiHttp") {
+      running = "pxe";
+    }
+    s.running = running;
+    this.effect("booted", s.uri, { target: override ?? "default (disk)", running }, at);
+    if (running.startsWith("installer:")) this.startInstall(s, s.media.image!, at);
+  }
+
+  private startInstall(s: SystemState, image: string, at: number): void {
+    const { checksum, error } = declaredChecksum(image);
+    const inst: InstallState = { image, startedAt: at, endsAt: at + this.installSeconds * 1000 };
+    if (checksum) inst.checksum = checksum;
+    if (error) inst.error = error;
+    s.install = inst;
+    s.lastInstallError = null;
+    this.effect("installer-started", s.uri, { image, ...(checksum ? { checksum } : {}) }, at);
+    if (!this.fetchImages || error) return;
+    let url: URL;
+    try {
+      url = new URL(image);
+    } catch {
+      return;
+    }
+    if ((url.protocol !== "http:" && url.protocol !== "https:") || !isLoopbackHost(url.hostname)) return;
+    inst.fetch = { state: "pending" };
+    const p = fetchImage(url, checksum, this.fetchAbort.signal).then((failure) => {
+      if (failure) inst.error ??= failure;
+      inst.fetch = { state: "done", at: this.clock.now() };
+    });
+    this.imageFetches.add(p);
+    void p.finally(() => this.imageFetches.delete(p));
+  }
+
+  /**
+   * When the running install ends: at `endsAt`, or when its image download answered if that was
+   * later (in lab time: the clock's reading when the answer arrived); undefined while it is pending.
+   */
+  private installEndsAt(s: SystemState): number | undefined {
+    const inst = s.install;
+    if (!inst || inst.fetch?.state === "pending") return undefined;
+    return Math.max(inst.endsAt, inst.fetch?.state === "done" ? inst.fetch.at : inst.endsAt);
+  }
+
+  /** The installer is done: it writes the disk (unless it failed) and powers the machine off by itself. */
+  private endInstall(s: SystemState, at: number): void {
+    const inst = s.install!;
+    s.install = undefined;
+    if (inst.error) {
+      s.lastInstallError = inst.error;
+      this.effect("install-failed", s.uri, { image: inst.image, error: inst.error }, at);
+    } else {
+      s.disk = inst.checksum ? { image: inst.image, checksum: inst.checksum, writtenAt: at } : { image: inst.image, writtenAt: at };
+      this.effect("disk-written", s.uri, { image: inst.image, ...(inst.checksum ? { checksum: inst.checksum } : {}), via: "installer" }, at);
+    }
+    this.installerPowerOff(s, at);
+  }
+
+  private installerPowerOff(s: SystemState, at: number): void {
+    const from = s.power;
+    s.power = "Off";
+    s.transitionEndsAt = undefined;
+    s.running = null;
+    s.lastOffAt = at;
+    this.effect("power-off", s.uri, { cause: "installer", from, to: "Off" }, at);
+  }
+
+  /** The installer loses its medium (ejected or replaced): it fails and powers the machine off. */
+  private mediaChanged(s: SystemState, at: number): void {
+    const inst = s.install;
+    if (!inst || (s.media.inserted && s.media.image === inst.image)) return;
+    s.install = undefined;
+    const error = "the virtual media was ejected or replaced during the install";
+    s.lastInstallError = error;
+    this.effect("install-failed", s.uri, { image: inst.image, error }, at);
+    this.installerPowerOff(s, at);
+  }
+
+  /** A power change stops the installer without writing anything. */
+  private interruptInstall(s: SystemState, why: string, at: number): void {
+    const inst = s.install;
+    if (!inst) return;
+    s.install = undefined;
+    const error = `the install was interrupted: ${why}`;
+    s.lastInstallError = error;
+    this.effect("install-failed", s.uri, { image: inst.image, error }, at);
+  }
+
+  private erase(s: SystemState, via: string, at: number, detail: Record<string, unknown> = {}): void {
+    const before = s.disk;
+    s.disk = "empty";
+    this.effect("disk-erased", s.uri, { via, ...detail, ...(before !== "empty" ? { image: before.image } : {}) }, at);
   }
 
   private effect(kind: SideEffectKind, target: string, detail?: Record<string, unknown>, at = this.clock.now()): void {
@@ -993,6 +1322,7 @@ export class LabBmc {
         return { get: () => (c === "Processors" ? this.renderCpu(sys, k) : this.renderDimm(sys, k)) };
       }
       if (c === "VirtualMedia" && f.virtualMedia === "system") return this.mediaNode([sys], rest.slice(3));
+      if (c === "Storage" && f.storage) return this.storageNode(sys, f.storage, rest.slice(3));
       return undefined;
     }
     if (a === "Managers") {
@@ -1182,6 +1512,7 @@ export class LabBmc {
     };
     if (s.lastResetAt !== undefined) sys.LastResetTime = isoTime(s.lastResetAt);
     if (f.virtualMedia === "system") sys.VirtualMedia = link(`${s.uri}/VirtualMedia`);
+    if (f.storage) sys.Storage = link(`${s.uri}/Storage`);
     return sys;
   }
 
@@ -1304,26 +1635,31 @@ export class LabBmc {
     }
     const from = s.power;
     s.lastResetAt = now;
+    this.interruptInstall(s, `ComputerSystem.Reset ${resetType}`, now);
+    s.running = null;
     if (this.bootSeconds > 0) {
       s.power = "PoweringOn";
       s.transitionEndsAt = now + this.bootSeconds * 1000;
+      this.effect(kind, s.uri, { resetType, from, to: s.power });
     } else {
       s.power = "On";
       s.transitionEndsAt = undefined;
-      if (s.boot.enabled === "Once") s.boot.enabled = "Disabled";
+      this.effect(kind, s.uri, { resetType, from, to: s.power });
+      this.completeBoot(s, now);
     }
-    this.effect(kind, s.uri, { resetType, from, to: s.power });
   }
 
   private powerOff(s: SystemState, resetType: string, graceful: boolean): void {
     const now = this.clock.now();
     const from = s.power;
+    this.interruptInstall(s, `ComputerSystem.Reset ${resetType}`, now);
     if (graceful && this.shutdownSeconds > 0) {
       s.power = "PoweringOff";
       s.transitionEndsAt = now + this.shutdownSeconds * 1000;
     } else {
       s.power = "Off";
       s.transitionEndsAt = undefined;
+      s.running = null;
       s.lastOffAt = now;
     }
     this.effect("power-off", s.uri, { resetType, from, to: s.power });
@@ -1478,7 +1814,7 @@ export class LabBmc {
       Name: "Virtual CD",
       MediaTypes: ["CD", "DVD"],
       Image: m.image,
-      ImageName: m.image ? decodeURIComponent(m.image.split("/").pop() ?? "") : null,
+      ImageName: m.image ? imageName(m.image) : null,
       ConnectedVia: m.inserted ? "URI" : "NotConnected",
       Inserted: m.inserted,
       WriteProtected: m.writeProtected,
@@ -1536,9 +1872,10 @@ export class LabBmc {
       m.userName = userName;
       m.busyTask = undefined;
       this.effect("media-insert", m.uri, { image, inserted, writeProtected }, at);
+      this.mediaChanged(s, at);
       return { status: 200, body: messagesBody(message("Success")) };
     };
-    return this.maybeTask(ctx, action, m, apply);
+    return this.maybeTask(ctx, action, m.uri, apply, (id) => (m.busyTask = id));
   }
 
   private ejectMedia(ctx: Ctx, s: SystemState): Reply {
@@ -1559,23 +1896,128 @@ export class LabBmc {
       m.writeProtected = true;
       m.busyTask = undefined;
       this.effect("media-eject", m.uri, { image }, at);
+      this.mediaChanged(s, at);
       return { status: 200, body: messagesBody(message("Success")) };
     };
-    return this.maybeTask(ctx, action, m, apply);
+    return this.maybeTask(ctx, action, m.uri, apply, (id) => (m.busyTask = id));
   }
 
-  /** Runs `apply` now (204), or as a task when the flavor makes this action asynchronous (202 + task monitor). */
-  private maybeTask(ctx: Ctx, action: string, m: MediaState, apply: (at: number) => Reply): Reply {
+  /**
+   * Runs `apply` now (204), or as a task when the flavor makes this action asynchronous (202 +
+   * task monitor); `busy` is told the task's id (the resource refuses other changes meanwhile).
+   */
+  private maybeTask(ctx: Ctx, action: string, target: string, apply: (at: number) => Reply, busy: (taskId: string) => void): Reply {
     const tasks = this.flavor.tasks;
     if (!tasks || !tasks.asyncActions.includes(action)) {
       apply(this.clock.now());
       return { status: 204 };
     }
-    const task = this.startTask(action, m.uri, tasks.seconds + ctx.slowTaskSeconds, apply);
-    m.busyTask = task.id;
+    const task = this.startTask(action, target, tasks.seconds + ctx.slowTaskSeconds, apply);
+    busy(task.id);
     const accepted = this.taskAccepted(task);
     this.settle(); // a task of 0 s is done at once (its monitor then answers the result)
     return accepted;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Storage: the system's one disk as one Storage with one Drive (shaped like the DMTF
+  // public-localstorage mockup); Drive.SecureErase where the flavor offers it.
+
+  private storageUri(s: SystemState): string {
+    return `${s.uri}/Storage/${this.flavor.storage!.storageId}`;
+  }
+
+  private driveUri(s: SystemState): string {
+    return `${this.storageUri(s)}/Drives/${this.flavor.storage!.driveId}`;
+  }
+
+  private storageNode(s: SystemState, spec: StorageSpec, rest: string[]): Node | undefined {
+    const [id, drives, driveId, act, name, ...more] = rest;
+    if (id === undefined) {
+      return { get: () => collection("StorageCollection", `${s.uri}/Storage`, "Storage Collection", [this.storageUri(s)]) };
+    }
+    if (id !== spec.storageId || more.length) return undefined;
+    if (drives === undefined) return { get: () => this.renderStorage(s, spec) };
+    if (drives !== "Drives" || driveId !== spec.driveId) return undefined;
+    if (act === undefined) return { get: () => this.renderDrive(s, spec) };
+    if (act === "Actions" && name === "Drive.SecureErase" && spec.secureErase) return { post: (ctx) => this.secureErase(ctx, s) };
+    return undefined;
+  }
+
+  private renderStorage(s: SystemState, spec: StorageSpec): Json {
+    const uri = this.storageUri(s);
+    return {
+      "@odata.type": "#Storage.v1_21_0.Storage",
+      "@odata.id": uri,
+      Id: spec.storageId,
+      Name: "Local Storage Controller",
+      Description: "Integrated storage controller",
+      Status: { State: "Enabled", Health: "OK", HealthRollup: "OK" },
+      StorageControllers: [
+        {
+          "@odata.id": `${uri}#/StorageControllers/0`,
+          MemberId: "0",
+          Name: spec.controllerModel,
+          Status: { State: "Enabled", Health: "OK" },
+          Manufacturer: this.flavor.manufacturer,
+          Model: spec.controllerModel,
+          FirmwareVersion: this.flavor.firmwareVersion,
+          SpeedGbps: 12,
+          SupportedControllerProtocols: ["PCIe"],
+          SupportedDeviceProtocols: [spec.protocol],
+        },
+      ],
+      Drives: [link(this.driveUri(s))],
+    };
+  }
+
+  private renderDrive(s: SystemState, spec: StorageSpec): Json {
+    const uri = this.driveUri(s);
+    const drive: Json = {
+      "@odata.type": "#Drive.v1_21_0.Drive",
+      "@odata.id": uri,
+      Id: spec.driveId,
+      Name: "Drive 1",
+      Model: s.profile.diskModel,
+      Revision: "1.0",
+      Status: { State: s.eraseTask ? "Updating" : "Enabled", Health: "OK" },
+      CapacityBytes: s.profile.diskBytes,
+      FailurePredicted: false,
+      Protocol: spec.protocol,
+      MediaType: "SSD",
+      Manufacturer: this.flavor.manufacturer,
+      SerialNumber: labDiskSerial(this.index, s.index),
+      BlockSizeBytes: 512,
+      CapableSpeedGbs: 12,
+      NegotiatedSpeedGbs: 12,
+    };
+    if (spec.secureErase) drive.Actions = { "#Drive.SecureErase": { target: `${uri}/Actions/Drive.SecureErase` } };
+    return drive;
+  }
+
+  /**
+   * Drive.SecureErase: empties the emulated disk. Refused (409) unless the system is Off: the
+   * drive is in use while anything runs. Optional parameters (Drive.v1_15_0): SanitizationType,
+   * OverwritePasses (with Overwrite).
+   */
+  private secureErase(ctx: Ctx, s: SystemState): Reply {
+    const action = "Drive.SecureErase";
+    const p = this.actionParams(ctx, action, ["SanitizationType", "OverwritePasses"]);
+    const type = p.SanitizationType;
+    if (type !== undefined && typeof type !== "string") fail(400, "ActionParameterValueTypeError", [JSON.stringify(type), "SanitizationType", action], ["#/SanitizationType"]);
+    if (type !== undefined && !SANITIZATION_TYPES.includes(type)) fail(400, "ActionParameterValueNotInList", [type, "SanitizationType", action], ["#/SanitizationType"]);
+    const passes = p.OverwritePasses;
+    if (passes !== undefined && (typeof passes !== "number" || !Number.isInteger(passes) || passes < 1)) {
+      fail(400, "ActionParameterValueTypeError", [JSON.stringify(passes), "OverwritePasses", action], ["#/OverwritePasses"]);
+    }
+    if (s.eraseTask) fail(409, "ResourceInUse", [`the drive is busy with task ${s.eraseTask}`]);
+    if (s.power !== "Off") fail(409, "ResourceInUse", [`the system is ${s.power} and its drive in use; power it off first`]);
+    const apply = (at: number): Reply => {
+      s.eraseTask = undefined;
+      this.erase(s, action, at, type !== undefined ? { sanitizationType: type } : {});
+      return { status: 200, body: messagesBody(message("Success")) };
+    };
+    return this.maybeTask(ctx, action, this.driveUri(s), apply, (id) => (s.eraseTask = id));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1669,6 +2111,8 @@ export class LabBmc {
         t.endedAt = this.clock.now();
         const m = this.systemsList.find((s) => s.media.busyTask === t.id)?.media;
         if (m) m.busyTask = undefined;
+        const erasing = this.systemsList.find((s) => s.eraseTask === t.id);
+        if (erasing) erasing.eraseTask = undefined;
         return { status: 204 };
       },
       privilege: { GET: "Login", HEAD: "Login" },
@@ -2047,6 +2491,10 @@ export class LabBmc {
         powerState: s.power,
         boot: { ...s.boot },
         virtualMedia: { uri: s.media.uri, image: s.media.image, inserted: s.media.inserted },
+        disk: copyDisk(s.disk),
+        running: s.running,
+        install: s.install ? { image: s.install.image, startedAt: s.install.startedAt, endsAt: s.install.endsAt } : null,
+        lastInstallError: s.lastInstallError,
       })),
       sessions: this.sessions(),
       accounts: this.accounts(),
@@ -2103,6 +2551,29 @@ export class LabBmc {
         this.clock.advance(ms);
         this.settle();
         return json(200, { now: this.clock.now(), iso: isoTime(this.clock.now()) });
+      }
+      const sm = /^\/lab\/systems\/([^/]+)(\/disk)?$/.exec(path);
+      if (sm) {
+        let sys: SystemState;
+        try {
+          sys = this.findSystem(sm[1]);
+        } catch (e) {
+          return bad(e instanceof Error ? e.message : String(e), 404);
+        }
+        if (!sm[2] && method === "GET") return json(200, this.system(sys.id));
+        if (sm[2] && method === "GET") return json(200, { disk: this.system(sys.id).disk });
+        if (sm[2] && method === "DELETE") {
+          this.eraseDisk(sys.id);
+          return json(200, { disk: this.system(sys.id).disk });
+        }
+        if (sm[2] && method === "PUT") {
+          const o = isRecord(body) ? body : {};
+          if (typeof o.image !== "string" || !o.image) return bad('give {"image": URL, "checksum"?: "sha256:<hex>"}');
+          if (o.checksum !== undefined && typeof o.checksum !== "string") return bad("checksum must be a string");
+          this.writeDisk(sys.id, o.image, o.checksum as string | undefined);
+          return json(200, { disk: this.system(sys.id).disk });
+        }
+        return bad(`no lab endpoint ${method} ${path}`, 405);
       }
       if (path === "/lab/latency" && method === "POST") {
         const ms = isRecord(body) ? body.ms : undefined;

@@ -241,7 +241,17 @@ export type SideEffectKind =
   | "session-delete"
   | "session-expire"
   | "service-update"
-  | "manager-reset";
+  | "manager-reset"
+  /** A power-on ended: detail.running says what the machine runs (see bmc.ts "Boot"). */
+  | "booted"
+  /** The machine booted a deploy image from its virtual CD: the installer runs. */
+  | "installer-started"
+  /** The emulated disk got an image (detail.via: "installer" or "lab"). */
+  | "disk-written"
+  /** An install ended without writing the disk (detail.error). */
+  | "install-failed"
+  /** The emulated disk was erased (detail.via: "Drive.SecureErase" or "lab"). */
+  | "disk-erased";
 
 /** A change the BMC actually applied (a refused or no-op request makes none). */
 export interface SideEffect {

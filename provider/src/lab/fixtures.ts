@@ -32,6 +32,11 @@ export function labSerial(b: number, s: number): string {
   return `LAB${String(b).padStart(3, "0")}S${String(s).padStart(3, "0")}`;
 }
 
+/** Serial number of the one disk of system `s` on BMC `b`. */
+export function labDiskSerial(b: number, s: number): string {
+  return `LABD${String(b).padStart(3, "0")}S${String(s).padStart(3, "0")}`;
+}
+
 /** What a system is made of: two profiles that alternate with the system index (odd: small, even: large). */
 export interface HardwareProfile {
   name: "small" | "large";
@@ -45,6 +50,9 @@ export interface HardwareProfile {
   dimmMiB: number;
   nics: number;
   nicSpeedMbps: number;
+  /** The one disk (an SSD): what a deploy writes to. */
+  diskModel: string;
+  diskBytes: number;
   /** A resource class a scheduler could key on (for later multi-tenancy tests). */
   resourceClass: string;
 }
@@ -62,6 +70,8 @@ export const PROFILES: Record<HardwareProfile["name"], HardwareProfile> = {
     dimmMiB: 16384,
     nics: 2,
     nicSpeedMbps: 25000,
+    diskModel: "Lab SSD 480G",
+    diskBytes: 480_103_981_056,
     resourceClass: "baremetal-small",
   },
   large: {
@@ -76,6 +86,8 @@ export const PROFILES: Record<HardwareProfile["name"], HardwareProfile> = {
     dimmMiB: 32768,
     nics: 2,
     nicSpeedMbps: 100000,
+    diskModel: "Lab SSD 960G",
+    diskBytes: 960_197_124_096,
     resourceClass: "baremetal-large",
   },
 };

@@ -14,6 +14,12 @@
  * - `sushy-like`: like OpenStack sushy-tools' fake driver: Basic only (no SessionService,
  *   AccountService or TaskService), UUIDs as system ids, VirtualMedia under the system, no
  *   Processors/Memory collections, no consoles, a PATCH answers 204, anything goes during POST.
+ *
+ * Every system has one emulated disk (bmc.ts: what a deploy writes, what cleaning erases). Where
+ * Redfish shows it is flavor data (`storage`): `generic` serves Storage + one Drive with the
+ * Drive.SecureErase action (the DMTF public-localstorage mockup's shape); `idrac-like` serves the
+ * Drive without any erase action; `sushy-like` serves no Storage at all. The last two can only be
+ * erased behind the BMC's back (the lab's `eraseDisk`).
  */
 
 export type FlavorName = "generic" | "idrac-like" | "sushy-like";
@@ -110,11 +116,28 @@ export interface Flavor {
   commandShell: ConsoleSpec;
   /** How long a Manager.Reset makes the BMC answer 503 (lab time); null: no Manager.Reset action. */
   managerResetSeconds: number | null;
+  /**
+   * The system's one emulated disk as Redfish sees it: a Storage collection under the system with
+   * one Storage (one controller) holding one Drive. null: no Storage (the disk is only in the lab).
+   */
+  storage: null | StorageSpec;
+}
+
+export interface StorageSpec {
+  storageId: string;
+  driveId: string;
+  controllerModel: string;
+  protocol: "SATA" | "SAS" | "NVMe";
+  /**
+   * The Drive has the Drive.SecureErase action (it erases the emulated disk; refused with 409
+   * unless the system is Off). Make it a task by listing "Drive.SecureErase" in `tasks.asyncActions`.
+   */
+  secureErase: boolean;
 }
 
 const generic: Flavor = {
   name: "generic",
-  description: "DMTF-mockup-like BMC: sessions + Basic, VirtualMedia under the system, synchronous actions.",
+  description: "DMTF-mockup-like BMC: sessions + Basic, VirtualMedia under the system, synchronous actions, Drive.SecureErase.",
   vendor: "Lab",
   product: "Lab Redfish BMC (generic)",
   manufacturer: "Lab Systems",
@@ -154,12 +177,13 @@ const generic: Flavor = {
   graphicalConsole: { ServiceEnabled: true, MaxConcurrentSessions: 2, ConnectTypesSupported: ["KVMIP"] },
   commandShell: { ServiceEnabled: true, MaxConcurrentSessions: 4, ConnectTypesSupported: ["SSH"] },
   managerResetSeconds: 10,
+  storage: { storageId: "1", driveId: "Drive1", controllerModel: "Lab 12Gbs Integrated SATA", protocol: "SATA", secureErase: true },
 };
 
 const idracLike: Flavor = {
   name: "idrac-like",
   description:
-    "iDRAC-like BMC: user root, 16 sessions (400 when full), 300 s session timeout, VirtualMedia under the manager as tasks, 60 s power-on guard, fixed account slots.",
+    "iDRAC-like BMC: user root, 16 sessions (400 when full), 300 s session timeout, VirtualMedia under the manager as tasks, 60 s power-on guard, fixed account slots, a drive without SecureErase.",
   vendor: "Lab",
   product: "Lab Integrated Remote Access Controller (iDRAC-like)",
   manufacturer: "Lab Systems",
@@ -199,11 +223,18 @@ const idracLike: Flavor = {
   graphicalConsole: { ServiceEnabled: true, MaxConcurrentSessions: 6, ConnectTypesSupported: ["KVMIP"] },
   commandShell: { ServiceEnabled: true, MaxConcurrentSessions: 5, ConnectTypesSupported: ["SSH", "IPMI"] },
   managerResetSeconds: 30,
+  storage: {
+    storageId: "RAID.Integrated.1-1",
+    driveId: "Disk.Bay.0:Enclosure.Internal.0-1:RAID.Integrated.1-1",
+    controllerModel: "Lab PERC H755 Front",
+    protocol: "SAS",
+    secureErase: false,
+  },
 };
 
 const sushyLike: Flavor = {
   name: "sushy-like",
-  description: "sushy-tools-like BMC (fake driver): Basic only, UUID system ids, no sessions, accounts, tasks, consoles or inventory collections.",
+  description: "sushy-tools-like BMC (fake driver): Basic only, UUID system ids, no sessions, accounts, tasks, consoles, inventory collections or Storage.",
   vendor: "Lab",
   product: "Lab Redfish emulator (sushy-like)",
   manufacturer: "Lab Systems",
@@ -243,6 +274,7 @@ const sushyLike: Flavor = {
   graphicalConsole: { ServiceEnabled: false, MaxConcurrentSessions: 0, ConnectTypesSupported: [] },
   commandShell: { ServiceEnabled: false, MaxConcurrentSessions: 0, ConnectTypesSupported: [] },
   managerResetSeconds: null,
+  storage: null,
 };
 
 export const FLAVORS: Readonly<Record<FlavorName, Flavor>> = {

@@ -30,6 +30,10 @@ export interface LabOptions {
   /** Lab seconds a power-on takes (default 2). */
   bootSeconds?: number;
   shutdownSeconds?: number;
+  /** Lab seconds a deploy image's installer runs before it writes the disk and powers the machine off (default 5). */
+  installSeconds?: number;
+  /** Installers fetch their http(s) images on loopback and fail on a non-200 answer or a checksum mismatch (default false). */
+  fetchImages?: boolean;
   /** BMC i listens on portBase + i - 1 (default 0: free ports chosen by the system). */
   portBase?: number;
   /** Administrator of every BMC (default: the first flavor's default user). */
@@ -71,6 +75,8 @@ export interface LabInfo {
   flavors: FlavorName[];
   systemsPerBmc: number;
   bootSeconds: number;
+  installSeconds: number;
+  fetchImages: boolean;
   latencyMs: number;
   tls: boolean;
   credentials: { username: string; password: string };
@@ -141,6 +147,8 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
   const id = `lab-${randomBytes(6).toString("hex")}`;
   const tls = opts.tls ? makeLabCertificate() : undefined;
   const bootSeconds = opts.bootSeconds ?? 2;
+  const installSeconds = opts.installSeconds ?? 5;
+  const fetchImages = opts.fetchImages ?? false;
   const latencyMs = opts.latencyMs ?? 0;
 
   const bmcs: LabBmc[] = [];
@@ -161,6 +169,8 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
             latencyMs,
             bootSeconds,
             shutdownSeconds: opts.shutdownSeconds,
+            installSeconds,
+            fetchImages,
             powerState: opts.powerState,
             powerOnGuardSeconds: opts.powerOnGuardSeconds,
             sessionLimit: opts.sessionLimit,
@@ -217,6 +227,8 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     flavors,
     systemsPerBmc: systems,
     bootSeconds,
+    installSeconds,
+    fetchImages,
     latencyMs,
     tls: !!tls,
     credentials: { username, password },

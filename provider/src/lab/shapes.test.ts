@@ -4,6 +4,13 @@
  * mockup resource of the same @odata.type namespace, unless it is listed in JUSTIFIED with the
  * Redfish schema that defines it. The @odata.type of each resource must have the mockup's
  * namespace and schema version.
+ *
+ * Storage and Drive (the emulated disk) are not in rackmount1 (it has only SimpleStorage); they
+ * are checked against DMTF's public-localstorage mockup (DSP2043 release 2025.4; DMTF/Redfish-Publications
+ * commit 26c94965, mockups/public-localstorage/Systems/437XR1138R2/Storage, BSD-3-Clause). That mockup is not in
+ * shared/ (yet): LOCALSTORAGE below lists the property paths of its StorageCollection, Storage/1
+ * and Drive 32ADF365C6C1B7BD resources. When shared/redfish-mockups/dmtf-public-localstorage
+ * exists, its files are read instead, and the list must agree with them.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -12,6 +19,51 @@ import { ManualClock } from "./clock";
 import { FLAVOR_NAMES, FlavorName } from "./flavors";
 
 const MOCKUP = path.resolve(__dirname, "../../../../shared/redfish-mockups/dmtf-public-rackmount1");
+const LOCALSTORAGE_DIR = path.resolve(__dirname, "../../../../shared/redfish-mockups/dmtf-public-localstorage");
+
+/** The public-localstorage resources LOCALSTORAGE transcribes. */
+const LOCALSTORAGE_FILES = [
+  "Systems/437XR1138R2/Storage/index.json",
+  "Systems/437XR1138R2/Storage/1/index.json",
+  "Systems/437XR1138R2/Storage/1/Drives/32ADF365C6C1B7BD/index.json",
+];
+
+/** Property paths of DMTF public-localstorage's storage resources, by namespace (with their schema version). */
+const LOCALSTORAGE: Record<string, { version: string; paths: string[] }> = {
+  StorageCollection: {
+    version: "",
+    paths: ["@odata.type", "@odata.id", "Name", "Members@odata.count", "Members", "Members[]/@odata.id"],
+  },
+  Storage: {
+    version: "v1_21_0",
+    paths: [
+      "@odata.type", "@odata.id", "Id", "Name", "Description",
+      "Status", "Status/State", "Status/Health", "Status/HealthRollup",
+      "StorageControllers", "StorageControllers[]/@odata.id", "StorageControllers[]/MemberId", "StorageControllers[]/Name",
+      "StorageControllers[]/Status", "StorageControllers[]/Status/State", "StorageControllers[]/Status/Health",
+      "StorageControllers[]/Identifiers", "StorageControllers[]/Identifiers[]/DurableNameFormat", "StorageControllers[]/Identifiers[]/DurableName",
+      "StorageControllers[]/Manufacturer", "StorageControllers[]/Model", "StorageControllers[]/SerialNumber", "StorageControllers[]/PartNumber",
+      "StorageControllers[]/SpeedGbps", "StorageControllers[]/FirmwareVersion",
+      "StorageControllers[]/SupportedControllerProtocols", "StorageControllers[]/SupportedDeviceProtocols",
+      "StorageControllers[]/CacheSummary", "StorageControllers[]/CacheSummary/TotalCacheSizeMiB", "StorageControllers[]/CacheSummary/PersistentCacheSizeMiB",
+      "StorageControllers[]/CacheSummary/Status", "StorageControllers[]/CacheSummary/Status/State", "StorageControllers[]/CacheSummary/Status/Health",
+      "Drives", "Drives[]/@odata.id", "Volumes", "Volumes/@odata.id",
+      "Actions", "Actions/#Storage.SetEncryptionKey", "Actions/#Storage.SetEncryptionKey/target",
+    ],
+  },
+  Drive: {
+    version: "v1_21_0",
+    paths: [
+      "@odata.type", "@odata.id", "Id", "Name", "IndicatorLED", "Model", "Revision",
+      "Status", "Status/State", "Status/Health",
+      "CapacityBytes", "FailurePredicted", "Protocol", "MediaType", "Manufacturer", "SerialNumber", "PartNumber",
+      "Identifiers", "Identifiers[]/DurableNameFormat", "Identifiers[]/DurableName",
+      "HotspareType", "HotspareReplacementMode", "EncryptionAbility", "EncryptionStatus",
+      "RotationSpeedRPM", "BlockSizeBytes", "CapableSpeedGbs", "NegotiatedSpeedGbs",
+      "Actions", "Actions/#Drive.SecureErase", "Actions/#Drive.SecureErase/target",
+    ],
+  },
+};
 
 type Json = Record<string, unknown>;
 
@@ -28,6 +80,8 @@ const JUSTIFIED: Record<string, Record<string, string>> = {
     Product: "ServiceRoot.v1_3_0",
   },
   ComputerSystem: {
+    Storage: "ComputerSystem.v1_1_0 link to the StorageCollection (the public-localstorage mockup's system has it; rackmount1's has only SimpleStorage)",
+    "Storage/@odata.id": "the link's @odata.id",
     "Boot/BootSourceOverrideEnabled@Redfish.AllowableValues": "@Redfish.AllowableValues annotation (DSP0266) on the enum property Boot.BootSourceOverrideEnabled",
     "Boot/BootSourceOverrideMode@Redfish.AllowableValues": "@Redfish.AllowableValues annotation (DSP0266) on the enum property Boot.BootSourceOverrideMode (ComputerSystem.v1_1_0)",
   },
@@ -64,7 +118,7 @@ const JUSTIFIED: Record<string, Record<string, string>> = {
 };
 
 /** The resource types the brief names: each must be served by at least one flavor and checked. */
-const REQUIRED = ["ServiceRoot", "ComputerSystem", "Manager", "VirtualMedia", "EthernetInterface", "SessionService", "AccountService", "Chassis"];
+const REQUIRED = ["ServiceRoot", "ComputerSystem", "Manager", "VirtualMedia", "EthernetInterface", "SessionService", "AccountService", "Chassis", "Storage", "Drive"];
 
 function typeOf(r: Json): { namespace: string; version: string } | undefined {
   const t = r["@odata.type"];
@@ -91,26 +145,40 @@ function paths(v: unknown, prefix = "", out = new Set<string>()): Set<string> {
   return out;
 }
 
-function loadMockup(): Map<string, { versions: Set<string>; paths: Set<string>; count: number }> {
-  const byType = new Map<string, { versions: Set<string>; paths: Set<string>; count: number }>();
+type MockupIndex = Map<string, { versions: Set<string>; paths: Set<string>; count: number }>;
+
+function loadMockup(): MockupIndex {
+  const byType: MockupIndex = new Map();
+  walkMockup(MOCKUP, byType);
+  if (fs.existsSync(LOCALSTORAGE_DIR)) {
+    for (const f of LOCALSTORAGE_FILES) addResource(JSON.parse(fs.readFileSync(path.join(LOCALSTORAGE_DIR, f), "utf8")) as Json, byType);
+  } else {
+    for (const [namespace, { version, paths: list }] of Object.entries(LOCALSTORAGE)) {
+      byType.set(namespace, { versions: new Set([version]), paths: new Set(list), count: 1 });
+    }
+  }
+  return byType;
+}
+
+function addResource(r: Json, byType: MockupIndex): void {
+  const t = typeOf(r);
+  if (!t) return;
+  const entry = byType.get(t.namespace) ?? { versions: new Set<string>(), paths: new Set<string>(), count: 0 };
+  entry.versions.add(t.version);
+  entry.count++;
+  for (const x of paths(r)) entry.paths.add(x);
+  byType.set(t.namespace, entry);
+}
+
+function walkMockup(root: string, byType: MockupIndex): void {
   const walk = (dir: string): void => {
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
       if (e.isDirectory()) walk(p);
-      else if (e.name === "index.json") {
-        const r = JSON.parse(fs.readFileSync(p, "utf8")) as Json;
-        const t = typeOf(r);
-        if (!t) continue;
-        const entry = byType.get(t.namespace) ?? { versions: new Set<string>(), paths: new Set<string>(), count: 0 };
-        entry.versions.add(t.version);
-        entry.count++;
-        for (const x of paths(r)) entry.paths.add(x);
-        byType.set(t.namespace, entry);
-      }
+      else if (e.name === "index.json") addResource(JSON.parse(fs.readFileSync(p, "utf8")) as Json, byType);
     }
   };
-  walk(MOCKUP);
-  return byType;
+  walk(root);
 }
 
 async function get(b: LabBmc, p: string, init: RequestInit = {}): Promise<{ status: number; body: Json; headers: Headers }> {
@@ -177,6 +245,16 @@ describe("resource shapes match the DMTF public mockup", () => {
   test("the mockup is there", () => {
     expect(mockup.get("ComputerSystem")?.count).toBe(1);
     expect(mockup.size).toBeGreaterThan(40);
+    expect(mockup.has("Storage") && mockup.has("Drive")).toBe(true);
+  });
+
+  test("the transcribed public-localstorage paths agree with its files, where they are present", () => {
+    if (!fs.existsSync(LOCALSTORAGE_DIR)) return; // only the transcription is there: nothing to compare
+    for (const [namespace, { version, paths: list }] of Object.entries(LOCALSTORAGE)) {
+      const m = mockup.get(namespace)!;
+      expect([namespace, m.versions.has(version)]).toEqual([namespace, true]);
+      expect([namespace, [...m.paths].sort()]).toEqual([namespace, [...list].sort()]);
+    }
   });
 
   for (const flavor of FLAVOR_NAMES) {

@@ -10,6 +10,11 @@ export type Allocation = import("./allocation").Allocation;
 export const Allocation: typeof import("./allocation").Allocation = null as any;
 utilities.lazyLoad(exports, ["Allocation"], () => require("./allocation"));
 
+export { DeploymentArgs } from "./deployment";
+export type Deployment = import("./deployment").Deployment;
+export const Deployment: typeof import("./deployment").Deployment = null as any;
+utilities.lazyLoad(exports, ["Deployment"], () => require("./deployment"));
+
 export { GetNodesArgs, GetNodesResult, GetNodesOutputArgs } from "./getNodes";
 export const getNodes: typeof import("./getNodes").getNodes = null as any;
 export const getNodesOutput: typeof import("./getNodes").getNodesOutput = null as any;
@@ -27,6 +32,8 @@ const _module = {
         switch (type) {
             case "baremetal:compute:Allocation":
                 return new Allocation(name, <any>undefined, { urn })
+            case "baremetal:compute:Deployment":
+                return new Deployment(name, <any>undefined, { urn })
             case "baremetal:compute:Node":
                 return new Node(name, <any>undefined, { urn })
             default:

@@ -55,7 +55,14 @@ export interface BmcDriver {
   /** The facts of one system; throws a `not-found` BaremetalError when it is gone. */
   facts(systemId: string): Promise<SystemFacts>;
   setPower(systemId: string, desired: "on" | "off"): Promise<{ changed: boolean }>;
-  setBoot(systemId: string, device: BootDevice, mode?: BootMode): Promise<{ changed: boolean }>;
+  /** Sets the boot override: persistent by default, or for the next boot only (`once`). */
+  setBoot(systemId: string, device: BootDevice, mode?: BootMode, once?: boolean): Promise<{ changed: boolean }>;
+  /** Restarts the machine (hard), or powers it on when it is off. */
+  powerCycle(systemId: string): Promise<void>;
+  /** Inserts an image (by URL) into the system's virtual CD; idempotent. */
+  insertVirtualMedia(systemId: string, imageUrl: string): Promise<{ changed: boolean }>;
+  /** Ejects the system's virtual CD; idempotent. */
+  ejectVirtualMedia(systemId: string): Promise<{ changed: boolean }>;
   /** Ends sessions; idempotent. */
   close(): Promise<void>;
 }

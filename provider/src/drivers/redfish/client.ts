@@ -489,6 +489,22 @@ export class RedfishClient {
     return true;
   }
 
+  /**
+   * Clears the boot override: Enabled "Disabled" (with target None where the BMC lists it). A
+   * BMC that keeps an override it cannot disable is left as it is (returns false).
+   */
+  async clearBootOverride(idOrPath: string): Promise<boolean> {
+    const p = this.systemPath(idOrPath);
+    const { system, etag } = await this.getSystem(p);
+    const boot = system.Boot;
+    if (!boot || boot.BootSourceOverrideEnabled === "Disabled") return false;
+    const targets: readonly string[] = boot["BootSourceOverrideTarget@Redfish.AllowableValues"] ?? BOOT_SOURCES;
+    const change: Record<string, string> = { BootSourceOverrideEnabled: "Disabled" };
+    if (targets.includes("None") && boot.BootSourceOverrideTarget !== "None") change.BootSourceOverrideTarget = "None";
+    await this.patch(p, { Boot: change }, etag);
+    return true;
+  }
+
   async setBootOverride(
     idOrPath: string,
     target: string,

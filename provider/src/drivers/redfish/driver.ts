@@ -85,15 +85,28 @@ export class RedfishDriver implements BmcDriver {
     return { changed };
   }
 
-  async setBoot(systemId: string, device: BootDevice, mode?: BootMode): Promise<{ changed: boolean }> {
-    if (device === "none") {
-      const changed = await this.client.setBootOverride(systemId, "None", "Disabled", mode ? BOOT_MODES[mode] as "UEFI" | "Legacy" : undefined);
-      return { changed };
-    }
+  async setBoot(systemId: string, device: BootDevice, mode?: BootMode, once = false): Promise<{ changed: boolean }> {
+    const redfishMode = mode ? (BOOT_MODES[mode] as "UEFI" | "Legacy") : undefined;
+    if (device === "none") return { changed: await this.client.clearBootOverride(systemId) };
     const target = BOOT_TARGETS[device];
     if (!target) throw new BaremetalError("validation", `unknown boot device '${device}'`, { property: "bootDevice" });
-    const changed = await this.client.setBootOverride(systemId, target, "Continuous", mode ? (BOOT_MODES[mode] as "UEFI" | "Legacy") : undefined);
-    return { changed };
+    return { changed: await this.client.setBootOverride(systemId, target, once ? "Once" : "Continuous", redfishMode) };
+  }
+
+  async powerCycle(systemId: string): Promise<void> {
+    const { system } = await this.client.getSystem(systemId);
+    if (system.PowerState === "Off" || system.PowerState === "PoweringOff") await this.client.setPower(systemId, "On");
+    else await this.client.resetSystem(systemId, "ForceRestart");
+  }
+
+  async insertVirtualMedia(systemId: string, imageUrl: string): Promise<{ changed: boolean }> {
+    const { path } = await this.client.findVirtualMedia(systemId);
+    return { changed: await this.client.insertMedia(path, imageUrl) };
+  }
+
+  async ejectVirtualMedia(systemId: string): Promise<{ changed: boolean }> {
+    const { path } = await this.client.findVirtualMedia(systemId);
+    return { changed: await this.client.ejectMedia(path) };
   }
 
   async close(): Promise<void> {

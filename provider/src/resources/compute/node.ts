@@ -118,7 +118,7 @@ const outputs = {
   allocationId: { type: "string", description: "The allocation that holds the node, if any." },
 } as const satisfies Fields;
 
-interface BmcInputs {
+export interface BmcInputs {
   address: string;
   systemId?: string;
   username?: string;
@@ -225,7 +225,7 @@ function inventoryOutputs(record: NodeRecord | undefined): Props {
 const str = (v: unknown) => (typeof v === "string" ? v : undefined);
 
 /** One driver (one BMC session) per operation, always closed. */
-async function withDriver<T>(ctx: OperationContext, bmc: BmcInputs, use: (driver: BmcDriver) => Promise<T>): Promise<T> {
+export async function withDriver<T>(ctx: OperationContext, bmc: BmcInputs, use: (driver: BmcDriver) => Promise<T>): Promise<T> {
   const driver = connect(ctx, bmc, nodeRequestHooks.onRequest);
   try {
     return await use(driver);
@@ -234,7 +234,7 @@ async function withDriver<T>(ctx: OperationContext, bmc: BmcInputs, use: (driver
   }
 }
 
-const rethrowAttributed = (e: unknown): never => {
+export const rethrowAttributed = (e: unknown): never => {
   throw attribute(e);
 };
 
@@ -258,7 +258,7 @@ async function factsOrExplain(driver: BmcDriver, bmc: BmcInputs, systemId: strin
   }
 }
 
-const sleep = (ms: number, signal: AbortSignal) =>
+export const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
     const t = setTimeout(resolve, ms);
     signal.addEventListener("abort", () => (clearTimeout(t), reject(new BaremetalError("cancelled", "operation cancelled"))), { once: true });

@@ -1,0 +1,119 @@
+/**
+ * Node -> Allocation -> Deployment through the real engine against sushy-tools (OpenStack's
+ * Redfish emulator). sushy's fake machines run nothing, so this test plays the deploy image's
+ * part: once the installer has booted from the virtual CD, it powers the machine off, which is
+ * how an agentless installer reports that the disk is written. Everything else is sushy's real
+ * Redfish: virtual media (it downloads the image), boot overrides and power.
+ */
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
+import { type SushyInstance, startSushy } from "../harness/sushy";
+
+jest.setTimeout(300_000);
+
+const USER = "deploy-admin";
+const PASSWORD = "deploy-Bmc-Pa55";
+
+const PROGRAM = `
+import * as pulumi from "@pulumi/pulumi";
+${SDK_IMPORT}
+const config = new pulumi.Config();
+const node = new baremetal.compute.Node("n0", { bmc: { address: config.require("bmcAddress"), systemId: config.require("systemId") }, resourceClass: "small" });
+const allocation = new baremetal.compute.Allocation("a0", { candidateNodes: [node.id] });
+const deployment = config.getBoolean("deploy") === false ? undefined : new baremetal.compute.Deployment("d0", {
+  allocationId: allocation.allocationId,
+  imageUrl: config.require("imageUrl"),
+  imageChecksum: "sha256:" + "ab".repeat(32),
+}, { customTimeouts: { create: "4m" } });
+export const nodeId = node.id;
+export const state = deployment?.provisionState;
+`;
+
+describe("deployment over virtual media against sushy-tools", () => {
+  let bmc: SushyInstance;
+  let images: Server;
+  let imageUrl: string;
+  let p: PulumiProject;
+  let installerRuns = 0;
+  let stopInstaller = false;
+  let installer: Promise<void>;
+
+  /** Plays the installer: when the machine runs from the inserted CD, it "writes the disk" and powers off. */
+  async function emulateInstaller(systemId: string): Promise<void> {
+    const sys = `/redfish/v1/Systems/${systemId}`;
+    let wasRunningInstaller = false;
+    while (!stopInstaller) {
+      const [system, cd] = await Promise.all([bmc.http.get(sys), bmc.http.get(`${sys}/VirtualMedia/Cd`)]);
+      const runningFromCd = system.data.PowerState === "On" && cd.data.Inserted === true && system.data.Boot?.BootSourceOverrideTarget === "Cd";
+      if (runningFromCd && !wasRunningInstaller) {
+        wasRunningInstaller = true;
+        await new Promise((r) => setTimeout(r, 1000));
+        installerRuns++;
+        await bmc.http.post(`${sys}/Actions/ComputerSystem.Reset`, { ResetType: "ForceOff" });
+      }
+      if (!runningFromCd) wasRunningInstaller = false;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+
+  beforeAll(async () => {
+    bmc = await startSushy({ systems: 1, username: USER, password: PASSWORD, powerState: "Off" });
+    images = createServer((_req, res) => res.end(Buffer.alloc(32 * 1024, 0x42)));
+    await new Promise<void>((r) => images.listen(0, "127.0.0.1", () => r()));
+    imageUrl = `http://127.0.0.1:${(images.address() as AddressInfo).port}/deploy.iso`;
+    p = await newProject("deploy", PROGRAM);
+    await p.setConfig("baremetal:inventoryUrl", `sqlite://${p.dir}/inventory.db`, true);
+    await p.setConfig("baremetal:bmcUsername", USER);
+    await p.setConfig("baremetal:bmcPassword", PASSWORD, true);
+    await p.setConfig("bmcAddress", bmc.url);
+    await p.setConfig("systemId", bmc.systemIds[0]);
+    await p.setConfig("imageUrl", imageUrl);
+    installer = emulateInstaller(bmc.systemIds[0]);
+  });
+
+  afterAll(async () => {
+    stopInstaller = true;
+    await installer?.catch(() => undefined);
+    await p?.pulumi(["destroy", "--yes", "--skip-preview"], { allowFail: true });
+    p?.remove();
+    await new Promise((r) => images?.close(r));
+    await bmc?.stop();
+  });
+
+  const system = async () => (await bmc.http.get(`/redfish/v1/Systems/${bmc.systemIds[0]}`)).data;
+  const cd = async () => (await bmc.http.get(`/redfish/v1/Systems/${bmc.systemIds[0]}/VirtualMedia/Cd`)).data;
+
+  it("up enrols, allocates and deploys: the node boots the installer from the CD, then runs from disk", async () => {
+    const up = await p.pulumi(["up", "--yes", "--skip-preview"]);
+    expect(up.stdout).toMatch(/\+ 4 created/);
+    expect((await p.outputs()).state).toBe("active");
+    expect(installerRuns).toBe(1);
+    const s = await system();
+    expect(s.PowerState).toBe("On");
+    expect(s.Boot.BootSourceOverrideTarget).toBe("Hdd");
+    expect((await cd()).Inserted).toBe(false);
+    await p.pulumi(["preview", "--expect-no-changes"]);
+  });
+
+  it("refresh keeps an active deployment as it is", async () => {
+    await p.pulumi(["refresh", "--yes", "--skip-preview"]);
+    await p.pulumi(["preview", "--expect-no-changes"]);
+  });
+
+  it("destroying the deployment cleans the node (off, no media, no override) and keeps it allocated", async () => {
+    await p.setConfig("deploy", "false");
+    await p.pulumi(["up", "--yes", "--skip-preview"]);
+    const s = await system();
+    expect(s.PowerState).toBe("Off");
+    expect((await cd()).Inserted).toBe(false);
+    const { deployment } = await p.exportStack();
+    const node = (deployment.resources ?? []).find((r) => r.type === "baremetal:compute:Node") as { outputs: Record<string, unknown> };
+    const allocation = (deployment.resources ?? []).find((r) => r.type === "baremetal:compute:Allocation");
+    expect(allocation).toBeDefined();
+    await p.pulumi(["refresh", "--yes", "--skip-preview"]);
+    const refreshed = ((await p.exportStack()).deployment.resources ?? []).find((r) => r.type === "baremetal:compute:Node") as { outputs: Record<string, unknown> };
+    expect(refreshed.outputs.provisionState).toBe("available");
+    expect(refreshed.outputs.allocationId).toBe(node.outputs.allocationId ?? refreshed.outputs.allocationId);
+  });
+});
