@@ -6,6 +6,10 @@ import { validationError } from "../core/errors";
 import type { BmcConnection, BmcDriver } from "./kinds/bmc";
 import { RedfishDriver } from "./redfish/driver";
 import { Limiter } from "./redfish/limiter";
+import { SessionPool } from "./redfish/sessions";
+
+/** One Redfish session per BMC and credentials, shared by the operations in flight. */
+export const redfishSessions = new SessionPool();
 
 /**
  * Limits shared by the whole provider process: Pulumi runs many resource operations at once, and
@@ -39,7 +43,7 @@ export function bmcDriverFor(conn: BmcConnection, property = "bmc.address"): Bmc
       perBmc: bmcLimiter(conn.address, conn.maxConcurrency),
       mutations: shared(mutations, new URL(conn.address).origin, 1),
       global: globalLimiter(conn.globalMaxConcurrency ?? 64),
-    });
+    }, redfishSessions);
   }
   throw validationError(property, `no BMC driver serves '${scheme}' addresses; use an https:// (Redfish) address`);
 }

@@ -18,7 +18,9 @@ import * as tls from "node:tls";
 import axios, { AxiosInstance } from "axios";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import { httpError, networkError, parseRetryAfter, stripUserInfo } from "./errors";
+import { createHash } from "node:crypto";
 import { Limiter } from "./limiter";
+import { type SessionPool, type SharedSession } from "./sessions";
 import { DEFAULT_QUIRKS, DEFAULT_RETRY_POLICY, RetryPlanner, type RetryPolicy, type RetryQuirks } from "./retry";
 import {
   ActionInfo,
@@ -66,6 +68,8 @@ export interface RedfishClientOptions {
   mutationLimiter?: Limiter;
   /** A process-wide limit over all BMCs (shared by every client). */
   globalLimiter?: Limiter;
+  /** Shares one session per BMC and credentials between clients (see sessions.ts). */
+  sessionPool?: SessionPool;
   /** When and how often a failed request is tried again (default: DEFAULT_RETRY_POLICY). */
   retryPolicy?: RetryPolicy;
   /** Vendor behaviour that the retry planner needs (busy MessageIds). */
@@ -112,7 +116,7 @@ interface RawResponse {
 type AuthState =
   | { kind: "none" }
   | { kind: "basic"; header: string }
-  | { kind: "session"; token: string; location?: string };
+  | { kind: "session"; token: string; location?: string; pooled?: boolean };
 
 const ROOT_PATH = "/redfish/v1/";
 const DEFAULT_SYSTEMS = "/redfish/v1/Systems";
@@ -205,6 +209,9 @@ function closeMatch(value: string, allowed: readonly string[]): string | undefin
 }
 
 const MUTATING = new Set(["POST", "PATCH", "PUT", "DELETE"]);
+/** A BMC answered a session login with "no sessions here" (for the pool's login callback). */
+class NoSessions extends Error {}
+
 const TASK_DONE = new Set(["Completed", "Killed", "Exception", "Cancelled"]);
 
 function abortableSleep(ms: number, signal: AbortSignal | undefined, cancelled: () => Error): Promise<void> {
@@ -248,6 +255,7 @@ export class RedfishClient {
   private readonly limiter: Limiter;
   private readonly mutationLimiter: Limiter;
   private readonly globalLimiter?: Limiter;
+  private readonly sessionPool?: SessionPool;
   private readonly httpAgent: http.Agent;
   private readonly httpsAgent: https.Agent;
   private readonly http: AxiosInstance;
@@ -283,6 +291,7 @@ export class RedfishClient {
     this.limiter = opts.limiter ?? new Limiter(maxConcurrency);
     this.mutationLimiter = opts.mutationLimiter ?? new Limiter(1);
     this.globalLimiter = opts.globalLimiter;
+    this.sessionPool = opts.sessionPool;
     this.onRequest = opts.onRequest;
     this.onRetry = opts.onRetry;
     this.retry = new RetryPlanner(opts.retryPolicy ?? DEFAULT_RETRY_POLICY, opts.quirks ?? DEFAULT_QUIRKS);
@@ -610,9 +619,15 @@ export class RedfishClient {
     const auth = this.#auth;
     if (!auth || auth.kind !== "session") return;
     this.#auth = undefined; // from here on, logout is a no-op and a new request logs in again
-    if (!auth.location) return;
-    const path = this.toPath(auth.location);
-    const res = await this.send("DELETE", path, { "X-Auth-Token": auth.token });
+    // A pooled session is logged out by its last user (the pool calls back).
+    if (auth.pooled && this.sessionPool) return this.sessionPool.release(this.sessionKey(), (s) => this.deleteSession(s));
+    await this.deleteSession(auth);
+  }
+
+  private async deleteSession(session: SharedSession): Promise<void> {
+    if (!session.location) return;
+    const path = this.toPath(session.location);
+    const res = await this.send("DELETE", path, { "X-Auth-Token": session.token });
     if ((res.status >= 200 && res.status < 300) || res.status === 401 || res.status === 404 || res.status === 410) return;
     throw this.failure("DELETE", path, res);
   }
@@ -804,16 +819,41 @@ export class RedfishClient {
     if (!sessions) return this.noSessions("its service root links no SessionService");
 
     const path = this.toPath(sessions);
+    let session: SharedSession | string;
+    if (this.sessionPool) {
+      // A "no sessions here" answer is not an error for the pool: it simply stays unused.
+      const key = this.sessionKey();
+      try {
+        session = await this.sessionPool.acquire(key, () => this.login(path).then((s) => (typeof s === "string" ? Promise.reject(new NoSessions(s)) : s)));
+      } catch (e) {
+        if (e instanceof NoSessions) return this.noSessions(e.message);
+        throw e;
+      }
+      return (this.#auth = { kind: "session", ...session, pooled: true });
+    }
+    session = await this.login(path);
+    if (typeof session === "string") return this.noSessions(session);
+    return (this.#auth = { kind: "session", ...session });
+  }
+
+  /** One session login: the session, or why this BMC has no sessions. */
+  private async login(path: string): Promise<SharedSession | string> {
     const res = await this.send("POST", path, {}, { UserName: this.username, Password: this.#password ?? "" });
     if (res.status >= 200 && res.status < 300) {
       const token = res.headers["x-auth-token"];
-      if (!token) return this.noSessions(`its session login answered HTTP ${res.status} without an X-Auth-Token`);
+      if (!token) return `its session login answered HTTP ${res.status} without an X-Auth-Token`;
       const body = isRecord(res.body) ? (res.body as Partial<Session>) : undefined;
       const location = res.headers["location"] ?? (typeof body?.["@odata.id"] === "string" ? body["@odata.id"] : undefined);
-      return (this.#auth = { kind: "session", token, location });
+      return { token, location };
     }
-    if (NO_SESSION_STATUSES.has(res.status)) return this.noSessions(`its session login answered HTTP ${res.status}`);
+    if (NO_SESSION_STATUSES.has(res.status)) return `its session login answered HTTP ${res.status}`;
     throw this.failure("POST", path, res);
+  }
+
+  /** Which pooled session this client may share: same BMC, same user, same password. */
+  private sessionKey(): string {
+    const secret = createHash("sha256").update(this.#password ?? "").digest("hex");
+    return `${this.endpoint}\n${this.username ?? ""}\n${secret}`;
   }
 
   private noSessions(why: string): AuthState {
@@ -902,8 +942,17 @@ export class RedfishClient {
     if (res.status === 401 && auth.kind === "session") {
       // The session expired or was deleted behind our back. A 401 means the BMC did nothing,
       // so log in again once and send the request again.
-      if (this.#auth === auth) this.#auth = undefined;
-      auth = await this.ensureAuth();
+      if (auth.pooled && this.sessionPool) {
+        const stale = auth;
+        const fresh = await this.sessionPool.renew(this.sessionKey(), stale.token, () =>
+          this.login(this.toPath(this.root?.Links?.Sessions?.["@odata.id"] ?? DEFAULT_SESSIONS)).then((r) => (typeof r === "string" ? Promise.reject(new NoSessions(r)) : r)),
+        );
+        if (this.#auth === stale) this.#auth = { kind: "session", ...fresh, pooled: true };
+        auth = this.#auth ?? (await this.ensureAuth());
+      } else {
+        if (this.#auth === auth) this.#auth = undefined;
+        auth = await this.ensureAuth();
+      }
       res = await this.send(method, path, { ...this.authHeaders(auth), ...extra }, o.body);
     }
     return res;

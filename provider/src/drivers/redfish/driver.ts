@@ -7,6 +7,7 @@ import { BaremetalError } from "../../core/errors";
 import type { BmcConnection, BmcDriver, BootDevice, BootMode, PowerState, SystemFacts } from "../kinds/bmc";
 import { RedfishClient } from "./client";
 import type { Limiter } from "./limiter";
+import type { SessionPool } from "./sessions";
 
 const POWER_STATES: Record<string, PowerState> = {
   On: "on",
@@ -33,7 +34,7 @@ const BOOT_MODES: Record<BootMode, string> = { uefi: "UEFI", legacy: "Legacy" };
 export class RedfishDriver implements BmcDriver {
   readonly client: RedfishClient;
 
-  constructor(conn: BmcConnection, limits: { perBmc?: Limiter; mutations?: Limiter; global?: Limiter } = {}) {
+  constructor(conn: BmcConnection, limits: { perBmc?: Limiter; mutations?: Limiter; global?: Limiter } = {}, sessionPool?: SessionPool) {
     this.client = new RedfishClient({
       endpoint: conn.address,
       username: conn.username,
@@ -45,6 +46,7 @@ export class RedfishDriver implements BmcDriver {
       limiter: limits.perBmc,
       mutationLimiter: limits.mutations,
       globalLimiter: limits.global,
+      sessionPool,
       signal: conn.signal,
       onRequest: conn.onRequest,
       onRetry: (r) =>
