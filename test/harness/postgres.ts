@@ -23,8 +23,8 @@
 import { ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
+import { freePort, track, untrack } from "./processes";
 import * as path from "node:path";
 import { Client } from "pg";
 
@@ -54,8 +54,6 @@ export interface PostgresInstance {
 }
 
 const GRACE_MS = 3000;
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
 let databases = 0;
 
 /** The directory of initdb/postgres: $BAREMETAL_PG_BIN, else the newest Debian install. */
@@ -184,7 +182,7 @@ async function launch(a: LaunchArgs): Promise<PostgresInstance> {
     child.once("exit", () => resolve());
   }).then(() => {
     exited = true;
-    live.delete(child);
+    untrack(child);
   });
   child.once("error", () => undefined); // spawn errors surface as an early exit below
 
@@ -280,36 +278,7 @@ function run(cmd: string, args: string[], o: { cwd: string; env: NodeJS.ProcessE
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function track(child: ChildProcess): void {
-  live.add(child);
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    // Last resort when a test forgets stop() or the runner exits: never leave servers behind.
-    process.once("exit", () => {
-      for (const c of live) {
-        if (c.pid !== undefined) {
-          try {
-            process.kill(c.pid, "SIGKILL");
-          } catch {
-            /* gone */
-          }
-        }
-      }
-    });
-  }
-}
 
 function describeExit(child: ChildProcess): string {
   return child.signalCode ? `signal ${child.signalCode}` : `exit code ${child.exitCode}`;

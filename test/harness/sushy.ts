@@ -21,8 +21,8 @@
 import { ChildProcess, execFile, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as https from "node:https";
-import * as net from "node:net";
 import * as os from "node:os";
+import { freePort, track, untrack } from "./processes";
 import * as path from "node:path";
 import axios, { AxiosInstance } from "axios";
 
@@ -70,8 +70,6 @@ export interface SushyInstance {
 }
 
 const STOP_GRACE_MS = 5000;
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
 
 /** Start a sushy-tools emulator with the fake driver on 127.0.0.1 and a free port. */
 export async function startSushy(opts: SushyOptions = {}): Promise<SushyInstance> {
@@ -178,7 +176,7 @@ async function launch(
     child.once("exit", () => resolve());
   }).then(() => {
     exited = true;
-    live.delete(child);
+    untrack(child);
   });
   child.once("error", () => undefined); // spawn errors surface as an early exit below
 
@@ -329,36 +327,7 @@ function selfSignedCert(certFile: string, keyFile: string): Promise<void> {
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function track(child: ChildProcess): void {
-  live.add(child);
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    // Last resort when a test forgets stop() or the runner exits: never leave emulators behind.
-    process.once("exit", () => {
-      for (const c of live) {
-        if (c.pid !== undefined) {
-          try {
-            process.kill(c.pid, "SIGKILL");
-          } catch {
-            /* gone */
-          }
-        }
-      }
-    });
-  }
-}
 
 async function killNow(child: ChildProcess, exited: Promise<void>): Promise<void> {
   if (child.pid !== undefined) {

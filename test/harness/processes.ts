@@ -1,0 +1,42 @@
+/**
+ * What every test harness that starts a server needs: a free loopback port, and a last-resort
+ * guard that kills (by PID) whatever a test forgot to stop when the test process exits.
+ */
+import type { ChildProcess } from "node:child_process";
+import * as net from "node:net";
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+/** Tracks a child until `untrack`; at process exit, every tracked child is killed by its PID. */
+export function track(child: ChildProcess): void {
+  live.add(child);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once("exit", () => {
+    for (const c of live) {
+      if (c.pid === undefined) continue;
+      try {
+        process.kill(c.pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+  });
+}
+
+export function untrack(child: ChildProcess): void {
+  live.delete(child);
+}
