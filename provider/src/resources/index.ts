@@ -1,11 +1,12 @@
 /** The one registration list: every resource the provider serves. */
 import type { FunctionDefinition, ResourceDefinition } from "../core/resource";
 import { allocationResource } from "./compute/allocation";
+import { consoleAccessResource } from "./compute/console";
 import { deploymentResource } from "./compute/deployment";
 import { getNodesFunction } from "./compute/get-nodes";
 import { nodeResource } from "./compute/node";
 
-export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource];
+export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource];
 
 export const resourcesByToken: ReadonlyMap<string, ResourceDefinition> = new Map(resources.map((r) => [r.token, r]));
 

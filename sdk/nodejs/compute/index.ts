@@ -10,6 +10,11 @@ export type Allocation = import("./allocation").Allocation;
 export const Allocation: typeof import("./allocation").Allocation = null as any;
 utilities.lazyLoad(exports, ["Allocation"], () => require("./allocation"));
 
+export { ConsoleAccessArgs } from "./consoleAccess";
+export type ConsoleAccess = import("./consoleAccess").ConsoleAccess;
+export const ConsoleAccess: typeof import("./consoleAccess").ConsoleAccess = null as any;
+utilities.lazyLoad(exports, ["ConsoleAccess"], () => require("./consoleAccess"));
+
 export { DeploymentArgs } from "./deployment";
 export type Deployment = import("./deployment").Deployment;
 export const Deployment: typeof import("./deployment").Deployment = null as any;
@@ -32,6 +37,8 @@ const _module = {
         switch (type) {
             case "baremetal:compute:Allocation":
                 return new Allocation(name, <any>undefined, { urn })
+            case "baremetal:compute:ConsoleAccess":
+                return new ConsoleAccess(name, <any>undefined, { urn })
             case "baremetal:compute:Deployment":
                 return new Deployment(name, <any>undefined, { urn })
             case "baremetal:compute:Node":

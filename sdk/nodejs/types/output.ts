@@ -37,6 +37,28 @@ export namespace compute {
     }
 
     /**
+     * A console endpoint of the BMC.
+     */
+    export interface ConsoleEndpoint {
+        /**
+         * How many sessions the BMC serves at once, when it says.
+         */
+        maxConcurrentSessions?: number;
+        /**
+         * The port (the protocol's well-known port unless the BMC's NetworkProtocol says otherwise).
+         */
+        port?: number;
+        /**
+         * The Redfish connect type: SSH, IPMI, Telnet, KVMIP, VNC or Oem.
+         */
+        protocol: string;
+        /**
+         * Where to connect, e.g. `ssh://10.0.0.5:22`, `ipmi-sol://10.0.0.5:623`, `https://10.0.0.5/`.
+         */
+        url: string;
+    }
+
+    /**
      * A node as the inventory knows it.
      */
     export interface NodeSummary {

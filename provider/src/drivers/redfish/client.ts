@@ -362,6 +362,13 @@ export class RedfishClient {
     return this.afterPatch(p, again);
   }
 
+  /** DELETE; answers listed in `accept` (e.g. 404: already gone) are returned, not thrown. Returns the status. */
+  async delete(path: string, opts: { accept?: number[] } = {}): Promise<number> {
+    let res = await this.request("DELETE", this.toPath(path), { accept: opts.accept });
+    if (res.status === 202 && res.headers["location"]) res = await this.awaitTask(res.headers["location"], `DELETE ${path}`);
+    return res.status;
+  }
+
   /**
    * POST; a long action that answers 202 with a task monitor is awaited until it is done (its
    * final answer replaces the 202). `awaitTask: false` returns the 202 as it is.
