@@ -403,13 +403,15 @@ function toServiceError(e: unknown): Partial<grpc.StatusObject> {
 }
 
 /** Adapts our async handlers to grpc-js callbacks; unimplemented calls answer UNIMPLEMENTED. */
-export function serviceImplementation(p: BaremetalProvider): grpc.UntypedServiceImplementation {
+export function serviceImplementation(p: BaremetalProvider, onCall?: (rpc: string, ms: number) => void): grpc.UntypedServiceImplementation {
   const wrap =
-    <Req, Res>(h: Handler<Req, Res>) =>
+    <Req, Res>(h: Handler<Req, Res>, rpc = "") =>
     (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
+      const started = performance.now();
+      const done = () => onCall?.(rpc, performance.now() - started);
       h(call.request).then(
-        (res) => cb(null, res),
-        (e) => cb(toServiceError(e), null),
+        (res) => (done(), cb(null, res)),
+        (e) => (done(), cb(toServiceError(e), null)),
       );
     };
   const unimplemented = (name: string) => (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
@@ -421,12 +423,12 @@ export function serviceImplementation(p: BaremetalProvider): grpc.UntypedService
     checkConfig: wrap(p.checkConfig),
     diffConfig: wrap(p.diffConfig),
     configure: wrap(p.configure),
-    check: wrap(p.check),
-    diff: wrap(p.diff),
-    create: wrap(p.create),
-    read: wrap(p.read),
-    update: wrap(p.update),
-    delete: wrap(p.delete),
+    check: wrap(p.check, "check"),
+    diff: wrap(p.diff, "diff"),
+    create: wrap(p.create, "create"),
+    read: wrap(p.read, "read"),
+    update: wrap(p.update, "update"),
+    delete: wrap(p.delete, "delete"),
     cancel: wrap(p.cancel),
     parameterize: unimplemented("Parameterize"),
     invoke: wrap(p.invoke),
@@ -439,13 +441,17 @@ export function serviceImplementation(p: BaremetalProvider): grpc.UntypedService
 }
 
 /** Starts the server on loopback; resolves with the bound port. */
-export async function serve(engineAddress?: string, port = 0): Promise<{ server: grpc.Server; port: number; provider: BaremetalProvider }> {
+export async function serve(
+  engineAddress?: string,
+  port = 0,
+  onCall?: (rpc: string, ms: number) => void,
+): Promise<{ server: grpc.Server; port: number; provider: BaremetalProvider }> {
   const provider = new BaremetalProvider(engineAddress);
   const server = new grpc.Server({
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
     "grpc.max_send_message_length": 64 * 1024 * 1024,
   });
-  server.addService(provrpc.ResourceProviderService, serviceImplementation(provider));
+  server.addService(provrpc.ResourceProviderService, serviceImplementation(provider, onCall));
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
