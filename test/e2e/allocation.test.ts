@@ -42,6 +42,9 @@ const a = new baremetal.compute.Allocation("web", {
 export const nodeId = a.nodeId;
 export const allocationId = a.allocationId;
 export const restrictedTo = a.restrictedTo;
+if (config.getBoolean("deploy")) {
+  new baremetal.compute.Deployment("os", { allocationId: a.allocationId, imageUrl: "http://images.example.net/os.iso" });
+}
 `;
 
 const VIEWER = `
@@ -115,6 +118,16 @@ describe("allocations from a shared pool, by tenants, under the policy", () => {
     const beta = await tenant("p-beta", ["member"]);
     await beta.pulumi(["up", "--yes", "--skip-preview"]);
     expect((await beta.outputs()).nodeId).toBe(ids[1]);
+    await beta.pulumi(["preview", "--expect-no-changes"]);
+  });
+
+  it("a lessee's member may allocate but not deploy: the preview fails with the rule", async () => {
+    const beta = tenants[1];
+    await beta.setConfig("deploy", "true");
+    const preview = await beta.pulumi(["preview"], { allowFail: true });
+    expect(preview.code).not.toBe(0);
+    expect(preview.stdout).toMatch(/baremetal:node:set_provision_state denied for project p-beta \(roles member\): rule/);
+    await beta.pulumi(["config", "rm", "deploy"]);
     await beta.pulumi(["preview", "--expect-no-changes"]);
   });
 
