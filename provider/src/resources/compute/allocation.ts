@@ -175,3 +175,17 @@ export const allocationResource: ResourceDefinition = {
     ctx.progress(released ? `node ${released.nodeId} returned to the pool` : "the allocation was already released");
   },
 };
+
+/**
+ * Checks `operations` against the owner and lessee of the node an allocation holds, as Ironic
+ * checks node operations. Skipped for the standalone operator, and at preview for an allocation
+ * that does not exist yet (its node is unknown until it is made).
+ */
+export async function authorizeOnAllocatedNode(ctx: ProviderContext, allocationId: unknown, operations: readonly string[]): Promise<void> {
+  if (ctx.caller.operator || typeof allocationId !== "string") return;
+  const inventory = await ctx.inventory();
+  const allocation = await inventory.getAllocation(allocationId);
+  const node = allocation ? await inventory.getNode(allocation.nodeId) : undefined;
+  const target = { "node.owner": node?.owner, "node.lessee": node?.lessee };
+  for (const operation of operations) authorize(ctx.policy, ctx.caller, operation, target);
+}

@@ -15,15 +15,14 @@
  * AccountService fails the create, saying console credentials are not available on it.
  */
 import { randomBytes, randomInt } from "node:crypto";
-import { authorize } from "../../core/auth";
 import { BaremetalError, describeError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { OperationContext, ProviderContext, ResourceDefinition } from "../../core/resource";
-import { isUnknown } from "../../core/values";
 import { consoleEndpoints, createConsoleAccount, deleteConsoleAccount, findConsoleAccount } from "../../drivers/redfish/consoles";
 import { RedfishDriver } from "../../drivers/redfish/driver";
 import type { RedfishClient } from "../../drivers/redfish/client";
 import type { Inventory, NodeRecord } from "../../inventory/types";
+import { authorizeOnAllocatedNode } from "./allocation";
 import { parseNodeId, rethrowAttributed, withDriver } from "./node";
 
 const inputs = {
@@ -118,10 +117,6 @@ export function newPassword(length = 20): string {
   return chars.join("");
 }
 
-function targetOf(node: NodeRecord | undefined): Record<string, string | undefined> {
-  return { "node.owner": node?.owner, "node.lessee": node?.lessee };
-}
-
 /** Removes the account; a BMC that cannot be reached is reported, not hidden. */
 async function removeAccount(ctx: OperationContext, nodeId: string, username: string): Promise<boolean> {
   const { address } = parseNodeId(nodeId);
@@ -137,13 +132,8 @@ export const consoleAccessResource: ResourceDefinition = {
   defaultTimeoutSeconds: 120,
 
   async authorize(ctx: ProviderContext, _change, props, state) {
-    const allocationId = (state?.allocationId ?? props.allocationId) as string | undefined;
-    if (ctx.caller.operator || allocationId === undefined || isUnknown(allocationId)) return;
-    const inventory = await ctx.inventory();
-    const allocation = await inventory.getAllocation(allocationId);
-    const node = allocation ? await inventory.getNode(allocation.nodeId) : undefined;
     // The people who may deploy the node may operate its console.
-    authorize(ctx.policy, ctx.caller, "baremetal:node:set_provision_state", targetOf(node));
+    await authorizeOnAllocatedNode(ctx, state?.allocationId ?? props.allocationId, ["baremetal:node:set_provision_state"]);
   },
 
   async create(ctx, props) {

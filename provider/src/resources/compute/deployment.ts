@@ -11,13 +11,12 @@
  * whose deploy failed is recorded (`deploy failed` with `lastError`), and the next `up` tries the
  * deploy again. Every step is idempotent, and the node's operation lock keeps two runs apart.
  */
-import { authorize } from "../../core/auth";
 import { BaremetalError, describeError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import { type OperationContext, PartialCreateError, type Props, type ProviderContext, type ResourceDefinition } from "../../core/resource";
-import { isUnknown } from "../../core/values";
 import type { BmcDriver } from "../../drivers/kinds/bmc";
 import type { Inventory, LockHandle, NodeRecord } from "../../inventory/types";
+import { authorizeOnAllocatedNode } from "./allocation";
 import { parseNodeId, rethrowAttributed, sleep, withDriver } from "./node";
 
 const inputs = {
@@ -133,10 +132,6 @@ async function clean(ctx: OperationContext, driver: BmcDriver, systemId: string)
   await driver.setBoot(systemId, "none").catch((e) => ctx.warn(`cleaning could not clear the boot override: ${describeError(e)}`));
 }
 
-function targetOf(node: NodeRecord | undefined): Record<string, string | undefined> {
-  return { "node.owner": node?.owner, "node.lessee": node?.lessee };
-}
-
 export const deploymentResource: ResourceDefinition = {
   token: "baremetal:compute:Deployment",
   description:
@@ -146,13 +141,8 @@ export const deploymentResource: ResourceDefinition = {
   defaultTimeoutSeconds: 1800,
 
   async authorize(ctx: ProviderContext, change, props, state) {
-    const allocationId = (state?.allocationId ?? props.allocationId) as string | undefined;
-    if (ctx.caller.operator || allocationId === undefined || isUnknown(allocationId)) return;
-    const inventory = await ctx.inventory();
-    const allocation = await inventory.getAllocation(allocationId);
-    const node = allocation ? await inventory.getNode(allocation.nodeId) : undefined;
-    authorize(ctx.policy, ctx.caller, "baremetal:node:set_provision_state", targetOf(node));
-    if (change !== "delete") authorize(ctx.policy, ctx.caller, "baremetal:node:update_instance_info", targetOf(node));
+    const operations = ["baremetal:node:set_provision_state", ...(change !== "delete" ? ["baremetal:node:update_instance_info"] : [])];
+    await authorizeOnAllocatedNode(ctx, state?.allocationId ?? props.allocationId, operations);
   },
 
   async create(ctx, props) {
