@@ -9,11 +9,12 @@
  */
 import { randomUUID } from "node:crypto";
 import { authorize, type Caller } from "../../core/auth";
+import { BaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { Policy } from "../../core/policy";
 import type { Props, ProviderContext, ResourceDefinition } from "../../core/resource";
 import { isUnknown } from "../../core/values";
-import type { AllocationRecord, NodeRecord } from "../../inventory/types";
+import type { AllocationRecord, Inventory, NodeRecord } from "../../inventory/types";
 
 const inputs = {
   resourceClass: {
@@ -188,4 +189,15 @@ export async function authorizeOnAllocatedNode(ctx: ProviderContext, allocationI
   const node = allocation ? await inventory.getNode(allocation.nodeId) : undefined;
   const target = { "node.owner": node?.owner, "node.lessee": node?.lessee };
   for (const operation of operations) authorize(ctx.policy, ctx.caller, operation, target);
+}
+
+/** The node an active allocation holds, checked: what Deployment and ConsoleAccess act on. */
+export async function allocatedNode(inventory: Inventory, allocationId: string): Promise<NodeRecord> {
+  const allocation = await inventory.getAllocation(allocationId);
+  if (!allocation || allocation.state !== "active") {
+    throw validationError("allocationId", `no active allocation '${allocationId}'; create the Allocation first (or it was released)`);
+  }
+  const node = await inventory.getNode(allocation.nodeId);
+  if (!node) throw new BaremetalError("conflict", `allocation ${allocationId} holds node ${allocation.nodeId}, which is no longer enrolled`);
+  return node;
 }

@@ -15,14 +15,13 @@
  * AccountService fails the create, saying console credentials are not available on it.
  */
 import { randomBytes, randomInt } from "node:crypto";
-import { BaremetalError, describeError, isBaremetalError, validationError } from "../../core/errors";
+import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { OperationContext, ProviderContext, ResourceDefinition } from "../../core/resource";
 import { consoleEndpoints, createConsoleAccount, deleteConsoleAccount, findConsoleAccount } from "../../drivers/redfish/consoles";
 import { RedfishDriver } from "../../drivers/redfish/driver";
 import type { RedfishClient } from "../../drivers/redfish/client";
-import type { Inventory, NodeRecord } from "../../inventory/types";
-import { authorizeOnAllocatedNode } from "./allocation";
+import { allocatedNode, authorizeOnAllocatedNode } from "./allocation";
 import { parseNodeId, rethrowAttributed, withDriver } from "./node";
 
 const inputs = {
@@ -76,16 +75,6 @@ const outputs = {
   graphical: endpoints("Graphical console endpoints (KVM over IP, VNC); empty when the BMC offers none."),
   shell: endpoints("The BMC's command shell endpoints (SSH, IPMI); empty when the BMC offers none."),
 } as const satisfies Fields;
-
-async function allocatedNode(inventory: Inventory, allocationId: string): Promise<NodeRecord> {
-  const allocation = await inventory.getAllocation(allocationId);
-  if (!allocation || allocation.state !== "active") {
-    throw validationError("allocationId", `no active allocation '${allocationId}'; create the Allocation first (or it was released)`);
-  }
-  const node = await inventory.getNode(allocation.nodeId);
-  if (!node) throw new BaremetalError("conflict", `allocation ${allocationId} holds node ${allocation.nodeId}, which is no longer enrolled`);
-  return node;
-}
 
 function redfishClient(driver: unknown, address: string): RedfishClient {
   if (driver instanceof RedfishDriver) return driver.client;

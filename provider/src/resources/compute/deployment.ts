@@ -11,12 +11,12 @@
  * whose deploy failed is recorded (`deploy failed` with `lastError`), and the next `up` tries the
  * deploy again. Every step is idempotent, and the node's operation lock keeps two runs apart.
  */
-import { BaremetalError, describeError, isBaremetalError, validationError } from "../../core/errors";
+import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import { type OperationContext, PartialCreateError, type Props, type ProviderContext, type ResourceDefinition } from "../../core/resource";
 import type { BmcDriver } from "../../drivers/kinds/bmc";
-import type { Inventory, LockHandle, NodeRecord } from "../../inventory/types";
-import { authorizeOnAllocatedNode } from "./allocation";
+import type { Inventory, LockHandle } from "../../inventory/types";
+import { allocatedNode, authorizeOnAllocatedNode } from "./allocation";
 import { parseNodeId, rethrowAttributed, sleep, withDriver } from "./node";
 
 const inputs = {
@@ -59,17 +59,6 @@ const outputs = {
   lastError: { type: "string", description: "Why the last deploy failed." },
   deployedAt: { type: "string", description: "When the deployment became active (ISO 8601)." },
 } as const satisfies Fields;
-
-/** What the deployment needs from the inventory: the allocation's node, checked. */
-async function allocatedNode(inventory: Inventory, allocationId: string): Promise<NodeRecord> {
-  const allocation = await inventory.getAllocation(allocationId);
-  if (!allocation || allocation.state !== "active") {
-    throw validationError("allocationId", `no active allocation '${allocationId}'; create the Allocation first (or it was released)`);
-  }
-  const node = await inventory.getNode(allocation.nodeId);
-  if (!node) throw new BaremetalError("conflict", `allocation ${allocationId} holds node ${allocation.nodeId}, which is no longer enrolled`);
-  return node;
-}
 
 async function withNodeLock<T>(ctx: OperationContext, inventory: Inventory, nodeId: string, operation: string, work: () => Promise<T>): Promise<T> {
   const leaseSeconds = Math.max(60, Math.ceil((ctx.deadline - Date.now()) / 1000) + 60);
