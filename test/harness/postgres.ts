@@ -24,7 +24,7 @@ import { ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
-import { freePort, track, untrack } from "./processes";
+import { EarlyExit, onFreePort, track, untrack } from "./processes";
 import * as path from "node:path";
 import { Client } from "pg";
 
@@ -124,24 +124,13 @@ export async function startPostgres(opts: PostgresOptions = {}): Promise<Postgre
 
     // The port is picked free, then handed over: another process may take it in between, so try
     // again on a new port when the server dies before it is ready.
-    let lastError: unknown;
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const port = await freePort();
-      try {
-        return await launch({ bin, dir, data, sock, port, password, env, who, logFile, opts });
-      } catch (err) {
-        lastError = err;
-        if (!(err instanceof EarlyExit)) break;
-      }
-    }
-    throw lastError;
+    return await onFreePort((port) => launch({ bin, dir, data, sock, port, password, env, who, logFile, opts }));
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
     throw err;
   }
 }
 
-class EarlyExit extends Error {}
 
 interface LaunchArgs {
   bin: string;

@@ -40,3 +40,23 @@ export function track(child: ChildProcess): void {
 export function untrack(child: ChildProcess): void {
   live.delete(child);
 }
+
+/** The server died before it was ready (most often: another process took its port first). */
+export class EarlyExit extends Error {}
+
+/**
+ * Starts a server on a free port, trying again on another port (up to `attempts` times) when it
+ * dies early: between picking a free port and binding it, another process may take it.
+ */
+export async function onFreePort<T>(start: (port: number) => Promise<T>, attempts = 3): Promise<T> {
+  let lastError: unknown;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    try {
+      return await start(await freePort());
+    } catch (err) {
+      lastError = err;
+      if (!(err instanceof EarlyExit)) break;
+    }
+  }
+  throw lastError;
+}

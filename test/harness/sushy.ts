@@ -22,7 +22,7 @@ import { ChildProcess, execFile, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as https from "node:https";
 import * as os from "node:os";
-import { freePort, track, untrack } from "./processes";
+import { EarlyExit, onFreePort, track, untrack } from "./processes";
 import * as path from "node:path";
 import axios, { AxiosInstance } from "axios";
 
@@ -122,24 +122,13 @@ export async function startSushy(opts: SushyOptions = {}): Promise<SushyInstance
 
     // The port is picked free and then handed over, so another process may grab it in
     // between: try again on a new port when the emulator dies before it is ready.
-    let lastError: unknown;
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const port = await freePort();
-      try {
-        return await launch(emulator, dir, { ...config, SUSHY_EMULATOR_LISTEN_PORT: port }, port, systems, opts, ca);
-      } catch (err) {
-        lastError = err;
-        if (!(err instanceof EarlyExit)) break;
-      }
-    }
-    throw lastError;
+    return await onFreePort((port) => launch(emulator, dir, { ...config, SUSHY_EMULATOR_LISTEN_PORT: port }, port, systems, opts, ca));
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
     throw err;
   }
 }
 
-class EarlyExit extends Error {}
 
 async function launch(
   emulator: string,
