@@ -14,6 +14,7 @@ jest.setTimeout(300_000);
 
 const USER = "deploy-admin";
 const PASSWORD = "deploy-Bmc-Pa55";
+const INSTALL_MS = 3000;
 
 const PROGRAM = `
 import * as pulumi from "@pulumi/pulumi";
@@ -36,6 +37,7 @@ describe("deployment over virtual media against sushy-tools", () => {
   let imageUrl: string;
   let p: PulumiProject;
   let installerRuns = 0;
+  const installerErrors: string[] = [];
   let stopInstaller = false;
   let installer: Promise<void>;
 
@@ -44,15 +46,21 @@ describe("deployment over virtual media against sushy-tools", () => {
     const sys = `/redfish/v1/Systems/${systemId}`;
     let wasRunningInstaller = false;
     while (!stopInstaller) {
-      const [system, cd] = await Promise.all([bmc.http.get(sys), bmc.http.get(`${sys}/VirtualMedia/Cd`)]);
-      const runningFromCd = system.data.PowerState === "On" && cd.data.Inserted === true && system.data.Boot?.BootSourceOverrideTarget === "Cd";
-      if (runningFromCd && !wasRunningInstaller) {
-        wasRunningInstaller = true;
-        await new Promise((r) => setTimeout(r, 1000));
-        installerRuns++;
-        await bmc.http.post(`${sys}/Actions/ComputerSystem.Reset`, { ResetType: "ForceOff" });
+      try {
+        const [system, cd] = await Promise.all([bmc.http.get(sys), bmc.http.get(`${sys}/VirtualMedia/Cd`)]);
+        const runningFromCd = system.data.PowerState === "On" && cd.data.Inserted === true && system.data.Boot?.BootSourceOverrideTarget === "Cd";
+        if (runningFromCd && !wasRunningInstaller) {
+          wasRunningInstaller = true;
+          // "Writing the disk" takes a few seconds, as a small image would on a real machine.
+          await new Promise((r) => setTimeout(r, INSTALL_MS));
+          installerRuns++;
+          await bmc.http.post(`${sys}/Actions/ComputerSystem.Reset`, { ResetType: "ForceOff" });
+        }
+        if (!runningFromCd) wasRunningInstaller = false;
+      } catch (e) {
+        // A failed poll (sushy restarting a request, a socket reset) must not end the installer.
+        installerErrors.push(String(e));
       }
-      if (!runningFromCd) wasRunningInstaller = false;
       await new Promise((r) => setTimeout(r, 300));
     }
   }

@@ -76,8 +76,12 @@ async function withNodeLock<T>(ctx: OperationContext, inventory: Inventory, node
   }
 }
 
-/** Waits for the machine to reach `state`, reporting progress; the deadline bounds it. */
-async function waitForPower(ctx: OperationContext, driver: BmcDriver, systemId: string, state: "on" | "off", what: string): Promise<void> {
+/**
+ * Waits for the machine to reach `state`, reporting progress; the deadline bounds it. The poll
+ * interval grows to `maxPollMs`: keep it short where the state may be brief (an installer that
+ * boots, writes a small image and powers off again within seconds must not be missed).
+ */
+async function waitForPower(ctx: OperationContext, driver: BmcDriver, systemId: string, state: "on" | "off", what: string, maxPollMs = 5000): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     const facts = await driver.facts(systemId);
     if (facts.powerState === state) return;
@@ -85,7 +89,7 @@ async function waitForPower(ctx: OperationContext, driver: BmcDriver, systemId: 
       throw new BaremetalError("timeout", `${what}: the machine still reports power '${facts.powerState}'; raise the resource's customTimeouts if the image is large or the machine slow`);
     }
     ctx.progress(`${what}, attempt ${attempt} (power ${facts.powerState})`);
-    await sleep(Math.min(1000 * attempt, 5000), ctx.signal);
+    await sleep(Math.min(1000 * attempt, maxPollMs), ctx.signal);
   }
 }
 
@@ -98,7 +102,7 @@ async function deploy(ctx: OperationContext, driver: BmcDriver, systemId: string
   ctx.progress(`booting the installer once from ${viaCd ? "the virtual CD" : "the network"}`);
   await driver.setBoot(systemId, viaCd ? "cd" : "pxe", undefined, true);
   await driver.powerCycle(systemId);
-  await waitForPower(ctx, driver, systemId, "on", "waiting for the installer to boot");
+  await waitForPower(ctx, driver, systemId, "on", "waiting for the installer to boot", 1000);
   await waitForPower(ctx, driver, systemId, "off", "waiting for the installer to write the disk and power off");
   if (viaCd) await driver.ejectVirtualMedia(systemId);
   ctx.progress("booting the deployed system from disk");
