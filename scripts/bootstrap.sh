@@ -23,7 +23,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages the tests need. Later issues append here.
 #   openssl: throwaway test certificates (TLS to the BMC emulator, ...)
 #   postgresql: the PostgreSQL inventory's tests start a throwaway server from its binaries
-APT_PACKAGES=(openssl postgresql python3-sushy)
+#   xorriso, genisoimage: third-party readers (xorriso, isoinfo) that check the ISO 9660
+#     images the provider writes (config drives)
+APT_PACKAGES=(openssl postgresql python3-sushy xorriso genisoimage)
 
 # Python packages installed next to sushy-tools, pinned so that the venv directory name
 # (keyed by the sushy-tools version) always means the same set. sushy-tools' fake system
