@@ -211,10 +211,18 @@ describe("sessions", () => {
       const third = await login();
       expect(third.status).toBe(status);
       expect(messageId(third)).toBe("Base.1.15.0.SessionLimitExceeded");
-      const e = await rejection(client(b).listSystems());
+      // Sessions only: the full table is the error, named.
+      const e = await rejection(client(b, { auth: "session" }).listSystems());
       expect(e.httpStatus).toBe(status);
       expect(e.code).toBe(code);
       expect(e.messageId).toBe("Base.1.15.0.SessionLimitExceeded");
+      // auto (the default): the work goes on with HTTP Basic, which takes no session slot.
+      const notes: string[] = [];
+      b.clearLog();
+      await expect(client(b, { onRetry: (r) => notes.push(r.reason) }).listSystems()).resolves.toHaveLength(1);
+      expect(notes.join("\n")).toMatch(/session table is full .*using HTTP Basic/);
+      expect(b.sessions()).toHaveLength(2);
+      expect(b.requests({ method: "GET", path: /\/Systems$/ }).at(-1)?.auth).toBe("basic");
     }
   });
 
@@ -459,7 +467,7 @@ describe("fault injection", () => {
     const clock = new ManualClock();
     const b = await bmc({ flavor: "idrac-like", clock });
     b.failNext(1, { kind: "session-limit" });
-    const e = await rejection(client(b).listSystems());
+    const e = await rejection(client(b, { auth: "session" }).listSystems());
     expect(e.messageId).toBe("Base.1.15.0.SessionLimitExceeded");
     const cd = "/redfish/v1/Managers/iDRAC.Embedded.1/VirtualMedia/CD/Actions/VirtualMedia.InsertMedia";
     b.failNext(1, { kind: "slow-task", extraSeconds: 100 }, { method: "POST", path: cd });
@@ -665,14 +673,23 @@ describe("our client's retries against the emulator: no duplicate side effects",
     expect(b.sideEffects("power-on")).toHaveLength(1);
   });
 
-  test("the answer of a power action is lost after the BMC applied it: the client does not replay it", async () => {
+  test("the answer of a power action is lost after the BMC applied it: the client reads the state back and does not replay it", async () => {
     const b = await bmc();
     const c = client(b, { retryPolicy: FAST_RETRY });
     b.failNext(1, { kind: "reset", afterApply: true }, { method: "POST", path: /Reset$/ });
-    await expect(c.setPower("lab-bmc1-sys1", "On")).rejects.toBeInstanceOf(BaremetalError);
+    await expect(c.setPower("lab-bmc1-sys1", "On")).resolves.toBe(true);
     expect(b.requests({ method: "POST", path: /Reset$/ }).map((r) => r.status)).toEqual([0]);
     expect(b.sideEffects("power-on")).toHaveLength(1);
     expect(b.system(1).powerState).toBe("On");
+  });
+
+  test("the answer of a power action is lost before the BMC acted: after reading the state back, it is sent once more", async () => {
+    const b = await bmc();
+    const c = client(b, { retryPolicy: FAST_RETRY });
+    b.failNext(1, { kind: "reset" }, { method: "POST", path: /Reset$/ });
+    await expect(c.setPower("lab-bmc1-sys1", "On")).resolves.toBe(true);
+    expect(b.requests({ method: "POST", path: /Reset$/ }).map((r) => r.status)).toEqual([0, 204]);
+    expect(b.sideEffects("power-on")).toHaveLength(1);
   });
 
   test("a boot change refused during POST (409 ResourceInUse) is retried until the machine is up", async () => {

@@ -166,6 +166,8 @@ export type LabRunning = "nothing" | "pxe" | `installer:${string}` | `os:${strin
 
 interface InstallState {
   image: string;
+  /** Booted from the virtual CD (the install needs the medium to stay), else from HttpBootUri (in RAM). */
+  fromMedia: boolean;
   checksum?: string;
   startedAt: number;
   endsAt: number;
@@ -188,7 +190,7 @@ interface SystemState {
   transitionEndsAt?: number;
   lastOffAt?: number;
   lastResetAt?: number;
-  boot: { target: string; enabled: string; mode: string };
+  boot: { target: string; enabled: string; mode: string; httpUri?: string | null };
   assetTag: string;
   nics: Array<{ id: string; mac: string }>;
   media: MediaState;
@@ -281,7 +283,7 @@ export interface LabSystemView {
   cpuModel: string;
   memoryGiB: number;
   powerState: PowerState;
-  boot: { target: string; enabled: string; mode: string };
+  boot: { target: string; enabled: string; mode: string; httpUri?: string | null };
   macAddresses: string[];
   virtualMedia: { uri: string; image: string | null; inserted: boolean; writeProtected: boolean };
   /** The emulated disk (not in Redfish). */
@@ -706,6 +708,11 @@ export class LabBmc {
     return this.faults.add(rule);
   }
 
+  /** Removes one fault rule (by the id addFault/failNext returned); false when it is gone. */
+  removeFault(id: number): boolean {
+    return this.faults.remove(id);
+  }
+
   /** The next `count` requests matching `match` get `action`. */
   failNext(count: number, action: FaultAction, match: FaultMatch = {}): number {
     return this.faults.add({ ...match, count, action });
@@ -900,17 +907,19 @@ export class LabBmc {
       if (s.media.inserted && s.media.image !== null) running = `installer:${s.media.image}`;
     } else if (target === "Hdd") {
       if (s.disk !== "empty") running = `os:${s.disk.image}`;
+    } else if (target === "UefiHttp" && s.boot.httpUri) {
+      running = `installer:${s.boot.httpUri}`;
     } else if (target === "Pxe" || target === "UefiHttp") {
       running = "pxe";
     }
     s.running = running;
     this.effect("booted", s.uri, { target: override ?? "default (disk)", running }, at);
-    if (running.startsWith("installer:")) this.startInstall(s, s.media.image!, at);
+    if (running.startsWith("installer:")) this.startInstall(s, running.slice("installer:".length), target === "Cd", at);
   }
 
-  private startInstall(s: SystemState, image: string, at: number): void {
+  private startInstall(s: SystemState, image: string, fromMedia: boolean, at: number): void {
     const { checksum, error } = declaredChecksum(image);
-    const inst: InstallState = { image, startedAt: at, endsAt: at + this.installSeconds * 1000 };
+    const inst: InstallState = { image, fromMedia, startedAt: at, endsAt: at + this.installSeconds * 1000 };
     if (checksum) inst.checksum = checksum;
     if (error) inst.error = error;
     s.install = inst;
@@ -969,7 +978,7 @@ export class LabBmc {
   /** The installer loses its medium (ejected or replaced): it fails and powers the machine off. */
   private mediaChanged(s: SystemState, at: number): void {
     const inst = s.install;
-    if (!inst || (s.media.inserted && s.media.image === inst.image)) return;
+    if (!inst || !inst.fromMedia || (s.media.inserted && s.media.image === inst.image)) return;
     s.install = undefined;
     const error = "the virtual media was ejected or replaced during the install";
     s.lastInstallError = error;
@@ -1468,6 +1477,7 @@ export class LabBmc {
       "BootSourceOverrideTarget@Redfish.AllowableValues": [...f.bootTargets],
       BootSourceOverrideMode: s.boot.mode,
     };
+    if (f.httpBootUri) boot.HttpBootUri = s.boot.httpUri ?? null;
     if (f.bootEnabledAllowable) boot["BootSourceOverrideEnabled@Redfish.AllowableValues"] = [...f.bootEnabledAllowable];
     if (f.bootModeAllowable) boot["BootSourceOverrideMode@Redfish.AllowableValues"] = [...f.bootModeAllowable];
     const sys: Json = {
@@ -1542,6 +1552,11 @@ export class LabBmc {
         }
         for (const [bk, bv] of Object.entries(v)) {
           const rel = [`#/Boot/${bk}`];
+          if (bk === "HttpBootUri" && f.httpBootUri) {
+            if (bv !== null && (typeof bv !== "string" || !/^https?:\/\/\S+$/.test(bv))) errors.push(message("PropertyValueFormatError", [JSON.stringify(bv), `Boot/${bk}`], rel));
+            else next.boot.httpUri = bv;
+            continue;
+          }
           const allowed =
             bk === "BootSourceOverrideTarget"
               ? f.bootTargets

@@ -96,6 +96,11 @@ export interface Flavor {
 
   resetTypes: string[];
   bootTargets: string[];
+  /**
+   * Boot.HttpBootUri is writable (ComputerSystem v1_9): with target UefiHttp the machine boots
+   * that URI (the installer) without any PXE/DHCP service. false: the property is absent.
+   */
+  httpBootUri: boolean;
   /** `BootSourceOverrideEnabled@Redfish.AllowableValues` (undefined: not annotated; the schema's three values apply). */
   bootEnabledAllowable?: string[];
   /** `BootSourceOverrideMode@Redfish.AllowableValues` (undefined: not annotated; UEFI and Legacy apply). */
@@ -165,6 +170,7 @@ const generic: Flavor = {
   ejectWhenEmpty: "noop",
   resetTypes: ["On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "Nmi", "ForceOn", "PushPowerButton"],
   bootTargets: ["None", "Pxe", "Cd", "Usb", "Hdd", "BiosSetup", "UefiHttp"],
+  httpBootUri: true,
   bootEnabledAllowable: ["Disabled", "Once", "Continuous"],
   bootModeAllowable: ["UEFI", "Legacy"],
   bootPatchDuringPost: 409,
@@ -211,6 +217,7 @@ const idracLike: Flavor = {
   ejectWhenEmpty: "conflict",
   resetTypes: ["On", "ForceOff", "ForceRestart", "GracefulRestart", "GracefulShutdown", "PushPowerButton", "Nmi", "PowerCycle"],
   bootTargets: ["None", "Pxe", "Floppy", "Cd", "Hdd", "BiosSetup", "Utilities", "UefiTarget", "SDCard", "UefiHttp"],
+  httpBootUri: false,
   bootEnabledAllowable: ["Once", "Continuous", "Disabled"],
   bootModeAllowable: undefined,
   bootPatchDuringPost: 400,
@@ -262,6 +269,7 @@ const sushyLike: Flavor = {
   ejectWhenEmpty: "noop",
   resetTypes: ["On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "Nmi", "ForceOn"],
   bootTargets: ["Pxe", "Cd", "Hdd", "UefiHttp"],
+  httpBootUri: false,
   bootEnabledAllowable: undefined,
   bootModeAllowable: undefined,
   bootPatchDuringPost: null,

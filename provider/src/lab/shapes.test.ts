@@ -84,6 +84,7 @@ const JUSTIFIED: Record<string, Record<string, string>> = {
     "Storage/@odata.id": "the link's @odata.id",
     "Boot/BootSourceOverrideEnabled@Redfish.AllowableValues": "@Redfish.AllowableValues annotation (DSP0266) on the enum property Boot.BootSourceOverrideEnabled",
     "Boot/BootSourceOverrideMode@Redfish.AllowableValues": "@Redfish.AllowableValues annotation (DSP0266) on the enum property Boot.BootSourceOverrideMode (ComputerSystem.v1_1_0)",
+    "Boot/HttpBootUri": "ComputerSystem.v1_9_0 Boot.HttpBootUri: the URI UEFI HTTP boot (target UefiHttp) boots; the mockup's system predates it",
   },
   Manager: {
     "VirtualMedia": "Manager.v1_0_0 VirtualMedia link (deprecated in v1_10_0 in favour of ComputerSystem.VirtualMedia; iDRAC-like BMCs still use it)",

@@ -55,14 +55,23 @@ export interface BmcDriver {
   /** The facts of one system; throws a `not-found` BaremetalError when it is gone. */
   facts(systemId: string): Promise<SystemFacts>;
   setPower(systemId: string, desired: "on" | "off"): Promise<{ changed: boolean }>;
-  /** Sets the boot override: persistent by default, or for the next boot only (`once`). */
-  setBoot(systemId: string, device: BootDevice, mode?: BootMode, once?: boolean): Promise<{ changed: boolean }>;
+  /**
+   * Sets the boot override: persistent by default, or for the next boot only (`once`). With
+   * device `http`, `httpBootUri` is the URL the firmware boots (refused where the BMC cannot).
+   */
+  setBoot(systemId: string, device: BootDevice, mode?: BootMode, once?: boolean, httpBootUri?: string): Promise<{ changed: boolean }>;
   /** Restarts the machine (hard), or powers it on when it is off. */
   powerCycle(systemId: string): Promise<void>;
   /** Inserts an image (by URL) into the system's virtual CD; idempotent. */
   insertVirtualMedia(systemId: string, imageUrl: string): Promise<{ changed: boolean }>;
   /** Ejects the system's virtual CD; idempotent. */
   ejectVirtualMedia(systemId: string): Promise<{ changed: boolean }>;
+  /**
+   * Erases the system's disks where the BMC can (Redfish Drive.SecureErase); the machine must be
+   * off. `unsupported` lists drives the BMC shows but cannot erase; a BMC that shows no drives
+   * gives two empty lists.
+   */
+  eraseDisks(systemId: string): Promise<{ erased: string[]; unsupported: string[] }>;
   /** Ends sessions; idempotent. */
   close(): Promise<void>;
 }

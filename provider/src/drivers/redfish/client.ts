@@ -17,7 +17,7 @@ import * as https from "node:https";
 import * as tls from "node:tls";
 import axios, { AxiosInstance } from "axios";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
-import { httpError, networkError, parseRetryAfter, stripUserInfo } from "./errors";
+import { httpError, networkError, parseRedfishError, parseRetryAfter, stripUserInfo } from "./errors";
 import { createHash } from "node:crypto";
 import { Limiter } from "./limiter";
 import { type SessionPool, type SharedSession } from "./sessions";
@@ -29,12 +29,14 @@ import {
   BOOT_SOURCES,
   Collection,
   ComputerSystem,
+  Drive,
   EthernetInterface,
   Memory,
   Processor,
   RESET_TYPES,
   ResetAction,
   ServiceRoot,
+  Storage,
   Manager,
   Session,
   Task,
@@ -123,6 +125,8 @@ const DEFAULT_SYSTEMS = "/redfish/v1/Systems";
 const DEFAULT_SESSIONS = "/redfish/v1/SessionService/Sessions";
 /** Answers to a session login that mean "no sessions here" (sushy-tools' emulator, minimal BMCs). */
 const NO_SESSION_STATUSES = new Set([404, 405, 501]);
+/** Seconds a state-setting action whose answer was lost is watched for before it is sent again. */
+const CONVERGE_LOOKS = 10;
 const MAX_PAGES = 100;
 
 /** Message ids that, inside a 2xx PATCH answer, mean a property was not applied. */
@@ -501,7 +505,12 @@ export class RedfishClient {
         { property: "powerState" },
       );
     }
-    await this.post(action.target, { ResetType: pick });
+    const towards = desired === "On" ? ["On", "PoweringOn"] : ["Off", "PoweringOff"];
+    await this.converge(
+      `power ${desired} of ${p}`,
+      () => this.post(action.target, { ResetType: pick }),
+      async () => towards.includes((await this.getSystem(p)).system.PowerState ?? ""),
+    );
     return true;
   }
 
@@ -526,6 +535,7 @@ export class RedfishClient {
     target: string,
     enabled: "Once" | "Continuous" | "Disabled",
     mode?: "UEFI" | "Legacy",
+    httpBootUri?: string,
   ): Promise<boolean> {
     const p = this.systemPath(idOrPath);
     const { system, etag } = await this.getSystem(p);
@@ -548,7 +558,15 @@ export class RedfishClient {
         throw notAllowed("bootMode", "boot mode", String(mode), modes, whose);
       }
     }
+    if (httpBootUri !== undefined && !("HttpBootUri" in boot)) {
+      throw new BaremetalError(
+        "validation",
+        `${whose} on the BMC at ${this.endpoint} has no Boot.HttpBootUri: it cannot boot a URL over HTTP; use bootInterface virtual-media (or pxe with the site's PXE service)`,
+        { property: "bootInterface" },
+      );
+    }
     const change: Record<string, string> = {};
+    if (httpBootUri !== undefined && boot.HttpBootUri !== httpBootUri) change.HttpBootUri = httpBootUri;
     if (boot.BootSourceOverrideTarget !== target) change.BootSourceOverrideTarget = target;
     if (boot.BootSourceOverrideEnabled !== enabled) change.BootSourceOverrideEnabled = enabled;
     if (mode !== undefined && boot.BootSourceOverrideMode !== mode) change.BootSourceOverrideMode = mode;
@@ -599,8 +617,13 @@ export class RedfishClient {
     if (media.Inserted && media.Image === image) return false;
     if (media.Inserted) await this.ejectMedia(path);
     const action = media.Actions?.["#VirtualMedia.InsertMedia"]?.target;
-    if (action) await this.post(action, { Image: image, Inserted: true, WriteProtected: true });
-    else await this.patch(path, { Image: image, Inserted: true, WriteProtected: true });
+    if (action) {
+      const inserted = async () => {
+        const now = (await this.get<VirtualMedia>(path)).body;
+        return now.Inserted === true && now.Image === image;
+      };
+      await this.converge(`inserting ${image} into ${path}`, () => this.post(action, { Image: image, Inserted: true, WriteProtected: true }), inserted);
+    } else await this.patch(path, { Image: image, Inserted: true, WriteProtected: true });
     return true;
   }
 
@@ -610,9 +633,68 @@ export class RedfishClient {
     const media = (await this.get<VirtualMedia>(path)).body;
     if (!media.Inserted && !media.Image) return false;
     const action = media.Actions?.["#VirtualMedia.EjectMedia"]?.target;
-    if (action) await this.post(action, {});
-    else await this.patch(path, { Image: null, Inserted: false });
+    if (action) {
+      const ejected = async () => {
+        const now = (await this.get<VirtualMedia>(path)).body;
+        return !now.Inserted && !now.Image;
+      };
+      await this.converge(`ejecting ${path}`, () => this.post(action, {}), ejected);
+    } else await this.patch(path, { Image: null, Inserted: false });
     return true;
+  }
+
+  /**
+   * Runs an action that sets a state the BMC shows (power on/off, media in/out). When its answer
+   * is lost after it was sent, its fate is unknown, and a blind replay is what this client never
+   * does: it reads the state instead. Reached (or on its way): done. Not: the action did not
+   * happen, and it is sent once more. Actions whose effect cannot be read back (a restart)
+   * never come here.
+   */
+  private async converge(what: string, act: () => Promise<unknown>, reached: () => Promise<boolean>): Promise<void> {
+    try {
+      await act();
+      return;
+    } catch (e) {
+      // Only a request without an answer (an HTTP error status is an answer: nothing happened).
+      if (!(isBaremetalError(e) && e.code === "transient" && !e.unsent && e.httpStatus === undefined)) throw e;
+      // The BMC may still be carrying it out (a task, a slow power change): watch a while.
+      for (let look = 1; look <= CONVERGE_LOOKS; look++) {
+        this.onRetry?.({ method: "GET", path: what, attempt: look, delayMs: 1000, reason: `${e.message}; reading the state back before anything is sent again` });
+        await abortableSleep(1000, this.signal, () => new BaremetalError("cancelled", `${what} on the BMC at ${this.endpoint} was cancelled`));
+        if (await reached()) return;
+      }
+    }
+    await act();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Storage
+
+  /** The system's drives (Storage collection, every Storage's Drives); none where the BMC shows no Storage. */
+  async listDrives(idOrPath: string): Promise<Drive[]> {
+    const { system } = await this.getSystem(this.systemPath(idOrPath));
+    const storages = await this.optionalFacts(() => this.expand<Storage>(system.Storage), [] as Storage[]);
+    const drives: Drive[] = [];
+    for (const storage of storages) {
+      for (const link of storage.Drives ?? []) {
+        const drive = await this.optionalFacts(() => this.get<Drive>(link["@odata.id"]).then((r) => r.body), undefined);
+        if (drive) drives.push(drive);
+      }
+    }
+    return drives;
+  }
+
+  /**
+   * Runs a drive's SecureErase action (a task on many BMCs: awaited). Not retried once sent: an
+   * erase whose answer was lost has started, and the caller's next clean erases again.
+   */
+  async secureEraseDrive(drive: Drive): Promise<void> {
+    const action = drive.Actions?.["#Drive.SecureErase"];
+    if (!action?.target) throw new BaremetalError("validation", `drive ${drive["@odata.id"]} on the BMC at ${this.endpoint} has no SecureErase action`);
+    const types = action["SanitizationType@Redfish.AllowableValues"];
+    // Overwrite is the one sanitization every drive can do; BlockErase / CryptographicErase are faster where offered.
+    const body = types?.length ? { SanitizationType: ["CryptographicErase", "BlockErase", "Overwrite"].find((t) => types.includes(t)) ?? types[0] } : {};
+    await this.post(action.target, body);
   }
 
   async logout(): Promise<void> {
@@ -854,6 +936,12 @@ export class RedfishClient {
       return { token, location };
     }
     if (NO_SESSION_STATUSES.has(res.status)) return `its session login answered HTTP ${res.status}`;
+    // A full session table (other tools hold every slot) is not fatal where Basic is allowed:
+    // Basic takes no slot, and the work goes on (sushy's SessionOrBasicAuth does the same).
+    if (this.authMode === "auto" && /SessionLimitExceeded$/.test(parseRedfishError(res.body).messageId ?? "")) {
+      this.onRetry?.({ method: "POST", path, attempt: 1, delayMs: 0, reason: `the BMC's session table is full (HTTP ${res.status} SessionLimitExceeded); using HTTP Basic instead` });
+      return `its session table is full (HTTP ${res.status})`;
+    }
     throw this.failure("POST", path, res);
   }
 

@@ -87,12 +87,12 @@ export class RedfishDriver implements BmcDriver {
     return { changed };
   }
 
-  async setBoot(systemId: string, device: BootDevice, mode?: BootMode, once = false): Promise<{ changed: boolean }> {
+  async setBoot(systemId: string, device: BootDevice, mode?: BootMode, once = false, httpBootUri?: string): Promise<{ changed: boolean }> {
     const redfishMode = mode ? (BOOT_MODES[mode] as "UEFI" | "Legacy") : undefined;
     if (device === "none") return { changed: await this.client.clearBootOverride(systemId) };
     const target = BOOT_TARGETS[device];
     if (!target) throw new BaremetalError("validation", `unknown boot device '${device}'`, { property: "bootDevice" });
-    return { changed: await this.client.setBootOverride(systemId, target, once ? "Once" : "Continuous", redfishMode) };
+    return { changed: await this.client.setBootOverride(systemId, target, once ? "Once" : "Continuous", redfishMode, device === "http" ? httpBootUri : undefined) };
   }
 
   async powerCycle(systemId: string): Promise<void> {
@@ -109,6 +109,21 @@ export class RedfishDriver implements BmcDriver {
   async ejectVirtualMedia(systemId: string): Promise<{ changed: boolean }> {
     const { path } = await this.client.findVirtualMedia(systemId);
     return { changed: await this.client.ejectMedia(path) };
+  }
+
+  async eraseDisks(systemId: string): Promise<{ erased: string[]; unsupported: string[] }> {
+    const erased: string[] = [];
+    const unsupported: string[] = [];
+    for (const drive of await this.client.listDrives(systemId)) {
+      const name = drive.Id ?? drive["@odata.id"];
+      if (!drive.Actions?.["#Drive.SecureErase"]) {
+        unsupported.push(name);
+        continue;
+      }
+      await this.client.secureEraseDrive(drive);
+      erased.push(name);
+    }
+    return { erased, unsupported };
   }
 
   async close(): Promise<void> {

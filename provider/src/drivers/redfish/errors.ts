@@ -224,14 +224,20 @@ export function networkError(endpoint: string, method: string, path: string, e: 
   if (code === "ETIMEDOUT" || code === "ESOCKETTIMEDOUT") {
     return new BaremetalError("timeout", `the BMC at ${endpoint} did not answer ${what} in time (${code})`, { cause });
   }
+  const sentMutation = method !== "GET" && method !== "HEAD";
   if (code && TRANSIENT_CODES[code]) {
-    return new BaremetalError("transient", `cannot reach the BMC at ${endpoint}: ${TRANSIENT_CODES[code]} (${code}) on ${what}`, {
-      cause,
-      unsent: NOT_SENT_CODES.has(code),
-    });
+    const unsent = NOT_SENT_CODES.has(code);
+    const message =
+      !unsent && sentMutation
+        ? `the BMC at ${endpoint} dropped the connection after ${what} was sent: ${TRANSIENT_CODES[code]} (${code}); whether it acted is unknown`
+        : `cannot reach the BMC at ${endpoint}: ${TRANSIENT_CODES[code]} (${code}) on ${what}`;
+    return new BaremetalError("transient", message, { cause, unsent });
   }
   if (/socket hang up/i.test(messageOf(e))) {
-    return new BaremetalError("transient", `cannot reach the BMC at ${endpoint}: connection reset (socket hang up) on ${what}`, { cause });
+    const message = sentMutation
+      ? `the BMC at ${endpoint} dropped the connection after ${what} was sent (socket hang up); whether it acted is unknown`
+      : `cannot reach the BMC at ${endpoint}: connection reset (socket hang up) on ${what}`;
+    return new BaremetalError("transient", message, { cause });
   }
   return new BaremetalError(
     "transient",

@@ -210,6 +210,25 @@ export interface ComputerSystem extends Resource {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Storage (DSP0268 Storage and Drive schemas)
+
+export interface Storage extends Resource {
+  Drives?: ODataId[];
+  "Drives@odata.count"?: number;
+}
+
+export interface Drive extends Resource {
+  CapacityBytes?: number;
+  MediaType?: string; // HDD, SSD, SMR
+  Protocol?: string;
+  Status?: Status;
+  Actions?: {
+    "#Drive.SecureErase"?: { target: string; "SanitizationType@Redfish.AllowableValues"?: string[] };
+    "#Drive.Reset"?: { target: string };
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Members of a system
 
 export interface EthernetInterface extends Resource {

@@ -186,7 +186,9 @@ function attribute(e: unknown): unknown {
       ? " (check bmc.username and bmc.password, or the provider's bmcUsername/bmcPassword)"
       : e.code === "tls"
         ? " (give the BMC's certificate in bmc.caBundle or the provider's bmcCaBundle; set verifyTls false only for a lab BMC)"
-        : " (check bmc.address and that the BMC is reachable)";
+        : /whether it acted is unknown/.test(e.message)
+          ? " (the BMC was reachable but its answer was lost; run again: every step checks the machine's state first)"
+          : " (check bmc.address and that the BMC is reachable)";
   return new BaremetalError(e.code, e.message + fix, {
     property,
     httpStatus: e.httpStatus,
