@@ -72,7 +72,7 @@ async function main(): Promise<void> {
   try {
     await pulumi(["stack", "init", "bench"]);
     for (const [k, v] of Object.entries({ ...lab.info.providerConfig, "baremetal:inventoryUrl": `sqlite://${join(dir, "inventory.db")}`, nodes: JSON.stringify(nodes) })) {
-      await pulumi(["config", "set", ...(/password/i.test(k) ? ["--secret"] : []), k], String(v));
+      await pulumi(["config", "set", ...(lab.info.secretConfig.includes(k) ? ["--secret"] : []), k], String(v));
     }
     for (const b of lab.bmcs) b.clearLog();
     const t0 = Date.now();

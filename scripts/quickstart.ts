@@ -42,10 +42,13 @@ function pulumi(stack: Stack, args: string[], input = ""): Promise<void> {
   });
 }
 
+/** Config keys set with --secret (the lab adds its own: passwords, the image store's writer URL). */
+const secrets = new Set(["baremetal:inventoryUrl"]);
+
 async function configure(stack: Stack, values: Record<string, string>): Promise<void> {
   await pulumi(stack, ["stack", "init", "lab"]);
   for (const [key, value] of Object.entries(values)) {
-    await pulumi(stack, ["config", "set", ...(/password|inventoryUrl/i.test(key) ? ["--secret"] : []), key], value);
+    await pulumi(stack, ["config", "set", ...(secrets.has(key) ? ["--secret"] : []), key], value);
   }
 }
 
@@ -64,6 +67,7 @@ async function main(): Promise<void> {
   const lab = await startLab({ bmcs: 1, systems: 2, powerState: "Off" });
   const { bmcAddress, systemIds } = lab.info.quickstart;
   console.log(`Embedded lab BMC (our Redfish emulator) at ${bmcAddress} with systems ${systemIds.join(", ")}`);
+  for (const k of lab.info.secretConfig) secrets.add(k);
   const shared = { ...lab.info.providerConfig, "baremetal:inventoryUrl": `sqlite://${join(LAB, "inventory.db")}` } as Record<string, string>;
   try {
     await configure(operator, {

@@ -41,6 +41,8 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["bmcRequestTimeoutSeconds"] = pulumi.output((args ? args.bmcRequestTimeoutSeconds : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_REQUEST_TIMEOUT") || 60)).apply(JSON.stringify);
             resourceInputs["bmcUsername"] = (args ? args.bmcUsername : undefined) ?? utilities.getEnv("BAREMETAL_BMC_USERNAME");
             resourceInputs["bmcVerifyTls"] = pulumi.output((args ? args.bmcVerifyTls : undefined) ?? (utilities.getEnvBoolean("BAREMETAL_BMC_VERIFY_TLS") || true)).apply(JSON.stringify);
+            resourceInputs["cleanEraseDisks"] = (args ? args.cleanEraseDisks : undefined) ?? (utilities.getEnv("BAREMETAL_CLEAN_ERASE_DISKS") || "auto");
+            resourceInputs["imageStoreUrl"] = (args?.imageStoreUrl ? pulumi.secret(args.imageStoreUrl) : undefined) ?? utilities.getEnv("BAREMETAL_IMAGE_STORE_URL");
             resourceInputs["inventoryUrl"] = (args?.inventoryUrl ? pulumi.secret(args.inventoryUrl) : undefined) ?? utilities.getEnv("BAREMETAL_INVENTORY_URL");
             resourceInputs["policyFile"] = (args ? args.policyFile : undefined) ?? utilities.getEnv("BAREMETAL_POLICY_FILE");
             resourceInputs["project"] = (args ? args.project : undefined) ?? utilities.getEnv("BAREMETAL_PROJECT");
@@ -83,6 +85,14 @@ export interface ProviderArgs {
      * Verify the TLS certificates of BMCs (on by default). Turn it off only for lab BMCs with self-signed certificates; prefer `bmcCaBundle`.
      */
     bmcVerifyTls?: pulumi.Input<boolean>;
+    /**
+     * Whether cleaning (undeploy) erases the node's disks through the BMC (Redfish Drive.SecureErase), so the next tenant finds none of the last one's data. `auto`: erase where the BMC can, warn where it cannot; `always`: a node whose BMC cannot erase fails cleaning (`clean failed`); `never`: leave the disks as they are. One of: `auto`, `always`, `never`.
+     */
+    cleanEraseDisks?: pulumi.Input<string>;
+    /**
+     * Where deployments upload the images they generate (config drives with user data, network data and metadata), for the BMCs to fetch: an http(s) base URL that accepts PUT and DELETE of `<base>/<name>` and serves GET without credentials (a web server with WebDAV-style PUT, as Ironic's http_url; the embedded lab runs one). Credentials go in the URL (`https://user:password@host/path`). Needed only by deployments with userData, networkData or metaData.
+     */
+    imageStoreUrl?: pulumi.Input<string>;
     /**
      * Where the shared inventory lives (enrolled nodes, allocations, operation locks): `sqlite:///absolute/path.db` (the default: ~/.local/state/pulumi-baremetal/inventory.db) or `postgres://user:password@host:port/database` for teams. Every stack of one installation must use the same one.
      */

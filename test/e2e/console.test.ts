@@ -27,7 +27,7 @@ export const bmcHost = console.bmcHost;
 async function project(lab: Lab, name: string): Promise<PulumiProject> {
   const p = await newProject(name, PROGRAM);
   await p.setConfig("baremetal:inventoryUrl", `sqlite://${p.dir}/inventory.db`, true);
-  for (const [k, v] of Object.entries(lab.info.providerConfig)) await p.setConfig(k, String(v), k.endsWith("Password"));
+  for (const [k, v] of Object.entries(lab.info.providerConfig)) await p.setConfig(k, String(v), lab.info.secretConfig.includes(k));
   await p.setConfig("bmcAddress", lab.info.nodes[0].address);
   await p.setConfig("systemId", lab.info.nodes[0].systemId);
   return p;

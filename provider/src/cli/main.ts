@@ -163,6 +163,7 @@ function summary(info: LabInfo, stateFile?: string): string {
   lines.push("Provider config:");
   lines.push(`  pulumi config set baremetal:bmcUsername ${info.credentials.username}`);
   lines.push(`  pulumi config set --secret baremetal:bmcPassword ${info.credentials.password}`);
+  if (info.providerConfig["baremetal:imageStoreUrl"]) lines.push(`  pulumi config set --secret baremetal:imageStoreUrl ${String(info.providerConfig["baremetal:imageStoreUrl"])}   # config drives`);
   if (info.tls) lines.push("  pulumi config set baremetal:bmcCaBundle -- \"$(cat ca.pem)\"   # the certificate is in the JSON line above");
   lines.push(`Lab-only admin endpoint (faults, request log, clock): ${info.bmcs[0].admin}`);
   lines.push(stateFile ? `Stop: Ctrl-C, or: baremetal lab stop --state-file ${stateFile}` : "Stop: Ctrl-C");

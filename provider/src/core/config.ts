@@ -57,6 +57,24 @@ export const configFields = {
     env: ["BAREMETAL_BMC_GLOBAL_MAX_CONCURRENCY"],
     hint: "Use a whole number between 1 and 4096",
   },
+  cleanEraseDisks: {
+    type: "string",
+    enum: ["auto", "always", "never"],
+    default: "auto",
+    description:
+      "Whether cleaning (undeploy) erases the node's disks through the BMC (Redfish Drive.SecureErase), so the next tenant finds none of the last one's data. `auto`: erase where the BMC can, warn where it cannot; `always`: a node whose BMC cannot erase fails cleaning (`clean failed`); `never`: leave the disks as they are.",
+    env: ["BAREMETAL_CLEAN_ERASE_DISKS"],
+    hint: "Use auto, always or never",
+  },
+  imageStoreUrl: {
+    type: "string",
+    secret: true,
+    description:
+      "Where deployments upload the images they generate (config drives with user data, network data and metadata), for the BMCs to fetch: an http(s) base URL that accepts PUT and DELETE of `<base>/<name>` and serves GET without credentials (a web server with WebDAV-style PUT, as Ironic's http_url; the embedded lab runs one). Credentials go in the URL (`https://user:password@host/path`). Needed only by deployments with userData, networkData or metaData.",
+    env: ["BAREMETAL_IMAGE_STORE_URL"],
+    hint: "Use an http(s) URL such as https://writer:password@images.example.com/baremetal",
+    validate: (v: string) => (/^https?:\/\/[^/\s]+(\/\S*)?$/.test(v) ? undefined : `'${v.replace(/\/\/[^@/]*@/, "//***@")}' is not an http(s) URL`),
+  },
   inventoryUrl: {
     type: "string",
     secret: true,
@@ -94,6 +112,8 @@ export interface ProviderConfig {
   bmcRequestTimeoutSeconds: number;
   bmcMaxConcurrency: number;
   bmcGlobalMaxConcurrency: number;
+  cleanEraseDisks: "auto" | "always" | "never";
+  imageStoreUrl?: string;
   inventoryUrl?: string;
   policyFile?: string;
   project?: string;
@@ -147,6 +167,8 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     bmcRequestTimeoutSeconds: (v("bmcRequestTimeoutSeconds") as number | undefined) ?? 60,
     bmcMaxConcurrency: (v("bmcMaxConcurrency") as number | undefined) ?? 4,
     bmcGlobalMaxConcurrency: (v("bmcGlobalMaxConcurrency") as number | undefined) ?? 64,
+    cleanEraseDisks: (v("cleanEraseDisks") as ProviderConfig["cleanEraseDisks"] | undefined) ?? "auto",
+    imageStoreUrl: v("imageStoreUrl") as string | undefined,
     inventoryUrl: v("inventoryUrl") as string | undefined,
     policyFile: v("policyFile") as string | undefined,
     project: v("project") as string | undefined,

@@ -22,6 +22,7 @@ afterEach(async () => {
 /** The parts of the info that must not depend on the run (ports, lab id and pid do). */
 function stable(info: LabInfo): unknown {
   const ports = new Map(info.bmcs.map((b) => [b.url, `bmc${b.index}`]));
+  ports.set(new URL(info.imageStore.url).host, "image-store");
   return JSON.parse(
     JSON.stringify({ ...info, labId: "", pid: 0 }, (_k, v: unknown) =>
       typeof v === "string" ? [...ports].reduce((s, [url, name]) => s.split(url).join(name), v) : v,
@@ -57,8 +58,13 @@ test("2 BMCs x 3 systems, flavors cycled, nodes with fixed ids, owners and resou
   // Every MAC is locally administered (bit 1 of the first octet) and unicast (bit 0 clear).
   for (const n of info.nodes) for (const mac of n.macAddresses) expect(parseInt(mac.slice(0, 2), 16) & 0b11).toBe(0b10);
   expect(info.credentials).toEqual({ username: "admin", password: "lab-password" });
-  expect(info.providerConfig).toEqual({ "baremetal:bmcUsername": "admin", "baremetal:bmcPassword": "lab-password" });
-  expect(info.env).toEqual({ BAREMETAL_BMC_USERNAME: "admin", BAREMETAL_BMC_PASSWORD: "lab-password" });
+  expect(info.providerConfig).toEqual({
+    "baremetal:bmcUsername": "admin",
+    "baremetal:bmcPassword": "lab-password",
+    "baremetal:imageStoreUrl": expect.stringMatching(/^http:\/\/lab-images:lab-password@127\.0\.0\.1:\d+\/images$/),
+  });
+  expect(info.secretConfig).toEqual(["baremetal:bmcPassword", "baremetal:imageStoreUrl"]);
+  expect(info.env).toEqual({ BAREMETAL_BMC_USERNAME: "admin", BAREMETAL_BMC_PASSWORD: "lab-password", BAREMETAL_IMAGE_STORE_URL: info.providerConfig["baremetal:imageStoreUrl"] });
   expect(info.quickstart).toEqual({ bmcAddress: info.bmcs[0].url, systemIds: ["lab-bmc1-sys1", "lab-bmc1-sys2", "lab-bmc1-sys3"] });
   expect(info.tenants.projects.map((p) => p.id)).toEqual(["system", "service", "lab-tenant-a", "lab-tenant-b"]);
   expect(info.tenants.personas["tenant-a-member"]).toEqual({ project: "lab-tenant-a", roles: ["member"] });

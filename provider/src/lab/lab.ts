@@ -14,6 +14,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { DEFAULT_PASSWORD, LabAccountSeed, LabBmc, LabBmcInfo } from "./bmc";
+import { type LabImageStore, startImageStore } from "./image-store";
 import { Clock, SystemClock } from "./clock";
 import { LAB_PERSONAS, LAB_PROJECTS, LabProject, MAX_INDEX, ownerOf } from "./fixtures";
 import { FLAVOR_NAMES, FlavorName, flavorByName } from "./flavors";
@@ -85,6 +86,10 @@ export interface LabInfo {
   nodes: LabNode[];
   /** Stack configuration of the provider (`pulumi config set baremetal:...`). */
   providerConfig: Record<string, string | boolean>;
+  /** The keys of providerConfig to set as secrets (`pulumi config set --secret`). */
+  secretConfig: string[];
+  /** The lab's image store (where deployments upload config drives; BMCs fetch from it). */
+  imageStore: { url: string };
   /** The same as BAREMETAL_* environment variables. */
   env: Record<string, string>;
   /** Configuration of examples/quickstart (first BMC). */
@@ -97,6 +102,7 @@ export interface Lab {
   readonly bmcs: LabBmc[];
   readonly clock: Clock;
   readonly info: LabInfo;
+  readonly imageStore: LabImageStore;
   /** PEM of the lab's certificate when `tls`. */
   readonly ca?: string;
   stop(): Promise<void>;
@@ -212,11 +218,20 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
       });
     }
   }
+  let imageStore: LabImageStore;
+  try {
+    imageStore = await startImageStore({ username: "lab-images", password });
+  } catch (e) {
+    await Promise.all(bmcs.map((b) => b.close()));
+    throw e;
+  }
   const providerConfig: Record<string, string | boolean> = {
     "baremetal:bmcUsername": username,
     "baremetal:bmcPassword": password,
+    "baremetal:imageStoreUrl": imageStore.writerUrl,
   };
-  const env: Record<string, string> = { BAREMETAL_BMC_USERNAME: username, BAREMETAL_BMC_PASSWORD: password };
+  const secretConfig = ["baremetal:bmcPassword", "baremetal:imageStoreUrl"];
+  const env: Record<string, string> = { BAREMETAL_BMC_USERNAME: username, BAREMETAL_BMC_PASSWORD: password, BAREMETAL_IMAGE_STORE_URL: imageStore.writerUrl };
   if (tls) {
     providerConfig["baremetal:bmcCaBundle"] = tls.cert;
     env.BAREMETAL_BMC_CA_BUNDLE = tls.cert;
@@ -236,6 +251,8 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     bmcs: bmcInfos,
     nodes,
     providerConfig,
+    secretConfig,
+    imageStore: { url: imageStore.url },
     env,
     quickstart: { bmcAddress: bmcs[0].url, systemIds: bmcInfos[0].systems.map((s) => s.id) },
     tenants: { projects: LAB_PROJECTS, personas: LAB_PERSONAS },
@@ -248,6 +265,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     clock,
     info,
     ca: tls?.cert,
-    stop: () => (stopped ??= Promise.all(bmcs.map((b) => b.close())).then(() => undefined)),
+    imageStore,
+    stop: () => (stopped ??= Promise.all([...bmcs.map((b) => b.close()), imageStore.close()]).then(() => undefined)),
   };
 }

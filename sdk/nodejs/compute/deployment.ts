@@ -39,7 +39,7 @@ export class Deployment extends pulumi.CustomResource {
      */
     public readonly allocationId!: pulumi.Output<string>;
     /**
-     * How the installer boots: from the BMC's virtual CD, or over the network (PXE). One of: `virtual-media`, `pxe`.
+     * How the installer boots: `virtual-media` inserts `imageUrl` into the BMC's virtual CD; `http` has the firmware boot `imageUrl` itself (UEFI HTTP boot, Redfish Boot.HttpBootUri), no PXE service needed; `pxe` network-boots whatever the provisioning network's PXE service offers the node (that service is the site's; `imageUrl` is only recorded). One of: `virtual-media`, `http`, `pxe`.
      */
     public readonly bootInterface!: pulumi.Output<string | undefined>;
     /**
@@ -132,7 +132,7 @@ export interface DeploymentArgs {
      */
     allocationId: pulumi.Input<string>;
     /**
-     * How the installer boots: from the BMC's virtual CD, or over the network (PXE). One of: `virtual-media`, `pxe`.
+     * How the installer boots: `virtual-media` inserts `imageUrl` into the BMC's virtual CD; `http` has the firmware boot `imageUrl` itself (UEFI HTTP boot, Redfish Boot.HttpBootUri), no PXE service needed; `pxe` network-boots whatever the provisioning network's PXE service offers the node (that service is the site's; `imageUrl` is only recorded). One of: `virtual-media`, `http`, `pxe`.
      */
     bootInterface?: pulumi.Input<string>;
     /**

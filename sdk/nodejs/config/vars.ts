@@ -85,6 +85,28 @@ Object.defineProperty(exports, "bmcVerifyTls", {
 });
 
 /**
+ * Whether cleaning (undeploy) erases the node's disks through the BMC (Redfish Drive.SecureErase), so the next tenant finds none of the last one's data. `auto`: erase where the BMC can, warn where it cannot; `always`: a node whose BMC cannot erase fails cleaning (`clean failed`); `never`: leave the disks as they are. One of: `auto`, `always`, `never`.
+ */
+export declare const cleanEraseDisks: string;
+Object.defineProperty(exports, "cleanEraseDisks", {
+    get() {
+        return __config.get("cleanEraseDisks") ?? (utilities.getEnv("BAREMETAL_CLEAN_ERASE_DISKS") || "auto");
+    },
+    enumerable: true,
+});
+
+/**
+ * Where deployments upload the images they generate (config drives with user data, network data and metadata), for the BMCs to fetch: an http(s) base URL that accepts PUT and DELETE of `<base>/<name>` and serves GET without credentials (a web server with WebDAV-style PUT, as Ironic's http_url; the embedded lab runs one). Credentials go in the URL (`https://user:password@host/path`). Needed only by deployments with userData, networkData or metaData.
+ */
+export declare const imageStoreUrl: string | undefined;
+Object.defineProperty(exports, "imageStoreUrl", {
+    get() {
+        return __config.get("imageStoreUrl") ?? utilities.getEnv("BAREMETAL_IMAGE_STORE_URL");
+    },
+    enumerable: true,
+});
+
+/**
  * Where the shared inventory lives (enrolled nodes, allocations, operation locks): `sqlite:///absolute/path.db` (the default: ~/.local/state/pulumi-baremetal/inventory.db) or `postgres://user:password@host:port/database` for teams. Every stack of one installation must use the same one.
  */
 export declare const inventoryUrl: string | undefined;

@@ -4,9 +4,11 @@
  * Deploy (virtual media, the default): insert the deploy image into the node's virtual CD, boot
  * it once, and wait until the installer has written the disk and powered the machine off (the
  * completion signal of agentless deploy images); then eject, boot from disk persistently and
- * power on. `pxe` boots the installer from the network instead of the CD.
+ * power on. `http` has the firmware boot the image URL itself (UEFI HTTP boot); `pxe` boots
+ * whatever the site's PXE service offers the node.
  *
- * Destroy = undeploy and clean: power off, eject, clear the boot override; the node goes back to
+ * Destroy = undeploy and clean: power off, eject, clear the boot override, erase the disks where
+ * the BMC can (provider config `cleanEraseDisks`); the node goes back to
  * `available` and stays allocated (destroying the Allocation returns it to the pool). A node
  * whose deploy failed is recorded (`deploy failed` with `lastError`), and the next `up` tries the
  * deploy again. Every step is idempotent, and the node's operation lock keeps two runs apart.
@@ -46,10 +48,11 @@ const inputs = {
   networkData: { type: "string", replaceOnChange: true, description: "Network data (JSON, as a config drive's network_data.json) for the deployed system." },
   bootInterface: {
     type: "string",
-    enum: ["virtual-media", "pxe"],
+    enum: ["virtual-media", "http", "pxe"],
     default: "virtual-media",
     replaceOnChange: true,
-    description: "How the installer boots: from the BMC's virtual CD, or over the network (PXE).",
+    description:
+      "How the installer boots: `virtual-media` inserts `imageUrl` into the BMC's virtual CD; `http` has the firmware boot `imageUrl` itself (UEFI HTTP boot, Redfish Boot.HttpBootUri), no PXE service needed; `pxe` network-boots whatever the provisioning network's PXE service offers the node (that service is the site's; `imageUrl` is only recorded).",
   },
 } as const satisfies Fields;
 
@@ -94,13 +97,15 @@ async function waitForPower(ctx: OperationContext, driver: BmcDriver, systemId: 
 }
 
 async function deploy(ctx: OperationContext, driver: BmcDriver, systemId: string, props: Props): Promise<void> {
-  const viaCd = props.bootInterface !== "pxe";
+  const how = (props.bootInterface as string | undefined) ?? "virtual-media";
+  const viaCd = how === "virtual-media";
   if (viaCd) {
     ctx.progress("inserting the deploy image into the virtual CD");
     await driver.insertVirtualMedia(systemId, props.imageUrl as string);
   }
-  ctx.progress(`booting the installer once from ${viaCd ? "the virtual CD" : "the network"}`);
-  await driver.setBoot(systemId, viaCd ? "cd" : "pxe", undefined, true);
+  ctx.progress(`booting the installer once from ${viaCd ? "the virtual CD" : how === "http" ? `${props.imageUrl as string} (UEFI HTTP boot)` : "the network (PXE)"}`);
+  if (how === "http") await driver.setBoot(systemId, "http", "uefi", true, props.imageUrl as string);
+  else await driver.setBoot(systemId, viaCd ? "cd" : "pxe", undefined, true);
   await driver.powerCycle(systemId);
   await waitForPower(ctx, driver, systemId, "on", "waiting for the installer to boot", 1000);
   await waitForPower(ctx, driver, systemId, "off", "waiting for the installer to write the disk and power off");
@@ -123,6 +128,26 @@ async function clean(ctx: OperationContext, driver: BmcDriver, systemId: string)
   // Not essential once the media is out and the machine off: some BMCs (sushy-tools among them)
   // cannot disable an override. Say so, and go on.
   await driver.setBoot(systemId, "none").catch((e) => ctx.warn(`cleaning could not clear the boot override: ${describeError(e)}`));
+  await eraseDisks(ctx, driver, systemId);
+}
+
+/** Erases the disks as the provider's `cleanEraseDisks` says; the machine is off. */
+async function eraseDisks(ctx: OperationContext, driver: BmcDriver, systemId: string): Promise<void> {
+  const mode = ctx.config.cleanEraseDisks;
+  if (mode === "never") return;
+  ctx.progress("cleaning: erasing the disks");
+  const { erased, unsupported } = await driver.eraseDisks(systemId);
+  if (erased.length === 0 && unsupported.length === 0) {
+    const why = "the BMC shows no drives it could erase (no Redfish Storage)";
+    if (mode === "always") throw new BaremetalError("validation", `cleaning could not erase the disks: ${why}; erase them another way, or set the provider's cleanEraseDisks to auto`, { property: "cleanEraseDisks" });
+    ctx.warn(`cleaning left the disks as they are: ${why}`);
+    return;
+  }
+  if (unsupported.length) {
+    const why = `the BMC cannot erase drive(s) ${unsupported.join(", ")} (no Drive.SecureErase)`;
+    if (mode === "always") throw new BaremetalError("validation", `cleaning could not erase the disks: ${why}; erase them another way, or set the provider's cleanEraseDisks to auto`, { property: "cleanEraseDisks" });
+    ctx.warn(`cleaning left some disks as they are: ${why}`);
+  }
 }
 
 export const deploymentResource: ResourceDefinition = {
