@@ -5,6 +5,10 @@
  * session table, a power-on guard, 503s, lost answers after the BMC acted) with no duplicate
  * side effects on the emulator, or fail with a clear error that the next `up` recovers from.
  */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import type { LabBmc } from "../../provider/src/lab/bmc";
 import type { SideEffectKind } from "../../provider/src/lab/faults";
@@ -13,29 +17,55 @@ import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
 jest.setTimeout(300_000);
 
 const IMAGE = "http://images.lab.example/installer.iso";
+const USER_DATA = "#cloud-config\nusers:\n  - name: ops\nruncmd:\n  - echo lab-secret-token-5f1c > /root/token";
+const NETWORK_DATA = JSON.stringify({ links: [{ id: "eth0", type: "phy", ethernet_mac_address: "52:54:00:00:01:02" }], networks: [{ id: "n0", link: "eth0", type: "ipv4_dhcp" }], services: [] });
+
+/** The files of an ISO image, read by xorriso (a third-party reader): path -> text. */
+function readIso(image: Buffer): Record<string, string> {
+  const dir = mkdtempSync(join(tmpdir(), "configdrive-"));
+  try {
+    writeFileSync(join(dir, "d.iso"), image);
+    execFileSync("xorriso", ["-osirrox", "on", "-indev", join(dir, "d.iso"), "-extract", "/", join(dir, "x")], { stdio: "pipe" });
+    const out: Record<string, string> = {};
+    const walk = (d: string, rel: string) => {
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(d, e.name), `${rel}${e.name}/`);
+        else out[`${rel}${e.name}`] = readFileSync(join(d, e.name), "utf8");
+      }
+    };
+    walk(join(dir, "x"), "");
+    const label = execFileSync("blkid", ["-p", "-o", "value", "-s", "LABEL", join(dir, "d.iso")], { encoding: "utf8" }).trim();
+    out["<label>"] = label;
+    return out;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 /** One Node -> Allocation -> Deployment per entry of the `machines` config. */
 const PROGRAM = `
 import * as pulumi from "@pulumi/pulumi";
 ${SDK_IMPORT}
 const config = new pulumi.Config();
-const machines = config.requireObject<{ address: string; systemId: string; bootInterface: string }[]>("machines");
+const machines = config.requireObject<{ address: string; systemId: string; bootInterface: string; hostname?: string; networkData?: string }[]>("machines");
+const userData = config.getSecret("userData");
 export const states: pulumi.Output<string>[] = [];
 machines.forEach((m, i) => {
   const node = new baremetal.compute.Node("n" + i, { bmc: { address: m.address, systemId: m.systemId }, resourceClass: "small" });
   const allocation = new baremetal.compute.Allocation("a" + i, { candidateNodes: [node.id] });
   if (config.getBoolean("deploy") === false) return;
-  const d = new baremetal.compute.Deployment("d" + i, { allocationId: allocation.allocationId, imageUrl: config.require("imageUrl"), bootInterface: m.bootInterface },
+  const drive = m.hostname ? { hostname: m.hostname, networkData: m.networkData, userData, sshPublicKeys: { ops: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOnlyForTests ops@lab" } } : {};
+  const d = new baremetal.compute.Deployment("d" + i, { allocationId: allocation.allocationId, imageUrl: config.require("imageUrl"), bootInterface: m.bootInterface, ...drive },
     { customTimeouts: { create: "3m", delete: "3m" } });
   states.push(d.provisionState);
 });
 `;
 
-async function project(lab: Lab, name: string, bootInterfaces: string[]): Promise<PulumiProject> {
+async function project(lab: Lab, name: string, bootInterfaces: string[], drives: Array<{ hostname: string; networkData: string } | undefined> = []): Promise<PulumiProject> {
   const p = await newProject(name, PROGRAM);
   await p.setConfig("baremetal:inventoryUrl", `sqlite://${p.dir}/inventory.db`, true);
   for (const [k, v] of Object.entries(lab.info.providerConfig)) await p.setConfig(k, String(v), lab.info.secretConfig.includes(k));
-  const machines = bootInterfaces.map((bootInterface, i) => ({ address: lab.info.nodes[i].address, systemId: lab.info.nodes[i].systemId, bootInterface }));
+  const machines = bootInterfaces.map((bootInterface, i) => ({ address: lab.info.nodes[i].address, systemId: lab.info.nodes[i].systemId, bootInterface, ...drives[i] }));
   await p.setConfig("machines", JSON.stringify(machines));
   await p.setConfig("imageUrl", IMAGE);
   return p;
@@ -51,7 +81,8 @@ describe("deploy and clean on a generic lab BMC: virtual media and UEFI HTTP boo
 
   beforeAll(async () => {
     lab = await startLab({ flavor: "generic", systems: 2, bootSeconds: 1, installSeconds: 2 });
-    p = await project(lab, "deploy-lab", ["virtual-media", "http"]);
+    p = await project(lab, "deploy-lab", ["virtual-media", "http"], [undefined, { hostname: "web-1", networkData: NETWORK_DATA }]);
+    await p.setConfig("userData", USER_DATA, true);
   });
 
   afterAll(async () => {
@@ -60,7 +91,7 @@ describe("deploy and clean on a generic lab BMC: virtual media and UEFI HTTP boo
     await lab?.stop();
   });
 
-  it("up deploys both: one installer each, from the CD and from the URL, then the OS from disk", async () => {
+  it("up deploys both: one installer each, from the CD and from the URL, then the OS from disk; the config drive is in the store and the CD", async () => {
     const up = await p.pulumi(["up", "--yes", "--skip-preview"]);
     expect(up.stdout).toMatch(/\+ 7 created/);
     expect((await p.outputs()).states).toEqual(["active", "active"]);
@@ -72,10 +103,31 @@ describe("deploy and clean on a generic lab BMC: virtual media and UEFI HTTP boo
       expect(s.powerState).toBe("On");
       expect(effects(bmc, "installer-started", i)).toHaveLength(1);
     }
-    // The CD carried the first machine's installer; the second booted the URL with no media at all.
-    expect(bmc.sideEffects("media-insert").map((e) => e.detail?.image)).toEqual([IMAGE]);
+    // The CD carried the first machine's installer; the second booted the URL, its CD carries only its config drive.
+    expect(effects(bmc, "media-insert", 1).map((e) => e.detail?.image)).toEqual([IMAGE]);
+    expect(effects(bmc, "media-insert", 2).map((e) => e.detail?.image)).toEqual([expect.stringMatching(/\/configdrive-.*\.iso$/)]);
     expect(bmc.sideEffects("booted").filter((e) => String(e.detail?.running).startsWith("installer:")).map((e) => e.detail?.target).sort()).toEqual(["Cd", "UefiHttp"]);
     expect(bmc.system(2).boot.httpUri).toBe(IMAGE);
+
+    // The HTTP-booted machine has its config drive in the (free) CD, fetched from the image store
+    // without credentials; xorriso reads what cloud-init would: label config-2, the user data,
+    // network data and meta data under openstack/latest and openstack/2012-08-10.
+    const [name] = [...lab.imageStore.images.keys()];
+    expect(name).toMatch(/^configdrive-[0-9a-f-]{36}-[0-9a-f]{16}\.iso$/);
+    expect(bmc.system(2).virtualMedia).toMatchObject({ inserted: true, image: `${lab.info.imageStore.url}/${name}` });
+    const files = readIso(lab.imageStore.images.get(name)!);
+    expect(files["<label>"]).toBe("config-2");
+    for (const v of ["latest", "2012-08-10"]) {
+      expect(files[`openstack/${v}/user_data`]).toBe(USER_DATA);
+      expect(JSON.parse(files[`openstack/${v}/network_data.json`])).toEqual(JSON.parse(NETWORK_DATA));
+      expect(JSON.parse(files[`openstack/${v}/meta_data.json`])).toMatchObject({ hostname: "web-1", name: "web-1", public_keys: { ops: expect.stringMatching(/^ssh-ed25519 /) } });
+    }
+    // The user data is a secret: not in the state's plain text, not in the CLI's output; the
+    // drive's URL (which reads it) is a secret output too.
+    const exported = JSON.stringify(await p.exportStack());
+    expect(exported).not.toContain("lab-secret-token-5f1c");
+    expect(exported).not.toContain(name);
+    expect(up.stdout + up.stderr).not.toContain("lab-secret-token-5f1c");
     await p.pulumi(["preview", "--expect-no-changes"]);
   });
 
@@ -91,6 +143,8 @@ describe("deploy and clean on a generic lab BMC: virtual media and UEFI HTTP boo
       expect(s.virtualMedia.inserted).toBe(false);
       expect(effects(bmc, "disk-erased", i).map((e) => e.detail?.via)).toEqual(["Drive.SecureErase"]);
     }
+    // The config drive (and the user data in it) is gone from the image store.
+    expect(lab.imageStore.images.size).toBe(0);
     await p.pulumi(["preview", "--expect-no-changes"]);
   });
 });
@@ -192,5 +246,19 @@ describe("a deploy that outlasts the retry budget fails clearly and the next up 
     expect((await p.outputs()).states).toEqual(["active"]);
     expect(bmc.sideEffects("installer-started")).toHaveLength(1);
     await p.pulumi(["preview", "--expect-no-changes"]);
+  });
+
+  it("config drive inputs are checked at preview: bad network data, and no image store, each named", async () => {
+    const { address, systemId } = lab.info.nodes[0];
+    const machine = { address, systemId, bootInterface: "http", hostname: "web-2" };
+    await p.setConfig("machines", JSON.stringify([{ ...machine, networkData: "{not json" }]));
+    const bad = await p.pulumi(["preview"], { allowFail: true });
+    expect(bad.code).not.toBe(0);
+    expect(bad.stdout + bad.stderr).toMatch(/networkData.*not JSON/);
+    await p.setConfig("machines", JSON.stringify([{ ...machine, networkData: NETWORK_DATA }]));
+    await p.pulumi(["config", "rm", "baremetal:imageStoreUrl"]);
+    const noStore = await p.pulumi(["preview"], { allowFail: true });
+    expect(noStore.code).not.toBe(0);
+    expect(noStore.stdout + noStore.stderr).toMatch(/hostname.*needs an image store.*set the provider's imageStoreUrl/s);
   });
 });

@@ -43,9 +43,17 @@ export class Deployment extends pulumi.CustomResource {
      */
     public readonly bootInterface!: pulumi.Output<string | undefined>;
     /**
+     * Where the BMC fetches the node's config drive (OpenStack `config-2` ISO in the image store); attached while deployed. Secret: whoever has it reads the user data.
+     */
+    public /*out*/ readonly configDriveUrl!: pulumi.Output<string | undefined>;
+    /**
      * When the deployment became active (ISO 8601).
      */
     public /*out*/ readonly deployedAt!: pulumi.Output<string | undefined>;
+    /**
+     * The deployed system's host name (config drive `meta_data.json` hostname).
+     */
+    public readonly hostname!: pulumi.Output<string | undefined>;
     /**
      * Checksum of the image, `sha256:<hex>` or `sha512:<hex>`; recorded with the deployment and passed to the installer.
      */
@@ -59,7 +67,11 @@ export class Deployment extends pulumi.CustomResource {
      */
     public /*out*/ readonly lastError!: pulumi.Output<string | undefined>;
     /**
-     * Network data (JSON, as a config drive's network_data.json) for the deployed system.
+     * More `meta_data.json` keys for the config drive (e.g. `availability_zone`).
+     */
+    public readonly metaData!: pulumi.Output<{[key: string]: string} | undefined>;
+    /**
+     * Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive.
      */
     public readonly networkData!: pulumi.Output<string | undefined>;
     /**
@@ -71,7 +83,11 @@ export class Deployment extends pulumi.CustomResource {
      */
     public /*out*/ readonly provisionState!: pulumi.Output<string>;
     /**
-     * User data (cloud-init) for the deployed system.
+     * SSH public keys by name, for the deployed system's default user (config drive `public_keys`).
+     */
+    public readonly sshPublicKeys!: pulumi.Output<{[key: string]: string} | undefined>;
+    /**
+     * User data for the deployed system (e.g. a `#cloud-config` document), delivered on its config drive.
      */
     public readonly userData!: pulumi.Output<string | undefined>;
 
@@ -94,10 +110,14 @@ export class Deployment extends pulumi.CustomResource {
             }
             resourceInputs["allocationId"] = args ? args.allocationId : undefined;
             resourceInputs["bootInterface"] = (args ? args.bootInterface : undefined) ?? "virtual-media";
+            resourceInputs["hostname"] = args ? args.hostname : undefined;
             resourceInputs["imageChecksum"] = args ? args.imageChecksum : undefined;
             resourceInputs["imageUrl"] = args ? args.imageUrl : undefined;
+            resourceInputs["metaData"] = args ? args.metaData : undefined;
             resourceInputs["networkData"] = args ? args.networkData : undefined;
+            resourceInputs["sshPublicKeys"] = args ? args.sshPublicKeys : undefined;
             resourceInputs["userData"] = args?.userData ? pulumi.secret(args.userData) : undefined;
+            resourceInputs["configDriveUrl"] = undefined /*out*/;
             resourceInputs["deployedAt"] = undefined /*out*/;
             resourceInputs["lastError"] = undefined /*out*/;
             resourceInputs["nodeId"] = undefined /*out*/;
@@ -105,19 +125,23 @@ export class Deployment extends pulumi.CustomResource {
         } else {
             resourceInputs["allocationId"] = undefined /*out*/;
             resourceInputs["bootInterface"] = undefined /*out*/;
+            resourceInputs["configDriveUrl"] = undefined /*out*/;
             resourceInputs["deployedAt"] = undefined /*out*/;
+            resourceInputs["hostname"] = undefined /*out*/;
             resourceInputs["imageChecksum"] = undefined /*out*/;
             resourceInputs["imageUrl"] = undefined /*out*/;
             resourceInputs["lastError"] = undefined /*out*/;
+            resourceInputs["metaData"] = undefined /*out*/;
             resourceInputs["networkData"] = undefined /*out*/;
             resourceInputs["nodeId"] = undefined /*out*/;
             resourceInputs["provisionState"] = undefined /*out*/;
+            resourceInputs["sshPublicKeys"] = undefined /*out*/;
             resourceInputs["userData"] = undefined /*out*/;
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
-        const secretOpts = { additionalSecretOutputs: ["userData"] };
+        const secretOpts = { additionalSecretOutputs: ["configDriveUrl", "userData"] };
         opts = pulumi.mergeOptions(opts, secretOpts);
-        const replaceOnChanges = { replaceOnChanges: ["allocationId", "bootInterface", "imageChecksum", "imageUrl", "networkData", "userData"] };
+        const replaceOnChanges = { replaceOnChanges: ["allocationId", "bootInterface", "hostname", "imageChecksum", "imageUrl", "metaData.*", "networkData", "sshPublicKeys.*", "userData"] };
         opts = pulumi.mergeOptions(opts, replaceOnChanges);
         super(Deployment.__pulumiType, name, resourceInputs, opts);
     }
@@ -136,6 +160,10 @@ export interface DeploymentArgs {
      */
     bootInterface?: pulumi.Input<string>;
     /**
+     * The deployed system's host name (config drive `meta_data.json` hostname).
+     */
+    hostname?: pulumi.Input<string>;
+    /**
      * Checksum of the image, `sha256:<hex>` or `sha512:<hex>`; recorded with the deployment and passed to the installer.
      */
     imageChecksum?: pulumi.Input<string>;
@@ -144,11 +172,19 @@ export interface DeploymentArgs {
      */
     imageUrl: pulumi.Input<string>;
     /**
-     * Network data (JSON, as a config drive's network_data.json) for the deployed system.
+     * More `meta_data.json` keys for the config drive (e.g. `availability_zone`).
+     */
+    metaData?: pulumi.Input<{[key: string]: pulumi.Input<string>}>;
+    /**
+     * Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive.
      */
     networkData?: pulumi.Input<string>;
     /**
-     * User data (cloud-init) for the deployed system.
+     * SSH public keys by name, for the deployed system's default user (config drive `public_keys`).
+     */
+    sshPublicKeys?: pulumi.Input<{[key: string]: pulumi.Input<string>}>;
+    /**
+     * User data for the deployed system (e.g. a `#cloud-config` document), delivered on its config drive.
      */
     userData?: pulumi.Input<string>;
 }

@@ -8,6 +8,7 @@
 export type PowerState = "on" | "off" | "powering-on" | "powering-off" | "paused" | "unknown";
 export type BootDevice = "none" | "pxe" | "disk" | "cd" | "bios" | "http" | "usb";
 export type BootMode = "uefi" | "legacy";
+export type VirtualDrive = "cd" | "removable";
 
 export interface BmcConnection {
   /** `https://host[:port]`; the protocol's path (e.g. /redfish/v1) is the driver's business. */
@@ -62,10 +63,14 @@ export interface BmcDriver {
   setBoot(systemId: string, device: BootDevice, mode?: BootMode, once?: boolean, httpBootUri?: string): Promise<{ changed: boolean }>;
   /** Restarts the machine (hard), or powers it on when it is off. */
   powerCycle(systemId: string): Promise<void>;
-  /** Inserts an image (by URL) into the system's virtual CD; idempotent. */
-  insertVirtualMedia(systemId: string, imageUrl: string): Promise<{ changed: boolean }>;
-  /** Ejects the system's virtual CD; idempotent. */
-  ejectVirtualMedia(systemId: string): Promise<{ changed: boolean }>;
+  /**
+   * Inserts an image (by URL) into one of the system's virtual drives: the CD (default), or a
+   * removable one (a USB stick, else a floppy: where config drives go while the CD carries the
+   * installer); idempotent. Throws a `validation` error when the BMC has no such drive.
+   */
+  insertVirtualMedia(systemId: string, imageUrl: string, drive?: VirtualDrive): Promise<{ changed: boolean }>;
+  /** Ejects one of the system's virtual drives (the CD by default); idempotent. */
+  ejectVirtualMedia(systemId: string, drive?: VirtualDrive): Promise<{ changed: boolean }>;
   /**
    * Erases the system's disks where the BMC can (Redfish Drive.SecureErase); the machine must be
    * off. `unsupported` lists drives the BMC shows but cannot erase; a BMC that shows no drives

@@ -3,8 +3,8 @@
  * provider's vocabulary (lower-case power states and boot devices) and Redfish's enumerations are
  * data (the tables below), not special cases.
  */
-import { BaremetalError } from "../../core/errors";
-import type { BmcConnection, BmcDriver, BootDevice, BootMode, PowerState, SystemFacts } from "../kinds/bmc";
+import { BaremetalError, isBaremetalError } from "../../core/errors";
+import type { BmcConnection, BmcDriver, BootDevice, BootMode, PowerState, SystemFacts, VirtualDrive } from "../kinds/bmc";
 import { RedfishClient } from "./client";
 import type { Limiter } from "./limiter";
 import type { SessionPool } from "./sessions";
@@ -101,14 +101,25 @@ export class RedfishDriver implements BmcDriver {
     else await this.client.resetSystem(systemId, "ForceRestart");
   }
 
-  async insertVirtualMedia(systemId: string, imageUrl: string): Promise<{ changed: boolean }> {
-    const { path } = await this.client.findVirtualMedia(systemId);
+  async insertVirtualMedia(systemId: string, imageUrl: string, drive: VirtualDrive = "cd"): Promise<{ changed: boolean }> {
+    const { path } = await this.findDrive(systemId, drive);
     return { changed: await this.client.insertMedia(path, imageUrl) };
   }
 
-  async ejectVirtualMedia(systemId: string): Promise<{ changed: boolean }> {
-    const { path } = await this.client.findVirtualMedia(systemId);
+  async ejectVirtualMedia(systemId: string, drive: VirtualDrive = "cd"): Promise<{ changed: boolean }> {
+    const { path } = await this.findDrive(systemId, drive);
     return { changed: await this.client.ejectMedia(path) };
+  }
+
+  /** The CD, or for `removable` a USB stick drive, else a floppy drive. */
+  private async findDrive(systemId: string, drive: VirtualDrive): Promise<{ path: string }> {
+    if (drive === "cd") return this.client.findVirtualMedia(systemId, "CD");
+    try {
+      return await this.client.findVirtualMedia(systemId, "USBStick");
+    } catch (e) {
+      if (!(isBaremetalError(e) && e.code === "validation")) throw e;
+      return this.client.findVirtualMedia(systemId, "Floppy");
+    }
   }
 
   async eraseDisks(systemId: string): Promise<{ erased: string[]; unsupported: string[] }> {

@@ -13,12 +13,16 @@
  * whose deploy failed is recorded (`deploy failed` with `lastError`), and the next `up` tries the
  * deploy again. Every step is idempotent, and the node's operation lock keeps two runs apart.
  */
+import { createHash } from "node:crypto";
 import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
+import { isUnknown } from "../../core/values";
 import { type OperationContext, PartialCreateError, type Props, type ProviderContext, type ResourceDefinition } from "../../core/resource";
+import { imageStore } from "../../drivers/image-store";
 import type { BmcDriver } from "../../drivers/kinds/bmc";
 import type { Inventory, LockHandle } from "../../inventory/types";
 import { allocatedNode, authorizeOnAllocatedNode } from "./allocation";
+import { buildConfigDrive, type ConfigDriveInput, configDriveFiles } from "./config-drive";
 import { parseNodeId, rethrowAttributed, sleep, withDriver } from "./node";
 
 const inputs = {
@@ -44,8 +48,30 @@ const inputs = {
     description: "Checksum of the image, `sha256:<hex>` or `sha512:<hex>`; recorded with the deployment and passed to the installer.",
     hint: "Give the checksum as sha256:<64 hex digits> or sha512:<128 hex digits>",
   },
-  userData: { type: "string", secret: true, replaceOnChange: true, description: "User data (cloud-init) for the deployed system." },
-  networkData: { type: "string", replaceOnChange: true, description: "Network data (JSON, as a config drive's network_data.json) for the deployed system." },
+  userData: {
+    type: "string",
+    secret: true,
+    replaceOnChange: true,
+    description: "User data for the deployed system (e.g. a `#cloud-config` document), delivered on its config drive.",
+  },
+  networkData: {
+    type: "string",
+    replaceOnChange: true,
+    description: "Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive.",
+  },
+  metaData: {
+    type: "map",
+    values: { type: "string", description: "A value." },
+    replaceOnChange: true,
+    description: "More `meta_data.json` keys for the config drive (e.g. `availability_zone`).",
+  },
+  hostname: { type: "string", replaceOnChange: true, description: "The deployed system's host name (config drive `meta_data.json` hostname)." },
+  sshPublicKeys: {
+    type: "map",
+    values: { type: "string", description: "An OpenSSH public key." },
+    replaceOnChange: true,
+    description: "SSH public keys by name, for the deployed system's default user (config drive `public_keys`).",
+  },
   bootInterface: {
     type: "string",
     enum: ["virtual-media", "http", "pxe"],
@@ -61,6 +87,11 @@ const outputs = {
   provisionState: { type: "string", required: true, description: "`active` once deployed; `deploy failed` with `lastError` otherwise." },
   lastError: { type: "string", description: "Why the last deploy failed." },
   deployedAt: { type: "string", description: "When the deployment became active (ISO 8601)." },
+  configDriveUrl: {
+    type: "string",
+    secret: true,
+    description: "Where the BMC fetches the node's config drive (OpenStack `config-2` ISO in the image store); attached while deployed. Secret: whoever has it reads the user data.",
+  },
 } as const satisfies Fields;
 
 async function withNodeLock<T>(ctx: OperationContext, inventory: Inventory, nodeId: string, operation: string, work: () => Promise<T>): Promise<T> {
@@ -96,12 +127,69 @@ async function waitForPower(ctx: OperationContext, driver: BmcDriver, systemId: 
   }
 }
 
-async function deploy(ctx: OperationContext, driver: BmcDriver, systemId: string, props: Props): Promise<void> {
+const CONFIG_DRIVE_INPUTS = ["userData", "networkData", "metaData", "hostname", "sshPublicKeys"] as const;
+
+const containsUnknown = (v: unknown): boolean => isUnknown(v) || (typeof v === "object" && v !== null && Object.values(v).some(containsUnknown));
+
+/** What goes on the config drive, or undefined when the deployment asks for none. */
+function configDriveInput(props: Props, uuid: string): ConfigDriveInput | undefined {
+  if (!CONFIG_DRIVE_INPUTS.some((k) => props[k] !== undefined)) return undefined;
+  const input: ConfigDriveInput = { uuid };
+  if (props.userData !== undefined) input.userData = props.userData as string;
+  if (props.networkData !== undefined) input.networkData = props.networkData;
+  if (props.metaData !== undefined) input.metaData = props.metaData as Record<string, string>;
+  if (props.hostname !== undefined) input.hostname = props.hostname as string;
+  if (props.sshPublicKeys !== undefined) input.publicKeys = props.sshPublicKeys as Record<string, string>;
+  return input;
+}
+
+/** The image store name of a config drive: the allocation's and the content's, so a retry reuses it. */
+function configDriveName(allocationId: string, image: Buffer): string {
+  return `configdrive-${allocationId.replace(/^alloc-/, "")}-${createHash("sha256").update(image).digest("hex").slice(0, 16)}.iso`;
+}
+
+/** Builds the config drive and puts it in the image store; returns the URL the BMC fetches. */
+async function publishConfigDrive(ctx: OperationContext, props: Props): Promise<string | undefined> {
+  const allocationId = props.allocationId as string;
+  const input = configDriveInput(props, allocationId.replace(/^alloc-/, ""));
+  if (!input) return undefined;
+  if (!ctx.config.imageStoreUrl) throw new BaremetalError("validation", noImageStore, { property: "userData" });
+  const image = buildConfigDrive(input);
+  ctx.progress(`publishing the config drive (${image.length} bytes) to the image store`);
+  return imageStore(ctx.config.imageStoreUrl, { signal: ctx.signal }).put(configDriveName(allocationId, image), image);
+}
+
+/** Deletes the deployment's config drive from the image store (its user data must not outlive it). */
+async function removeConfigDrive(ctx: OperationContext, state: Props | undefined): Promise<void> {
+  const url = state?.configDriveUrl as string | undefined;
+  if (!url) return;
+  if (!ctx.config.imageStoreUrl) {
+    ctx.warn(`the config drive at ${url.replace(/[^/]+$/, "<name>")} stays in the image store: the provider has no imageStoreUrl to delete it with`);
+    return;
+  }
+  await imageStore(ctx.config.imageStoreUrl, { signal: ctx.signal }).delete(url.slice(url.lastIndexOf("/") + 1));
+}
+
+const noImageStore =
+  "a config drive (userData, networkData, metaData, hostname or sshPublicKeys) needs an image store the BMC can fetch it from: set the provider's imageStoreUrl (an http(s) server that accepts PUT)";
+
+async function deploy(ctx: OperationContext, driver: BmcDriver, systemId: string, props: Props, configDriveUrl?: string): Promise<void> {
   const how = (props.bootInterface as string | undefined) ?? "virtual-media";
   const viaCd = how === "virtual-media";
   if (viaCd) {
     ctx.progress("inserting the deploy image into the virtual CD");
     await driver.insertVirtualMedia(systemId, props.imageUrl as string);
+  }
+  if (configDriveUrl) {
+    // Attached before the installer boots (it may copy it) and kept while deployed: cloud-init
+    // reads it at the first boot. The CD is free unless it carries the installer.
+    ctx.progress(`attaching the config drive as a virtual ${viaCd ? "USB stick" : "CD"}`);
+    await driver.insertVirtualMedia(systemId, configDriveUrl, viaCd ? "removable" : "cd").catch((e) => {
+      if (viaCd && isBaremetalError(e) && e.code === "validation") {
+        throw new BaremetalError("validation", `${e.message}. The config drive needs a second virtual drive while the CD carries the installer: use bootInterface http`, { property: "bootInterface" });
+      }
+      throw e;
+    });
   }
   ctx.progress(`booting the installer once from ${viaCd ? "the virtual CD" : how === "http" ? `${props.imageUrl as string} (UEFI HTTP boot)` : "the network (PXE)"}`);
   if (how === "http") await driver.setBoot(systemId, "http", "uefi", true, props.imageUrl as string);
@@ -121,10 +209,12 @@ async function clean(ctx: OperationContext, driver: BmcDriver, systemId: string)
   ctx.progress("cleaning: powering off");
   await driver.setPower(systemId, "off");
   await waitForPower(ctx, driver, systemId, "off", "waiting for power off");
-  await driver.ejectVirtualMedia(systemId).catch((e) => {
-    // A machine without virtual media has nothing to eject.
-    if (!(isBaremetalError(e) && e.code === "validation")) throw e;
-  });
+  for (const drive of ["cd", "removable"] as const) {
+    await driver.ejectVirtualMedia(systemId, drive).catch((e) => {
+      // A machine without this virtual drive has nothing to eject from it.
+      if (!(isBaremetalError(e) && e.code === "validation")) throw e;
+    });
+  }
   // Not essential once the media is out and the machine off: some BMCs (sushy-tools among them)
   // cannot disable an override. Say so, and go on.
   await driver.setBoot(systemId, "none").catch((e) => ctx.warn(`cleaning could not clear the boot override: ${describeError(e)}`));
@@ -158,6 +248,27 @@ export const deploymentResource: ResourceDefinition = {
   outputs,
   defaultTimeoutSeconds: 1800,
 
+  check(props, ctx) {
+    // The config drive's inputs are checked as the drive is built (the same code), at preview.
+    const input = configDriveInput(props, "preview");
+    if (!input) return [];
+    if (!ctx.config.imageStoreUrl) {
+      return [{ property: CONFIG_DRIVE_INPUTS.find((k) => props[k] !== undefined) ?? "userData", reason: noImageStore }];
+    }
+    // Values unknown until apply (outputs of other resources) are checked when the drive is built.
+    if (CONFIG_DRIVE_INPUTS.some((k) => containsUnknown(props[k]))) return [];
+    try {
+      configDriveFiles(input);
+    } catch (e) {
+      if (isBaremetalError(e) && e.property) {
+        const property = e.property === "publicKeys" || e.property.startsWith("publicKeys.") ? e.property.replace(/^publicKeys/, "sshPublicKeys") : e.property;
+        return [{ property, reason: e.message.replace(/^publicKeys/, "sshPublicKeys") }];
+      }
+      throw e;
+    }
+    return [];
+  },
+
   async authorize(ctx: ProviderContext, change, props, state) {
     const operations = ["baremetal:node:set_provision_state", ...(change !== "delete" ? ["baremetal:node:update_instance_info"] : [])];
     await authorizeOnAllocatedNode(ctx, state?.allocationId ?? props.allocationId, operations);
@@ -169,16 +280,20 @@ export const deploymentResource: ResourceDefinition = {
     const { address, systemId } = parseNodeId(node.id);
     return withNodeLock(ctx, inventory, node.id, "deploy", async () => {
       await inventory.setProvisionState(node.id, "deploying");
+      let configDriveUrl: string | undefined;
       try {
-        await withDriver(ctx, { address }, (driver) => deploy(ctx, driver, systemId, props).catch(rethrowAttributed));
+        configDriveUrl = await publishConfigDrive(ctx, props);
+        await withDriver(ctx, { address }, (driver) => deploy(ctx, driver, systemId, props, configDriveUrl).catch(rethrowAttributed));
       } catch (e) {
         const why = describeError(e);
         await inventory.setProvisionState(node.id, "deploy failed", why);
         // Recorded with its error: the next `up` deploys again (update), or replaces as declared.
-        throw new PartialCreateError(node.id, { ...props, nodeId: node.id, provisionState: "deploy failed", lastError: why }, [why]);
+        const recorded = { ...props, nodeId: node.id, provisionState: "deploy failed", lastError: why, ...(configDriveUrl ? { configDriveUrl } : {}) };
+        throw new PartialCreateError(node.id, recorded, [why]);
       }
       await inventory.setProvisionState(node.id, "active");
-      return { id: node.id, outputs: { ...props, nodeId: node.id, provisionState: "active", deployedAt: new Date().toISOString() } };
+      const outputs = { ...props, nodeId: node.id, provisionState: "active", deployedAt: new Date().toISOString(), ...(configDriveUrl ? { configDriveUrl } : {}) };
+      return { id: node.id, outputs };
     });
   },
 
@@ -204,9 +319,10 @@ export const deploymentResource: ResourceDefinition = {
     return { ...created.outputs, nodeId: id };
   },
 
-  async delete(ctx, id) {
+  async delete(ctx, id, _inputs, state) {
     const inventory = await ctx.inventory();
     const node = await inventory.getNode(id);
+    await removeConfigDrive(ctx, state);
     if (!node) return; // un-enrolled: nothing left to clean
     const { address, systemId } = parseNodeId(id);
     await withNodeLock(ctx, inventory, id, "clean", async () => {
