@@ -364,8 +364,12 @@ describe("RedfishClient against our fake BMC (DMTF public-rackmount1 mockup)", (
 
     server.failNext(1, { status: 409, path: SYSTEM });
     expect((await caught(c.getSystem(SYSTEM_ID))).code).toBe("conflict");
+    // A read answered 500 is repeated (within maxAttempts); one that keeps failing is a backend error.
     server.failNext(1, { status: 500, path: SYSTEM });
+    expect((await c.getSystem(SYSTEM_ID)).system.Id).toBe(SYSTEM_ID);
+    server.failNext(1000, { status: 500, path: SYSTEM });
     const be = await caught(c.getSystem(SYSTEM_ID));
+    server.clearFaults();
     expect(be.code).toBe("backend");
     expect(be.httpStatus).toBe(500);
   });

@@ -25,6 +25,13 @@ describe("RetryPlanner: only what is known to be safe", () => {
     expect(planner.decide({ ...base, method: "POST", isAction: true, status: 429 }).retry).toBe(true);
   });
 
+  it("repeats a read answered 500/502/504 (a server-side fault), never a POST or PATCH so answered", () => {
+    for (const status of [500, 502, 504]) expect(planner.decide({ ...base, method: "GET", status }).retry).toBe(true);
+    expect(planner.decide({ ...base, method: "GET", status: 500, attempt: DEFAULT_RETRY_POLICY.maxAttempts })).toEqual({ retry: false });
+    expect(planner.decide({ ...base, method: "POST", isAction: true, status: 500 })).toEqual({ retry: false });
+    expect(planner.decide({ ...base, method: "PATCH", status: 500 })).toEqual({ retry: false });
+  });
+
   it("honours Retry-After, but not one longer than it will wait", () => {
     expect(planner.decide({ ...base, method: "GET", status: 503, retryAfterSeconds: 30 })).toMatchObject({ retry: true, delayMs: 30_000 });
     expect(planner.decide({ ...base, method: "GET", status: 503, retryAfterSeconds: 600 })).toEqual({ retry: false });

@@ -1,7 +1,8 @@
 /**
  * When a Redfish request may be sent again, and after how long. Retries only what is known to be
  * safe: the BMC said it did nothing (503, 429, 409 on an action), or the request never left, or
- * the method is idempotent (GET, PATCH of absolute values, DELETE of a session). A POST whose
+ * the method is idempotent (GET, PATCH of absolute values, DELETE of a session), or a read met a
+ * server-side fault (500/502/504 on GET). A POST whose
  * fate is unknown (connection reset or timeout after sending) is never replayed: the error goes
  * to the user instead, because a replayed power action may power-cycle a machine twice.
  *
@@ -95,6 +96,11 @@ export class RetryPlanner {
     if (busy) return `the BMC is busy (HTTP ${a.status}${a.messageId ? `, ${a.messageId}` : ""})`;
     if (a.status === 503) return "the BMC is temporarily unavailable (HTTP 503)";
     if (a.status === 429) return "the BMC asks us to slow down (HTTP 429)";
+    // A server-side fault on a read: BMCs (and sushy-tools under concurrent use) answer the odd
+    // 500/502/504 that the same read then gets right. Reads change nothing: safe to repeat.
+    if ((a.method === "GET" || a.method === "HEAD") && (a.status === 500 || a.status === 502 || a.status === 504)) {
+      return `the BMC answered HTTP ${a.status} to a read`;
+    }
     const e = a.error;
     if (isBaremetalError(e) && (e.code === "transient" || e.code === "timeout")) {
       if ((e as BaremetalError).unsent) return `the request never reached the BMC (${e.message})`;
