@@ -25,7 +25,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   postgresql: the PostgreSQL inventory's tests start a throwaway server from its binaries
 #   xorriso, genisoimage: third-party readers (xorriso, isoinfo) that check the ISO 9660
 #     images the provider writes (config drives)
-APT_PACKAGES=(openssl postgresql python3-sushy xorriso genisoimage)
+#   openvswitch-switch, iproute2, iputils-ping, ethtool: a real switch (ovsdb-server +
+#     ovs-vswitchd, userspace datapath) with network-namespace nodes pinging each other through
+#     it, the peer of tenant networks' VLAN isolation (test/harness/ovs.ts; ethtool turns off
+#     the nodes' checksum offload, which the userspace datapath does not complete)
+APT_PACKAGES=(openssl postgresql python3-sushy xorriso genisoimage openvswitch-switch iproute2 iputils-ping ethtool)
 
 # Python packages installed next to sushy-tools, pinned so that the venv directory name
 # (keyed by the sushy-tools version) always means the same set. sushy-tools' fake system
@@ -52,7 +56,11 @@ Werkzeug==3.1.9
 LOG_DIR="$BAREMETAL_CACHE/logs"
 T_START=$(date +%s%N)
 TMP_DIRS=()
-cleanup() { local d; for d in "${TMP_DIRS[@]}"; do rm -rf "$d"; done; }
+POLICY_RC_D_OURS=0 # 1 while a policy-rc.d of ours (see the apt step) is in place
+cleanup() {
+  local d; for d in "${TMP_DIRS[@]}"; do rm -rf "$d"; done
+  if ((POLICY_RC_D_OURS)); then ${SUDO[@]+"${SUDO[@]}"} rm -f /usr/sbin/policy-rc.d; fi
+}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -170,9 +178,20 @@ if ((${#apt_missing[@]})); then
     "${SUDO[@]}" mkdir -p /etc/postgresql-common
     echo "create_main_cluster = false" | "${SUDO[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
   fi
+  # Debian's openvswitch-switch starts the system's ovsdb-server and ovs-vswitchd through
+  # invoke-rc.d (and fails the install when that fails); the tests start their own
+  # (test/harness/ovs.ts) and nothing else may be left running. A policy-rc.d that denies every
+  # start (Docker's images ship one) is put in place for the install when there is none.
+  if [[ " ${apt_missing[*]} " == *" openvswitch-switch "* && ! -e /usr/sbin/policy-rc.d ]]; then
+    POLICY_RC_D_OURS=1
+    printf '#!/bin/sh\n# scripts/bootstrap.sh: no service starts during its apt-get install\nexit 101\n' |
+      "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+  fi
   run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" apt-get update -q
   run_logged "$LOG_DIR/apt.log" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${apt_missing[@]}"
+  if ((POLICY_RC_D_OURS)); then "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d; POLICY_RC_D_OURS=0; fi
   say "debian packages: installed ${apt_missing[*]} in $(elapsed "$t") s"
 elif want apt; then
   say "debian packages: ${APT_PACKAGES[*]} (present)"
