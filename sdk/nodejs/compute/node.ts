@@ -85,6 +85,14 @@ export class Node extends pulumi.CustomResource {
      */
     public /*out*/ readonly macAddresses!: pulumi.Output<string[]>;
     /**
+     * Maintenance mode (Ironic's): a node in maintenance is never allocated; what runs on it is left alone.
+     */
+    public readonly maintenance!: pulumi.Output<boolean | undefined>;
+    /**
+     * Why the node is in maintenance (kept only while it is).
+     */
+    public readonly maintenanceReason!: pulumi.Output<string | undefined>;
+    /**
      * Manufacturer reported by the BMC.
      */
     public /*out*/ readonly manufacturer!: pulumi.Output<string | undefined>;
@@ -109,7 +117,11 @@ export class Node extends pulumi.CustomResource {
      */
     public readonly properties!: pulumi.Output<{[key: string]: string} | undefined>;
     /**
-     * Provision state in the shared inventory, as Ironic's: enroll, manageable, available, deploying, active, deploy failed, cleaning, clean failed.
+     * Offer the node to allocations (Ironic's `provide`: state `available`). false keeps it `manageable`: enrolled and inspected, but out of the pool (refused while an allocation holds it).
+     */
+    public readonly provide!: pulumi.Output<boolean | undefined>;
+    /**
+     * Provision state in the shared inventory, as Ironic's: enroll, manageable (provide: false), available, deploying, active, deploy failed, cleaning, clean failed.
      */
     public /*out*/ readonly provisionState!: pulumi.Output<string>;
     /**
@@ -155,9 +167,12 @@ export class Node extends pulumi.CustomResource {
             resourceInputs["bootDevice"] = args ? args.bootDevice : undefined;
             resourceInputs["bootMode"] = args ? args.bootMode : undefined;
             resourceInputs["lessee"] = args ? args.lessee : undefined;
+            resourceInputs["maintenance"] = (args ? args.maintenance : undefined) ?? false;
+            resourceInputs["maintenanceReason"] = args ? args.maintenanceReason : undefined;
             resourceInputs["owner"] = args ? args.owner : undefined;
             resourceInputs["powerState"] = args ? args.powerState : undefined;
             resourceInputs["properties"] = args ? args.properties : undefined;
+            resourceInputs["provide"] = (args ? args.provide : undefined) ?? true;
             resourceInputs["resourceClass"] = args ? args.resourceClass : undefined;
             resourceInputs["traits"] = args ? args.traits : undefined;
             resourceInputs["allocationId"] = undefined /*out*/;
@@ -189,12 +204,15 @@ export class Node extends pulumi.CustomResource {
             resourceInputs["lastError"] = undefined /*out*/;
             resourceInputs["lessee"] = undefined /*out*/;
             resourceInputs["macAddresses"] = undefined /*out*/;
+            resourceInputs["maintenance"] = undefined /*out*/;
+            resourceInputs["maintenanceReason"] = undefined /*out*/;
             resourceInputs["manufacturer"] = undefined /*out*/;
             resourceInputs["memoryGiB"] = undefined /*out*/;
             resourceInputs["model"] = undefined /*out*/;
             resourceInputs["owner"] = undefined /*out*/;
             resourceInputs["powerState"] = undefined /*out*/;
             resourceInputs["properties"] = undefined /*out*/;
+            resourceInputs["provide"] = undefined /*out*/;
             resourceInputs["provisionState"] = undefined /*out*/;
             resourceInputs["resourceClass"] = undefined /*out*/;
             resourceInputs["serialNumber"] = undefined /*out*/;
@@ -231,6 +249,14 @@ export interface NodeArgs {
      */
     lessee?: pulumi.Input<string>;
     /**
+     * Maintenance mode (Ironic's): a node in maintenance is never allocated; what runs on it is left alone.
+     */
+    maintenance?: pulumi.Input<boolean>;
+    /**
+     * Why the node is in maintenance (kept only while it is).
+     */
+    maintenanceReason?: pulumi.Input<string>;
+    /**
      * Project that owns the node (the operator side of multi-tenancy).
      */
     owner?: pulumi.Input<string>;
@@ -242,6 +268,10 @@ export interface NodeArgs {
      * Free-form properties of the node.
      */
     properties?: pulumi.Input<{[key: string]: pulumi.Input<string>}>;
+    /**
+     * Offer the node to allocations (Ironic's `provide`: state `available`). false keeps it `manageable`: enrolled and inspected, but out of the pool (refused while an allocation holds it).
+     */
+    provide?: pulumi.Input<boolean>;
     /**
      * Resource class used to match allocations, e.g. `baremetal-large`.
      */

@@ -64,6 +64,18 @@ const inputs = {
     enum: ["uefi", "legacy"],
     description: "Declared boot mode for the boot device override. Left as it is when unset.",
   },
+  provide: {
+    type: "boolean",
+    default: true,
+    description:
+      "Offer the node to allocations (Ironic's `provide`: state `available`). false keeps it `manageable`: enrolled and inspected, but out of the pool (refused while an allocation holds it).",
+  },
+  maintenance: {
+    type: "boolean",
+    default: false,
+    description: "Maintenance mode (Ironic's): a node in maintenance is never allocated; what runs on it is left alone.",
+  },
+  maintenanceReason: { type: "string", description: "Why the node is in maintenance (kept only while it is)." },
   owner: { type: "string", description: "Project that owns the node (the operator side of multi-tenancy)." },
   lessee: { type: "string", description: "Project the node is leased to." },
   resourceClass: { type: "string", description: "Resource class used to match allocations, e.g. `baremetal-large`." },
@@ -112,7 +124,7 @@ const outputs = {
   provisionState: {
     type: "string",
     required: true,
-    description: "Provision state in the shared inventory, as Ironic's: enroll, manageable, available, deploying, active, deploy failed, cleaning, clean failed.",
+    description: "Provision state in the shared inventory, as Ironic's: enroll, manageable (provide: false), available, deploying, active, deploy failed, cleaning, clean failed.",
   },
   lastError: { type: "string", description: "The last error recorded for the node in the inventory." },
   allocationId: { type: "string", description: "The allocation that holds the node, if any." },
@@ -201,6 +213,7 @@ function attribute(e: unknown): unknown {
 
 /** The node's record in the shared inventory: what other stacks allocate from. */
 function nodeRecordOf(id: string, name: string, props: Props): NodeInput {
+  const maintenance = props.maintenance === true;
   return {
     id,
     name,
@@ -209,15 +222,43 @@ function nodeRecordOf(id: string, name: string, props: Props): NodeInput {
     resourceClass: props.resourceClass as string | undefined,
     traits: (props.traits as string[] | undefined) ?? [],
     properties: (props.properties as Record<string, string> | undefined) ?? {},
+    maintenance,
+    ...(maintenance && props.maintenanceReason !== undefined ? { maintenanceReason: props.maintenanceReason as string } : {}),
   };
 }
 
-/** Registers (or updates) the node; a new node becomes available for allocations. */
+const MANAGEABLE = "manageable";
+
+/**
+ * Registers (or updates) the node. `provide` moves an idle node between `available` (in the
+ * pool) and `manageable` (out of it); a node in use keeps its state, and taking one out of the
+ * pool while an allocation holds it is refused.
+ */
 async function register(ctx: OperationContext, id: string, props: Props): Promise<Props> {
   const inventory = await ctx.inventory();
   const existing = await inventory.getNode(id);
-  const record = await inventory.upsertNode({ ...nodeRecordOf(id, existing?.name ?? ctx.name, props), provisionState: existing ? undefined : AVAILABLE });
+  const target = props.provide === false ? MANAGEABLE : AVAILABLE;
+  let provisionState: string | undefined = target;
+  if (existing && ![AVAILABLE, MANAGEABLE, ENROLL].includes(existing.provisionState)) {
+    if (target === MANAGEABLE) {
+      throw new BaremetalError("conflict", `the node is ${existing.provisionState}${existing.allocationId ? ` and held by allocation ${existing.allocationId}` : ""}; it can leave the pool (provide: false) once that allocation is destroyed`, { property: "provide" });
+    }
+    provisionState = undefined; // in use: its state is the deployment's business
+  } else if (existing?.allocationId && target === MANAGEABLE) {
+    throw new BaremetalError("conflict", `the node is held by allocation ${existing.allocationId}; it can leave the pool (provide: false) once that allocation is destroyed`, { property: "provide" });
+  }
+  const record = await inventory.upsertNode({ ...nodeRecordOf(id, existing?.name ?? ctx.name, props), provisionState });
   return inventoryOutputs(record);
+}
+
+/** The declared inventory fields as the record has them (unset fields the record agrees with stay unset). */
+function inventoryInputs(record: NodeRecord, declared: Props): Props {
+  const out: Props = {};
+  if (record.maintenance !== (declared.maintenance === true)) out.maintenance = record.maintenance;
+  if (record.maintenance && (record.maintenanceReason ?? undefined) !== declared.maintenanceReason) out.maintenanceReason = record.maintenanceReason;
+  if (record.provisionState === MANAGEABLE && declared.provide !== false) out.provide = false;
+  if (record.provisionState === AVAILABLE && declared.provide === false) out.provide = true;
+  return out;
 }
 
 function inventoryOutputs(record: NodeRecord | undefined): Props {
@@ -400,9 +441,11 @@ export const nodeResource: ResourceDefinition = {
         throw attribute(e);
       }
       // An import declares the power state as it is, so that a program declaring it previews empty.
-      const inputs = stored ? observedInputs(declared, facts) : { ...declared, powerState: declaredPower(facts) };
+      let inputs = stored ? observedInputs(declared, facts) : { ...declared, powerState: declaredPower(facts) };
       const canonicalId = new URL(facts.systemUri, address).href;
       const record = await (await ctx.inventory()).getNode(canonicalId);
+      // Maintenance and the pool as the shared inventory has them: a change made elsewhere is drift.
+      if (record) inputs = { ...inputs, ...inventoryInputs(record, inputs) };
       return { id: canonicalId, inputs, outputs: { ...inputs, ...stateOf(address, facts), ...inventoryOutputs(record) } };
     });
   },
