@@ -2,8 +2,8 @@
  * `baremetal`: the project's command line (provider/bin/baremetal runs the built copy of this file).
  *
  *   baremetal lab start [--bmcs N] [--systems M] [--flavor F[,F...]] [--latency-ms L] [--boot-seconds B]
- *                       [--port-base P] [--state-file FILE] [--username U] [--password P]
- *                       [--power-state on|off] [--tls]
+ *                       [--install-seconds S] [--fetch-images] [--port-base P] [--state-file FILE]
+ *                       [--username U] [--password P] [--power-state on|off] [--tls]
  *       Starts N emulated Redfish BMCs with M systems each on 127.0.0.1, in the foreground. When
  *       every BMC listens it prints one line of JSON (URLs, system ids, credentials, provider
  *       config, tenants), then a summary for humans, and writes FILE (the same JSON, with the pid)
@@ -28,8 +28,8 @@ import { LabInfo, LabOptions, startLab } from "../lab/lab";
 
 const USAGE = `usage:
   baremetal lab start [--bmcs N] [--systems M] [--flavor F[,F...]] [--latency-ms L] [--boot-seconds B]
-                      [--port-base P] [--state-file FILE] [--username U] [--password P]
-                      [--power-state on|off] [--tls]
+                      [--install-seconds S] [--fetch-images] [--port-base P] [--state-file FILE]
+                      [--username U] [--password P] [--power-state on|off] [--tls]
   baremetal lab stop   --state-file FILE [--timeout-seconds S]
   baremetal lab wait   --state-file FILE [--timeout-seconds S]
   baremetal lab status --state-file FILE
@@ -39,8 +39,11 @@ class UsageError extends Error {}
 
 type Flags = Record<string, string | true>;
 
-const START_FLAGS = ["bmcs", "systems", "flavor", "latency-ms", "boot-seconds", "port-base", "state-file", "username", "password", "power-state", "tls"];
-const BOOLEAN_FLAGS = new Set(["tls", "help"]);
+const START_FLAGS = [
+  "bmcs", "systems", "flavor", "latency-ms", "boot-seconds", "install-seconds", "fetch-images",
+  "port-base", "state-file", "username", "password", "power-state", "tls",
+];
+const BOOLEAN_FLAGS = new Set(["tls", "fetch-images", "help"]);
 
 function parseFlags(args: string[], allowed: string[]): Flags {
   const out: Flags = {};
@@ -187,6 +190,8 @@ async function labStart(args: string[]): Promise<number> {
     flavor: flavors as FlavorName[] | undefined,
     latencyMs: numberFlag(f, "latency-ms"),
     bootSeconds: numberFlag(f, "boot-seconds"),
+    installSeconds: numberFlag(f, "install-seconds"),
+    fetchImages: f["fetch-images"] === true,
     portBase: intFlag(f, "port-base"),
     username: stringFlag(f, "username"),
     password: stringFlag(f, "password"),

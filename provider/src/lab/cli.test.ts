@@ -68,19 +68,22 @@ async function root(url: string): Promise<number> {
 }
 
 test("start prints JSON then a summary; SIGINT stops it cleanly", async () => {
-  const child = cli(["lab", "start", "--bmcs", "2", "--systems", "2", "--flavor", "idrac-like", "--boot-seconds", "1", "--latency-ms", "5"]);
+  const child = cli(["lab", "start", "--bmcs", "2", "--systems", "2", "--flavor", "idrac-like", "--boot-seconds", "1", "--latency-ms", "5", "--install-seconds", "7", "--fetch-images"]);
   const { info, more, stderr } = await firstLine(child);
   expect(info.bmcs).toHaveLength(2);
   expect(info.nodes.map((n) => n.systemId)).toEqual(["System.Embedded.1", "System.Embedded.2", "System.Embedded.1", "System.Embedded.2"]);
   expect(info.credentials.username).toBe("root");
   expect(info.providerConfig["baremetal:bmcUsername"]).toBe("root");
   expect(info.latencyMs).toBe(5);
+  expect(info.installSeconds).toBe(7);
+  expect(info.fetchImages).toBe(true);
   expect(info.pid).toBe(child.pid);
   for (const b of info.bmcs) expect(await root(b.url)).toBe(200);
   // The summary follows the JSON line.
   for (let i = 0; i < 100 && !more().includes("Stop:"); i++) await new Promise((r) => setTimeout(r, 20));
   expect(more()).toMatch(/^Lab lab-[0-9a-f]+ \(pid \d+\): 2 BMCs \(idrac-like\)/);
   expect(more()).toContain("pulumi config set --secret baremetal:bmcPassword lab-password");
+  expect(more()).toMatch(/pulumi config set --secret baremetal:imageStoreUrl http:\/\/lab-images:/);
   child.kill("SIGINT");
   expect(await exited(child)).toBe(0);
   expect(stderr()).toContain("stopped (SIGINT)");
