@@ -260,10 +260,8 @@ export const deploymentResource: ResourceDefinition = {
     try {
       configDriveFiles(input);
     } catch (e) {
-      if (isBaremetalError(e) && e.property) {
-        const property = e.property === "publicKeys" || e.property.startsWith("publicKeys.") ? e.property.replace(/^publicKeys/, "sshPublicKeys") : e.property;
-        return [{ property, reason: e.message.replace(/^publicKeys/, "sshPublicKeys") }];
-      }
+      // The builder calls the keys publicKeys (meta_data.json's name); the input is sshPublicKeys.
+      if (isBaremetalError(e) && e.property) return [{ property: e.property.replace(/^publicKeys/, "sshPublicKeys"), reason: e.message.replace(/^publicKeys/, "sshPublicKeys") }];
       throw e;
     }
     return [];
