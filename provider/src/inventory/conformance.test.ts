@@ -10,7 +10,27 @@ import { DatabaseSync } from "node:sqlite";
 import { Client } from "pg";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import { startPostgres, PostgresInstance } from "../../../test/harness/postgres";
-import { Inventory, Migration, MIGRATIONS, NO_MATCH, NodeInput, openInventory, rankNodes, SCHEMA_VERSION, sqliteUrl } from "./index";
+import {
+  ADDRESS_IN_USE,
+  ID_IN_USE,
+  IN_USE,
+  Inventory,
+  MAC_IN_USE,
+  Migration,
+  MIGRATIONS,
+  NetworkInput,
+  NO_MATCH,
+  NodeInput,
+  openInventory,
+  PORT_ATTACHED,
+  rankNodes,
+  SCHEMA_VERSION,
+  sqliteUrl,
+  SUBNET_EXHAUSTED,
+  SWITCH_PORT_IN_USE,
+  VLAN_IN_USE,
+  VLAN_POOL_EXHAUSTED,
+} from "./index";
 
 interface Fresh {
   url: string;
@@ -424,6 +444,393 @@ describe.each([sqliteBackend, postgresBackend])("inventory conformance: $name", 
     await crashed.release(); // must not free next-run's lock
     expect(await inv.getLock(id)).toMatchObject({ holder: "next-run", expired: false });
     await next.release();
+  });
+
+  // ---- tenant networks: VLAN pools and networks -----------------------------------------------
+
+  const net = (id: string, extra: Partial<NetworkInput> = {}): NetworkInput => ({ id, name: id, owner: "t1", fabric: "dc1", ...extra });
+
+  test("VLAN pools: validated, sorted, idempotent; shrinking below VLANs in use or moving fabric is refused naming them", async () => {
+    expect(await failure(inv.defineVlanPool({ name: "p", fabric: "dc1", ranges: [] }))).toMatchObject({ code: "validation", property: "ranges" });
+    expect(await failure(inv.defineVlanPool({ name: "p", fabric: "dc1", ranges: [{ from: 0, to: 10 }] }))).toMatchObject({ property: "ranges[0].from" });
+    expect(await failure(inv.defineVlanPool({ name: "p", fabric: "dc1", ranges: [{ from: 10, to: 4095 }] }))).toMatchObject({ property: "ranges[0].to" });
+    expect(await failure(inv.defineVlanPool({ name: "p", fabric: "dc1", ranges: [{ from: 20, to: 10 }] }))).toMatchObject({ property: "ranges[0]" });
+    const overlap = await failure(inv.defineVlanPool({ name: "p", fabric: "dc1", ranges: [{ from: 100, to: 110 }, { from: 50, to: 100 }] }));
+    expect(overlap).toMatchObject({ code: "validation", property: "ranges[0]" });
+    expect(overlap.message).toMatch(/ranges\[0\] \(100-110\) overlaps ranges\[1\] \(50-100\)/);
+    expect(await failure(inv.defineVlanPool({ name: "", fabric: "dc1", ranges: [{ from: 1, to: 2 }] }))).toMatchObject({ property: "name" });
+
+    const p = await inv.defineVlanPool({ name: "tenant", fabric: "dc1", ranges: [{ from: 200, to: 201 }, { from: 100, to: 102 }] });
+    expect(p).toMatchObject({ name: "tenant", fabric: "dc1", ranges: [{ from: 100, to: 102 }, { from: 200, to: 201 }], size: 5, inUse: 0, version: 1 });
+    expect(await inv.defineVlanPool({ name: "tenant", fabric: "dc1", ranges: [{ from: 100, to: 102 }, { from: 200, to: 201 }] })).toEqual(p);
+    expect(await inv.getVlanPool("tenant")).toEqual(p);
+
+    await inv.createNetwork(net("n1"));
+    await inv.createNetwork(net("n2"));
+    await inv.createNetwork(net("static", { vlan: 300 })); // not from the pool
+    expect(await inv.getVlanPool("tenant")).toMatchObject({ inUse: 2, size: 5 });
+
+    const shrink = await failure(inv.defineVlanPool({ name: "tenant", fabric: "dc1", ranges: [{ from: 101, to: 102 }] }));
+    expect(shrink).toMatchObject({ code: "conflict", messageId: IN_USE, property: "ranges" });
+    expect(shrink.message).toMatch(/VLAN pool "tenant" cannot shrink to 101-102: 1 VLAN outside the new ranges is in use \(VLAN 100: network "n1"\)/);
+    // Dropping unused VLANs and growing are fine.
+    const grown = await inv.defineVlanPool({ name: "tenant", fabric: "dc1", ranges: [{ from: 100, to: 110 }] });
+    expect(grown).toMatchObject({ ranges: [{ from: 100, to: 110 }], size: 11, inUse: 2, version: 2 });
+    const move = await failure(inv.defineVlanPool({ name: "tenant", fabric: "dc2", ranges: [{ from: 100, to: 110 }] }));
+    expect(move).toMatchObject({ code: "conflict", property: "fabric" });
+    expect(move.message).toMatch(/cannot move from fabric "dc1" to "dc2": 2 networks .*VLAN 100: network "n1", VLAN 101: network "n2"/);
+
+    await inv.defineVlanPool({ name: "other", fabric: "dc2", ranges: [{ from: 5, to: 5 }] });
+    expect((await inv.listVlanPools()).map((x) => x.name)).toEqual(["other", "tenant"]);
+    expect((await inv.listVlanPools({ fabric: "dc2" })).map((x) => x.name)).toEqual(["other"]);
+
+    expect(await failure(inv.removeVlanPool("tenant"))).toMatchObject({ code: "conflict", messageId: IN_USE });
+    await inv.deleteNetwork("n1");
+    await inv.deleteNetwork("n2");
+    expect(await inv.removeVlanPool("tenant")).toBe(true);
+    expect(await inv.removeVlanPool("tenant")).toBe(false);
+    expect(await inv.getVlanPool("tenant")).toBeUndefined();
+    expect(await inv.getNetwork("static")).toMatchObject({ vlan: 300 });
+  });
+
+  test("networks: the lowest free VLAN of the pool, or the requested one; unique per fabric; exhaustion names the pool", async () => {
+    await inv.defineVlanPool({ name: "pa", fabric: "A", ranges: [{ from: 100, to: 103 }] });
+    await inv.defineVlanPool({ name: "pb", fabric: "B", ranges: [{ from: 100, to: 101 }] });
+
+    const a1 = await inv.createNetwork(net("a1", { fabric: "A", owner: "t1" }));
+    expect(a1).toMatchObject({ id: "a1", name: "a1", owner: "t1", fabric: "A", pool: "pa", vlan: 100, version: 1 });
+    expect(Date.parse(a1.createdAt)).not.toBeNaN();
+    expect(await inv.getNetwork("a1")).toEqual(a1);
+    const a2 = await inv.createNetwork(net("a2", { fabric: "A", vlan: 102 }));
+    expect(a2.vlan).toBe(102);
+    expect(a2).not.toHaveProperty("pool");
+    expect((await inv.createNetwork(net("a3", { fabric: "A", pool: "pa" }))).vlan).toBe(101);
+    expect((await inv.createNetwork(net("a4", { fabric: "A" }))).vlan).toBe(103); // 102 is taken, if not from the pool
+    const full = await failure(inv.createNetwork(net("a5", { fabric: "A" })));
+    expect(full).toMatchObject({ code: "conflict", messageId: VLAN_POOL_EXHAUSTED });
+    expect(full.message).toMatch(/VLAN pool "pa" \(fabric "A", VLANs 100-103\) is exhausted: 4 of its 4 VLANs are in use/);
+
+    // A VLAN is unique per fabric, not globally.
+    const taken = await failure(inv.createNetwork(net("x", { fabric: "A", vlan: 101 })));
+    expect(taken).toMatchObject({ code: "conflict", messageId: VLAN_IN_USE, property: "vlan" });
+    expect(taken.message).toMatch(/VLAN 101 of fabric "A" is already used by network "a3"/);
+    expect((await inv.createNetwork(net("b1", { fabric: "B", vlan: 101, pool: "pb" }))).vlan).toBe(101);
+    expect((await inv.createNetwork(net("b2", { fabric: "B", owner: "t2" }))).vlan).toBe(100);
+
+    // Which pool.
+    expect(await failure(inv.createNetwork(net("x", { fabric: "A", pool: "pa", vlan: 200 })))).toMatchObject({ code: "validation", property: "vlan" });
+    expect(await failure(inv.createNetwork(net("x", { fabric: "A", pool: "pb" })))).toMatchObject({ code: "validation", property: "pool" });
+    expect(await failure(inv.createNetwork(net("x", { fabric: "A", pool: "nope" })))).toMatchObject({ code: "not-found", property: "pool" });
+    expect((await failure(inv.createNetwork(net("x", { fabric: "C" })))).message).toMatch(/fabric "C" has no VLAN pool/);
+    await inv.defineVlanPool({ name: "pb2", fabric: "B", ranges: [{ from: 500, to: 510 }] });
+    expect((await failure(inv.createNetwork(net("x", { fabric: "B" })))).message).toMatch(/fabric "B" has 2 VLAN pools \("pb", "pb2"\): name one/);
+    for (const vlan of [0, 4095, 1.5]) expect(await failure(inv.createNetwork(net("x", { fabric: "C", vlan })))).toMatchObject({ code: "validation", property: "vlan" });
+    expect(await failure(inv.createNetwork(net("x", { owner: "" })))).toMatchObject({ code: "validation", property: "owner" });
+
+    // The same create again returns the network; the same id with something else is refused.
+    expect(await inv.createNetwork(net("a1", { fabric: "A", owner: "t1" }))).toEqual(a1);
+    expect(await inv.createNetwork(net("a1", { fabric: "A", owner: "t1", vlan: 100, pool: "pa" }))).toEqual(a1);
+    const other = await failure(inv.createNetwork(net("a1", { fabric: "A", owner: "t2" })));
+    expect(other).toMatchObject({ code: "conflict", messageId: ID_IN_USE });
+    expect(other.message).toMatch(/network "a1" already exists with owner "t1"/);
+
+    // Deleting returns the VLAN to the pool: the next create gets it.
+    expect(await inv.deleteNetwork("a3")).toBe(true);
+    expect(await inv.deleteNetwork("a3")).toBe(false);
+    expect(await inv.getNetwork("a3")).toBeUndefined();
+    expect((await inv.createNetwork(net("a6", { fabric: "A" }))).vlan).toBe(101);
+
+    const ids = async (f?: Parameters<Inventory["listNetworks"]>[0]) => (await inv.listNetworks(f)).map((n) => n.id);
+    expect(await ids()).toEqual(["a1", "a2", "a4", "a6", "b1", "b2"]);
+    expect(await ids({ owner: "t2" })).toEqual(["b2"]);
+    expect(await ids({ fabric: "B" })).toEqual(["b1", "b2"]);
+    expect(await ids({ fabric: "B", owner: "t1" })).toEqual(["b1"]);
+  });
+
+  test("concurrent network creates and address allocations in one process never share a VLAN or an address", async () => {
+    await inv.defineVlanPool({ name: "p", fabric: "f", ranges: [{ from: 10, to: 19 }] });
+    const created = await Promise.allSettled(Array.from({ length: 15 }, (_, i) => inv.createNetwork(net(`n${i}`, { fabric: "f" }))));
+    const vlans = created.flatMap((r) => (r.status === "fulfilled" ? [r.value.vlan] : []));
+    expect(vlans.sort((a, b) => a - b)).toEqual([10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+    expect(created.filter((r) => r.status === "rejected").every((r) => (r as PromiseRejectedResult).reason.messageId === VLAN_POOL_EXHAUSTED)).toBe(true);
+
+    await inv.addSubnet({ id: "s", networkId: "n0", cidr: "10.9.0.0/28" }); // 14 hosts
+    const got = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => inv.allocateAddress({ subnetId: "s", owner: `o${i}` })));
+    const addresses = got.flatMap((r) => (r.status === "fulfilled" ? [r.value.address] : []));
+    expect(addresses).toHaveLength(14);
+    expect(new Set(addresses).size).toBe(14);
+    expect(got.filter((r) => r.status === "rejected").every((r) => (r as PromiseRejectedResult).reason.messageId === SUBNET_EXHAUSTED)).toBe(true);
+  });
+
+  // ---- tenant networks: subnets and addresses -------------------------------------------------
+
+  test("subnets: IPv4 and IPv6, canonical; gateway and pools inside, pools apart, no overlap within a network", async () => {
+    await inv.createNetwork(net("n", { vlan: 10 }));
+    await inv.createNetwork(net("m", { vlan: 11 }));
+    const s4 = await inv.addSubnet({ id: "s4", networkId: "n", cidr: "10.0.0.0/24", gateway: "10.0.0.1" });
+    expect(s4).toMatchObject({
+      id: "s4", networkId: "n", cidr: "10.0.0.0/24", ipVersion: 4, gateway: "10.0.0.1",
+      allocationPools: [{ start: "10.0.0.2", end: "10.0.0.254" }], version: 1,
+    });
+    expect(await inv.getSubnet("s4")).toEqual(s4);
+    // The gateway inside the host range splits the default pool.
+    const mid = await inv.addSubnet({ id: "mid", networkId: "m", cidr: "10.0.0.0/29", gateway: "10.0.0.3" });
+    expect(mid.allocationPools).toEqual([{ start: "10.0.0.1", end: "10.0.0.2" }, { start: "10.0.0.4", end: "10.0.0.6" }]);
+    const s6 = await inv.addSubnet({
+      id: "s6", networkId: "n", cidr: "2001:DB8:0:1::/64", gateway: "2001:db8:0:1:0:0:0:1",
+      allocationPools: [{ start: "2001:db8:0:1::1:0", end: "2001:db8:0:1::1:ff" }, { start: "2001:db8:0:1::100", end: "2001:db8:0:1::1ff" }],
+    });
+    expect(s6).toMatchObject({
+      cidr: "2001:db8:0:1::/64", ipVersion: 6, gateway: "2001:db8:0:1::1",
+      allocationPools: [{ start: "2001:db8:0:1::100", end: "2001:db8:0:1::1ff" }, { start: "2001:db8:0:1::1:0", end: "2001:db8:0:1::1:ff" }],
+    });
+    const noGateway = await inv.addSubnet({ id: "v6", networkId: "m", cidr: "fd00::/64" });
+    expect(noGateway).not.toHaveProperty("gateway");
+    expect(noGateway.allocationPools).toEqual([{ start: "fd00::1", end: "fd00::ffff:ffff:ffff:ffff" }]);
+
+    const v = (s: Partial<Parameters<Inventory["addSubnet"]>[0]>) => failure(inv.addSubnet({ id: "x", networkId: "n", cidr: "10.1.0.0/24", ...s }));
+    expect((await v({ cidr: "10.1.0.1/24" })).message).toMatch(/host bits set; the network is 10\.1\.0\.0\/24/);
+    expect(await v({ cidr: "10.1.0.0/31" })).toMatchObject({ code: "validation", property: "cidr" });
+    expect(await v({ cidr: "2001:db8::/127" })).toMatchObject({ property: "cidr" });
+    expect(await v({ cidr: "banana" })).toMatchObject({ property: "cidr" });
+    expect(await v({ gateway: "10.2.0.1" })).toMatchObject({ property: "gateway" });
+    expect(await v({ gateway: "10.1.0.0" })).toMatchObject({ property: "gateway" });
+    expect(await v({ gateway: "10.1.0.255" })).toMatchObject({ property: "gateway" });
+    expect(await v({ gateway: "2001:db8::1" })).toMatchObject({ property: "gateway" });
+    expect(await v({ allocationPools: [{ start: "10.1.0.10", end: "10.1.1.20" }] })).toMatchObject({ property: "allocationPools[0].end" });
+    expect(await v({ allocationPools: [{ start: "10.1.0.20", end: "10.1.0.10" }] })).toMatchObject({ property: "allocationPools[0]" });
+    const pools = await v({ allocationPools: [{ start: "10.1.0.50", end: "10.1.0.60" }, { start: "10.1.0.10", end: "10.1.0.50" }] });
+    expect(pools).toMatchObject({ property: "allocationPools[0]" });
+    expect(pools.message).toMatch(/overlaps allocationPools\[1\] \(10\.1\.0\.10-10\.1\.0\.50\)/);
+    expect(await v({ allocationPools: [{ start: "10.1.0.0", end: "10.1.0.0" }] })).toMatchObject({ property: "allocationPools" });
+    expect(await v({ allocationPools: [] })).toMatchObject({ property: "allocationPools" });
+    const overlap = await v({ cidr: "10.0.0.128/25" });
+    expect(overlap).toMatchObject({ code: "validation", property: "cidr" });
+    expect(overlap.message).toMatch(/10\.0\.0\.128\/25 overlaps 10\.0\.0\.0\/24, subnet "s4" of network "n"/);
+    expect(await failure(inv.addSubnet({ id: "x", networkId: "nope", cidr: "10.1.0.0/24" }))).toMatchObject({ code: "not-found", property: "networkId" });
+    // The same prefix in another network is fine (separate layer-2 domains).
+    await inv.createNetwork(net("o", { vlan: 12 }));
+    expect((await inv.addSubnet({ id: "same-as-s4", networkId: "o", cidr: "10.0.0.0/24" })).cidr).toBe("10.0.0.0/24");
+
+    // The same subnet again returns it; the same id with something else is refused.
+    expect(await inv.addSubnet({ id: "s4", networkId: "n", cidr: "10.0.0.0/24", gateway: "10.0.0.1" })).toEqual(s4);
+    const changed = await failure(inv.addSubnet({ id: "s4", networkId: "n", cidr: "10.0.0.0/24" }));
+    expect(changed).toMatchObject({ code: "conflict", messageId: ID_IN_USE });
+    expect(changed.message).toMatch(/subnet "s4" already exists with gateway 10\.0\.0\.1/);
+
+    expect((await inv.listSubnets({ networkId: "n" })).map((s) => s.id)).toEqual(["s4", "s6"]);
+    expect(await inv.removeSubnet("s6")).toBe(true);
+    expect(await inv.removeSubnet("s6")).toBe(false);
+    expect((await inv.listSubnets({ networkId: "n" })).map((s) => s.id)).toEqual(["s4"]);
+  });
+
+  test("addresses: the lowest free of the pools, never reserved; static; the same owner gets the same address; exhaustion names the subnet", async () => {
+    await inv.createNetwork(net("n", { vlan: 10 }));
+    await inv.addSubnet({ id: "s", networkId: "n", cidr: "10.1.0.0/29", gateway: "10.1.0.1" }); // .2-.6
+    const a = (owner: string, address?: string) => inv.allocateAddress({ subnetId: "s", owner, ...(address ? { address } : {}) });
+    const o1 = await a("o1");
+    expect(o1).toMatchObject({ subnetId: "s", address: "10.1.0.2", ipVersion: 4, owner: "o1", static: false });
+    expect((await a("o2")).address).toBe("10.1.0.3");
+    expect(await a("o3", "10.1.0.5")).toMatchObject({ address: "10.1.0.5", static: true });
+    expect((await a("o4")).address).toBe("10.1.0.4");
+    expect((await a("o5")).address).toBe("10.1.0.6");
+    const full = await failure(a("o6"));
+    expect(full).toMatchObject({ code: "conflict", messageId: SUBNET_EXHAUSTED });
+    expect(full.message).toMatch(/subnet "s" \(10\.1\.0\.0\/29\) of network "n" has no free address in its allocation pools \(10\.1\.0\.2-10\.1\.0\.6\): 5 of its 5 addresses are in use/);
+
+    // Idempotent per owner.
+    expect(await a("o1")).toEqual(o1);
+    expect(await a("o1", "10.1.0.2")).toEqual(o1);
+    expect(await failure(a("o1", "10.1.0.4"))).toMatchObject({ code: "conflict", messageId: ADDRESS_IN_USE, property: "address" });
+
+    // Static requests: free, inside, never reserved.
+    const dup = await failure(a("o7", "10.1.0.3"));
+    expect(dup).toMatchObject({ code: "conflict", messageId: ADDRESS_IN_USE });
+    expect(dup.message).toMatch(/address 10\.1\.0\.3 of subnet "s" is already allocated to "o2"/);
+    expect((await failure(a("o7", "10.1.0.1"))).message).toMatch(/is the gateway/);
+    expect((await failure(a("o7", "10.1.0.0"))).message).toMatch(/is the network address/);
+    expect((await failure(a("o7", "10.1.0.7"))).message).toMatch(/is the broadcast address/);
+    expect(await failure(a("o7", "10.1.0.8"))).toMatchObject({ code: "validation", property: "address" });
+    expect(await failure(a("o7", "2001:db8::1"))).toMatchObject({ code: "validation", property: "address" });
+    expect(await failure(a("o7", "10.1.0.300"))).toMatchObject({ code: "validation", property: "address" });
+    expect(await failure(inv.allocateAddress({ subnetId: "nope", owner: "o" }))).toMatchObject({ code: "not-found", property: "subnetId" });
+    expect(await failure(inv.allocateAddress({ subnetId: "s", owner: "" }))).toMatchObject({ code: "validation", property: "owner" });
+
+    expect(await inv.releaseAddress("s", "o2")).toBe(true);
+    expect(await inv.releaseAddress("s", "o2")).toBe(false);
+    expect(await inv.releaseAddress("nope", "o2")).toBe(false);
+    expect((await a("o7")).address).toBe("10.1.0.3"); // the lowest free again
+    expect((await inv.listAddresses("s")).map((x) => `${x.address}=${x.owner}`)).toEqual(["10.1.0.2=o1", "10.1.0.3=o7", "10.1.0.4=o4", "10.1.0.5=o3", "10.1.0.6=o5"]);
+    expect(await inv.listAddresses("nope")).toEqual([]);
+
+    // Pools in any order, the gateway and broadcast inside them skipped; listed in numeric order.
+    await inv.addSubnet({
+      id: "p", networkId: "n", cidr: "10.2.0.0/24", gateway: "10.2.0.9",
+      allocationPools: [{ start: "10.2.0.250", end: "10.2.0.255" }, { start: "10.2.0.8", end: "10.2.0.10" }],
+    });
+    const got: string[] = [];
+    for (let i = 0; i < 7; i++) got.push((await inv.allocateAddress({ subnetId: "p", owner: `p${i}` })).address);
+    expect(got).toEqual(["10.2.0.8", "10.2.0.10", "10.2.0.250", "10.2.0.251", "10.2.0.252", "10.2.0.253", "10.2.0.254"]);
+    expect((await failure(inv.allocateAddress({ subnetId: "p", owner: "p7" }))).message).toMatch(/7 of its 7 addresses are in use/);
+    // A static address outside the pools is allowed (and does not count against them).
+    expect((await inv.allocateAddress({ subnetId: "p", owner: "fixed", address: "10.2.0.100" })).static).toBe(true);
+    expect((await inv.listAddresses("p")).map((x) => x.address)).toEqual([...got.slice(0, 2), "10.2.0.100", ...got.slice(2)]);
+
+    // IPv6: the subnet-router anycast address (the prefix itself) is never handed out.
+    await inv.addSubnet({ id: "v6", networkId: "n", cidr: "2001:db8:1::/64", allocationPools: [{ start: "2001:db8:1::", end: "2001:db8:1::2" }] });
+    expect(await inv.allocateAddress({ subnetId: "v6", owner: "a" })).toMatchObject({ address: "2001:db8:1::1", ipVersion: 6 });
+    expect((await inv.allocateAddress({ subnetId: "v6", owner: "b" })).address).toBe("2001:db8:1::2");
+    expect((await failure(inv.allocateAddress({ subnetId: "v6", owner: "c" }))).message).toMatch(/2 of its 2 addresses are in use/);
+    expect((await failure(inv.allocateAddress({ subnetId: "v6", owner: "c", address: "2001:db8:1::" }))).message).toMatch(/subnet-router anycast/);
+    expect((await inv.allocateAddress({ subnetId: "v6", owner: "c", address: "2001:DB8:1:0::00FF" })).address).toBe("2001:db8:1::ff");
+    await inv.addSubnet({ id: "gw6", networkId: "n", cidr: "2001:db8:2::/64", gateway: "2001:db8:2::1" });
+    expect((await inv.allocateAddress({ subnetId: "gw6", owner: "a" })).address).toBe("2001:db8:2::2");
+
+    expect(await failure(inv.removeSubnet("s"))).toMatchObject({ code: "conflict", messageId: IN_USE });
+    expect((await failure(inv.removeSubnet("s"))).message).toMatch(/subnet "s" has 5 addresses allocated \(10\.1\.0\.2 to "o1", /);
+  });
+
+  test("deleting a network: refused while ports are attached or addresses allocated, naming them; its subnets go with it", async () => {
+    await inv.upsertNode(node("n1"));
+    await inv.upsertPort({ id: "port1", nodeId: node("n1").id, mac: "52:54:00:00:00:01", switchId: "sw1", switchPort: "eth1" });
+    await inv.createNetwork(net("red", { vlan: 10 }));
+    await inv.addSubnet({ id: "s", networkId: "red", cidr: "10.0.0.0/24" });
+    await inv.addSubnet({ id: "empty", networkId: "red", cidr: "10.0.1.0/24" });
+    await inv.attach({ id: "att1", portId: "port1", networkId: "red", mode: "access" });
+    await inv.allocateAddress({ subnetId: "s", owner: "att1" });
+    const busy = await failure(inv.deleteNetwork("red"));
+    expect(busy).toMatchObject({ code: "conflict", messageId: IN_USE });
+    expect(busy.message).toMatch(/network "red" is in use: 1 port attached \(attachment "att1" of port "port1"\); 1 address allocated \(10\.0\.0\.1 in subnet "s" to "att1"\)/);
+    await inv.detach("att1");
+    expect((await failure(inv.deleteNetwork("red"))).message).not.toMatch(/attached/);
+    await inv.releaseAddress("s", "att1");
+    expect(await inv.deleteNetwork("red")).toBe(true);
+    expect(await inv.listSubnets()).toEqual([]);
+    expect((await inv.createNetwork(net("blue", { vlan: 10 }))).vlan).toBe(10);
+  });
+
+  // ---- tenant networks: ports and attachments -------------------------------------------------
+
+  test("ports: a switch port and a MAC belong to one port; the node must exist; ports go with their node", async () => {
+    const n1 = (await inv.upsertNode(node("n1"))).id;
+    const n2 = (await inv.upsertNode(node("n2"))).id;
+    const p1 = await inv.upsertPort({ id: "p1", nodeId: n1, mac: "52-54-00-AA-BB-01", switchId: "leaf1", switchPort: "Ethernet1/1" });
+    expect(p1).toMatchObject({ id: "p1", nodeId: n1, mac: "52:54:00:aa:bb:01", switchId: "leaf1", switchPort: "Ethernet1/1", version: 1 });
+    expect(p1).not.toHaveProperty("physicalNetwork");
+    expect(await inv.upsertPort({ id: "p1", nodeId: n1, mac: "52:54:00:aa:bb:01", switchId: "leaf1", switchPort: "Ethernet1/1" })).toEqual(p1);
+    const p1b = await inv.upsertPort({ id: "p1", nodeId: n1, mac: "52:54:00:aa:bb:01", switchId: "leaf1", switchPort: "Ethernet1/1", physicalNetwork: "dc1" });
+    expect(p1b).toMatchObject({ physicalNetwork: "dc1", version: 2 });
+    expect(await inv.getPort("p1")).toEqual(p1b);
+
+    const sw = await failure(inv.upsertPort({ id: "p2", nodeId: n2, mac: "52:54:00:aa:bb:02", switchId: "leaf1", switchPort: "Ethernet1/1" }));
+    expect(sw).toMatchObject({ code: "conflict", messageId: SWITCH_PORT_IN_USE, property: "switchPort" });
+    expect(sw.message).toMatch(new RegExp(`switch port "Ethernet1/1" of switch "leaf1" already belongs to port "p1" of node "${n1}"`));
+    const mac = await failure(inv.upsertPort({ id: "p2", nodeId: n2, mac: "52:54:00:AA:BB:01", switchId: "leaf1", switchPort: "Ethernet1/2" }));
+    expect(mac).toMatchObject({ code: "conflict", messageId: MAC_IN_USE, property: "mac" });
+    await inv.upsertPort({ id: "p2", nodeId: n2, mac: "52:54:00:aa:bb:02", switchId: "leaf1", switchPort: "Ethernet1/2" });
+    await inv.upsertPort({ id: "p3", nodeId: n2, mac: "52:54:00:aa:bb:03", switchId: "leaf2", switchPort: "Ethernet1/1" }); // another switch
+    expect(await failure(inv.upsertPort({ id: "p4", nodeId: "ghost", mac: "52:54:00:aa:bb:04", switchId: "s", switchPort: "1" }))).toMatchObject({ code: "not-found", property: "nodeId" });
+    expect(await failure(inv.upsertPort({ id: "p4", nodeId: n1, mac: "52:54:00:aa:bb", switchId: "s", switchPort: "1" }))).toMatchObject({ code: "validation", property: "mac" });
+    expect(await failure(inv.upsertPort({ id: "p4", nodeId: n1, mac: "52:54:00:aa:bb:04", switchId: "s", switchPort: "" }))).toMatchObject({ property: "switchPort" });
+
+    expect((await inv.listPorts()).map((p) => p.id)).toEqual(["p1", "p2", "p3"]);
+    expect((await inv.listPorts({ nodeId: n2 })).map((p) => p.id)).toEqual(["p2", "p3"]);
+    expect(await inv.removePort("p3")).toBe(true);
+    expect(await inv.removePort("p3")).toBe(false);
+    expect(await inv.removeNode(n2)).toBe(true);
+    expect(await inv.listPorts()).toHaveLength(1);
+    // The freed switch port may be taken by another node's port.
+    await inv.upsertPort({ id: "p5", nodeId: n1, mac: "52:54:00:aa:bb:05", switchId: "leaf1", switchPort: "Ethernet1/2" });
+  });
+
+  test("attachments: an access port in one network, a trunk in several with one native; the network's owner on the record", async () => {
+    const n1 = (await inv.upsertNode(node("n1"))).id;
+    await inv.upsertPort({ id: "p1", nodeId: n1, mac: "52:54:00:00:00:01", switchId: "leaf1", switchPort: "eth1", physicalNetwork: "dc1" });
+    await inv.upsertPort({ id: "p2", nodeId: n1, mac: "52:54:00:00:00:02", switchId: "leaf1", switchPort: "eth2" });
+    await inv.createNetwork(net("red", { owner: "t1", vlan: 10 }));
+    await inv.createNetwork(net("blue", { owner: "t2", vlan: 20 }));
+    await inv.createNetwork(net("green", { owner: "t1", vlan: 30 }));
+    await inv.createNetwork(net("far", { owner: "t1", fabric: "dc2", vlan: 10 }));
+
+    const a1 = await inv.attach({ id: "a1", portId: "p1", networkId: "red", mode: "access" });
+    expect(a1).toMatchObject({
+      id: "a1", portId: "p1", networkId: "red", mode: "access", native: false,
+      nodeId: n1, mac: "52:54:00:00:00:01", switchId: "leaf1", switchPort: "eth1", fabric: "dc1", vlan: 10, owner: "t1",
+    });
+    expect(Date.parse(a1.createdAt)).not.toBeNaN();
+    expect(await inv.getAttachment("a1")).toEqual(a1);
+    expect(await inv.attach({ id: "a1", portId: "p1", networkId: "red", mode: "access" })).toEqual(a1);
+    expect(await failure(inv.attach({ id: "a1", portId: "p1", networkId: "blue", mode: "access" }))).toMatchObject({ code: "conflict", messageId: ID_IN_USE });
+
+    const access = await failure(inv.attach({ id: "a2", portId: "p1", networkId: "blue", mode: "access" }));
+    expect(access).toMatchObject({ code: "conflict", messageId: PORT_ATTACHED, property: "portId" });
+    expect(access.message).toMatch(/port "p1" is an access port in network "red" \(attachment "a1", owner "t1"\)/);
+    expect((await failure(inv.attach({ id: "a2", portId: "p1", networkId: "blue", mode: "trunk" }))).message).toMatch(/access port in network "red"/);
+    // The port's physical network must be the network's fabric.
+    await inv.detach("a1");
+    expect((await failure(inv.attach({ id: "a2", portId: "p1", networkId: "far", mode: "access" }))).message).toMatch(/physical network "dc1" but network "far" is on fabric "dc2"/);
+
+    // Trunks: several networks, one native, never mixed with access.
+    await inv.attach({ id: "t-red", portId: "p2", networkId: "red", mode: "trunk", native: true });
+    await inv.attach({ id: "t-blue", portId: "p2", networkId: "blue", mode: "trunk" });
+    expect((await failure(inv.attach({ id: "t-green", portId: "p2", networkId: "green", mode: "trunk", native: true }))).message).toMatch(/already has native network "red"/);
+    const mixed = await failure(inv.attach({ id: "x", portId: "p2", networkId: "green", mode: "access" }));
+    expect(mixed).toMatchObject({ messageId: PORT_ATTACHED, property: "mode" });
+    expect(mixed.message).toMatch(/port "p2" is a trunk port in network "blue" \(trunk, attachment "t-blue"\), network "red" \(trunk, attachment "t-red"\)/);
+    expect((await failure(inv.attach({ id: "x", portId: "p2", networkId: "red", mode: "trunk" }))).message).toMatch(/already in network "red" \(attachment "t-red"\)/);
+    await inv.attach({ id: "t-green", portId: "p2", networkId: "green", mode: "trunk" });
+    await inv.attach({ id: "a1", portId: "p1", networkId: "red", mode: "access" });
+
+    expect(await failure(inv.attach({ id: "x", portId: "p1", networkId: "red", mode: "access", native: true }))).toMatchObject({ code: "validation", property: "native" });
+    expect(await failure(inv.attach({ id: "x", portId: "p1", networkId: "red", mode: "hybrid" as "access" }))).toMatchObject({ code: "validation", property: "mode" });
+    expect(await failure(inv.attach({ id: "x", portId: "nope", networkId: "red", mode: "access" }))).toMatchObject({ code: "not-found", property: "portId" });
+    expect(await failure(inv.attach({ id: "x", portId: "p2", networkId: "nope", mode: "trunk" }))).toMatchObject({ code: "not-found", property: "networkId" });
+
+    const ids = async (f?: Parameters<Inventory["listAttachments"]>[0]) => (await inv.listAttachments(f)).map((a) => a.id);
+    expect(await ids()).toEqual(["a1", "t-blue", "t-green", "t-red"]);
+    expect(await ids({ networkId: "red" })).toEqual(["a1", "t-red"]);
+    expect(await ids({ portId: "p2", networkId: "blue" })).toEqual(["t-blue"]);
+    expect(await ids({ nodeId: n1 })).toHaveLength(4);
+    expect(await ids({ nodeId: "other" })).toEqual([]);
+    expect((await inv.listAttachments({ networkId: "blue" }))[0]).toMatchObject({ owner: "t2", vlan: 20, native: false });
+
+    // What an attachment pins down.
+    const move = await failure(inv.upsertPort({ id: "p1", nodeId: n1, mac: "52:54:00:00:00:01", switchId: "leaf1", switchPort: "eth9", physicalNetwork: "dc1" }));
+    expect(move).toMatchObject({ code: "conflict", messageId: PORT_ATTACHED, property: "switchPort" });
+    expect(move.message).toMatch(/port "p1" is attached to network "red" \(access, attachment "a1"\); detach it before changing its switchPort/);
+    expect((await inv.upsertPort({ id: "p1", nodeId: n1, mac: "52:54:00:00:00:0a", switchId: "leaf1", switchPort: "eth1", physicalNetwork: "dc1" })).mac).toBe("52:54:00:00:00:0a");
+    expect(await failure(inv.removePort("p2"))).toMatchObject({ code: "conflict", messageId: PORT_ATTACHED });
+    const nodeBusy = await failure(inv.removeNode(n1));
+    expect(nodeBusy).toMatchObject({ code: "conflict", messageId: PORT_ATTACHED });
+    expect(nodeBusy.message).toMatch(/has ports attached to networks \(port "p1" in network "red", /);
+    expect((await failure(inv.deleteNetwork("red"))).message).toMatch(/2 ports attached \(attachment "a1" of port "p1", attachment "t-red" of port "p2"\)/);
+
+    expect(await inv.detach("a1")).toBe(true);
+    expect(await inv.detach("a1")).toBe(false);
+    expect(await inv.getAttachment("a1")).toBeUndefined();
+    await inv.attach({ id: "a3", portId: "p1", networkId: "blue", mode: "access" }); // free again
+  });
+
+  test("the schema's constraints hold behind the code: one VLAN per fabric, an address once, a switch port once", async () => {
+    await inv.upsertNode(node("n1"));
+    await inv.createNetwork(net("a", { vlan: 10 }));
+    await inv.addSubnet({ id: "s", networkId: "a", cidr: "10.0.0.0/24" });
+    await inv.allocateAddress({ subnetId: "s", owner: "o1" });
+    await inv.upsertPort({ id: "p1", nodeId: node("n1").id, mac: "52:54:00:00:00:01", switchId: "sw", switchPort: "1" });
+    await inv.attach({ id: "x1", portId: "p1", networkId: "a", mode: "access" });
+    await inv.createNetwork(net("b", { vlan: 11 }));
+    const now = "'2024-01-01T00:00:00Z'";
+    for (const sql of [
+      `INSERT INTO networks (id, name, owner, fabric, vlan, created_at, updated_at) VALUES ('dup', 'dup', 't', 'dc1', 10, ${now}, ${now})`,
+      `INSERT INTO ip_addresses (subnet_id, address, owner, created_at) VALUES ('s', '10.0.0.1', 'o2', ${now})`,
+      `INSERT INTO ip_addresses (subnet_id, address, owner, created_at) VALUES ('s', '10.0.0.9', 'o1', ${now})`,
+      `INSERT INTO ports (id, node_id, mac, switch_id, switch_port, created_at, updated_at) VALUES ('p2', '${node("n1").id}', '52:54:00:00:00:02', 'sw', '1', ${now}, ${now})`,
+      `INSERT INTO attachments (id, port_id, network_id, mode, created_at) VALUES ('x2', 'p1', 'b', 'access', ${now})`,
+      "DELETE FROM subnets WHERE id = 's'",
+      "DELETE FROM networks WHERE id = 'a'",
+    ]) {
+      await expect(db.exec(sql)).rejects.toThrow(/unique|constraint/i);
+    }
   });
 
   // ---- migrations ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import { Client } from "pg";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import { startPostgres, PostgresInstance } from "../../../test/harness/postgres";
 import {
+  MIGRATIONS,
   defaultInventoryPath,
   defaultInventoryUrl,
   defaultStateDir,
@@ -183,7 +184,7 @@ describe("PostgreSQL specifics", () => {
     const all = await Promise.all(Array.from({ length: 6 }, () => openInventory(url)));
     const c = new Client({ connectionString: url });
     await c.connect();
-    expect((await c.query("SELECT count(*)::int AS n FROM schema_migrations")).rows[0].n).toBe(1);
+    expect((await c.query("SELECT count(*)::int AS n FROM schema_migrations")).rows[0].n).toBe(MIGRATIONS.length);
     await c.end();
     for (const i of all) await i.close();
   });

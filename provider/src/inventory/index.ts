@@ -25,6 +25,17 @@ import type { Inventory } from "./types";
 export * from "./types";
 export { NO_MATCH, rankNodes, rendezvousKey, redactUrl } from "./common";
 export { MIGRATIONS, SCHEMA_VERSION } from "./migrations";
+export {
+  ADDRESS_IN_USE,
+  ID_IN_USE,
+  IN_USE,
+  MAC_IN_USE,
+  PORT_ATTACHED,
+  SUBNET_EXHAUSTED,
+  SWITCH_PORT_IN_USE,
+  VLAN_IN_USE,
+  VLAN_POOL_EXHAUSTED,
+} from "./network";
 export type { Migration } from "./migrations";
 export { SqliteInventory } from "./sqlite";
 export type { SqliteOptions } from "./sqlite";

@@ -26,6 +26,24 @@
  *   token of one acquisition (renew/release of a stale handle never touch a newer holder's lock).
  * - SQLite stores times as ISO 8601 text in UTC (they sort as text) and JSON as text; PostgreSQL
  *   uses timestamptz and jsonb.
+ *
+ * Schema notes (v2, tenant networks):
+ * - `networks UNIQUE (fabric, vlan)`: a VLAN id is used once per fabric, whatever the code does.
+ *   The choice of the lowest free VLAN is serialised per fabric (SQLite: the write lock;
+ *   PostgreSQL: an advisory lock on the fabric), the constraint is the guard behind it.
+ *   `networks.pool` records the pool the VLAN came from (what a pool change must respect).
+ * - `ip_addresses PRIMARY KEY (subnet_id, address)`: an address once per subnet (addresses are
+ *   canonical text, see ip.ts); `UNIQUE (subnet_id, owner)`: one address per owner and subnet,
+ *   which makes a repeated allocation return the same address. Subnets of a network never
+ *   overlap, so this is uniqueness per network. Allocation is serialised per subnet (PostgreSQL:
+ *   the subnet row's lock).
+ * - `ports UNIQUE (switch_id, switch_port)` and `UNIQUE (mac)`: a switch port, and a NIC, belong
+ *   to one node port. Ports go with their node (ON DELETE CASCADE).
+ * - `attachments UNIQUE (port_id, network_id)`, and partial unique indexes for one access
+ *   attachment per port and one native network per port; the rest of the rule (an access port is
+ *   in no other network) is checked under the port row's lock.
+ * - Foreign keys without cascade (subnet -> network, address -> subnet, attachment -> port and
+ *   network, network -> pool) refuse deleting what is in use, behind the checks that name it.
  */
 import { BaremetalError } from "../core/errors";
 
@@ -132,6 +150,156 @@ export const MIGRATIONS: readonly Migration[] = [
         acquired_at timestamptz NOT NULL,
         expires_at timestamptz NOT NULL
       )`,
+    ],
+  },
+  {
+    version: 2,
+    name: "tenant networks: VLAN pools, networks, subnets, IP addresses, switch ports, attachments",
+    sqlite: [
+      `CREATE TABLE vlan_pools (
+        name TEXT PRIMARY KEY,
+        fabric TEXT NOT NULL,
+        ranges TEXT NOT NULL CHECK (json_valid(ranges) AND json_type(ranges) = 'array'),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1
+      )`,
+      `CREATE INDEX vlan_pools_fabric ON vlan_pools (fabric)`,
+      `CREATE TABLE networks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        fabric TEXT NOT NULL,
+        pool TEXT REFERENCES vlan_pools (name),
+        vlan INTEGER NOT NULL CHECK (vlan BETWEEN 1 AND 4094),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (fabric, vlan)
+      )`,
+      `CREATE INDEX networks_owner ON networks (owner)`,
+      `CREATE INDEX networks_pool ON networks (pool)`,
+      `CREATE INDEX networks_name ON networks (name, id)`,
+      `CREATE TABLE subnets (
+        id TEXT PRIMARY KEY,
+        network_id TEXT NOT NULL REFERENCES networks (id),
+        cidr TEXT NOT NULL,
+        ip_version INTEGER NOT NULL CHECK (ip_version IN (4, 6)),
+        gateway TEXT,
+        allocation_pools TEXT NOT NULL CHECK (json_valid(allocation_pools) AND json_type(allocation_pools) = 'array'),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1
+      )`,
+      `CREATE INDEX subnets_network ON subnets (network_id)`,
+      `CREATE TABLE ip_addresses (
+        subnet_id TEXT NOT NULL REFERENCES subnets (id),
+        address TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        static INTEGER NOT NULL DEFAULT 0 CHECK (static IN (0, 1)),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (subnet_id, address),
+        UNIQUE (subnet_id, owner)
+      )`,
+      `CREATE TABLE ports (
+        id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+        mac TEXT NOT NULL UNIQUE,
+        switch_id TEXT NOT NULL,
+        switch_port TEXT NOT NULL,
+        physical_network TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (switch_id, switch_port)
+      )`,
+      `CREATE INDEX ports_node ON ports (node_id)`,
+      `CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        port_id TEXT NOT NULL REFERENCES ports (id),
+        network_id TEXT NOT NULL REFERENCES networks (id),
+        mode TEXT NOT NULL CHECK (mode IN ('access', 'trunk')),
+        native INTEGER NOT NULL DEFAULT 0 CHECK (native IN (0, 1)),
+        created_at TEXT NOT NULL,
+        UNIQUE (port_id, network_id),
+        CHECK (mode = 'trunk' OR native = 0)
+      )`,
+      `CREATE UNIQUE INDEX attachments_one_access_per_port ON attachments (port_id) WHERE mode = 'access'`,
+      `CREATE UNIQUE INDEX attachments_one_native_per_port ON attachments (port_id) WHERE native = 1`,
+      `CREATE INDEX attachments_network ON attachments (network_id)`,
+    ],
+    postgres: [
+      `CREATE TABLE vlan_pools (
+        name text PRIMARY KEY,
+        fabric text NOT NULL,
+        ranges jsonb NOT NULL CHECK (jsonb_typeof(ranges) = 'array'),
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        version integer NOT NULL DEFAULT 1
+      )`,
+      `CREATE INDEX vlan_pools_fabric ON vlan_pools (fabric)`,
+      `CREATE TABLE networks (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        owner text NOT NULL,
+        fabric text NOT NULL,
+        pool text REFERENCES vlan_pools (name),
+        vlan integer NOT NULL CHECK (vlan BETWEEN 1 AND 4094),
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        version integer NOT NULL DEFAULT 1,
+        UNIQUE (fabric, vlan)
+      )`,
+      `CREATE INDEX networks_owner ON networks (owner)`,
+      `CREATE INDEX networks_pool ON networks (pool)`,
+      `CREATE INDEX networks_name ON networks (name COLLATE "C", id COLLATE "C")`,
+      `CREATE TABLE subnets (
+        id text PRIMARY KEY,
+        network_id text NOT NULL REFERENCES networks (id),
+        cidr text NOT NULL,
+        ip_version integer NOT NULL CHECK (ip_version IN (4, 6)),
+        gateway text,
+        allocation_pools jsonb NOT NULL CHECK (jsonb_typeof(allocation_pools) = 'array'),
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        version integer NOT NULL DEFAULT 1
+      )`,
+      `CREATE INDEX subnets_network ON subnets (network_id)`,
+      `CREATE TABLE ip_addresses (
+        subnet_id text NOT NULL REFERENCES subnets (id),
+        address text NOT NULL,
+        owner text NOT NULL,
+        static boolean NOT NULL DEFAULT false,
+        created_at timestamptz NOT NULL,
+        PRIMARY KEY (subnet_id, address),
+        UNIQUE (subnet_id, owner)
+      )`,
+      `CREATE TABLE ports (
+        id text PRIMARY KEY,
+        node_id text NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+        mac text NOT NULL UNIQUE,
+        switch_id text NOT NULL,
+        switch_port text NOT NULL,
+        physical_network text,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        version integer NOT NULL DEFAULT 1,
+        UNIQUE (switch_id, switch_port)
+      )`,
+      `CREATE INDEX ports_node ON ports (node_id)`,
+      `CREATE TABLE attachments (
+        id text PRIMARY KEY,
+        port_id text NOT NULL REFERENCES ports (id),
+        network_id text NOT NULL REFERENCES networks (id),
+        mode text NOT NULL CHECK (mode IN ('access', 'trunk')),
+        native boolean NOT NULL DEFAULT false,
+        created_at timestamptz NOT NULL,
+        UNIQUE (port_id, network_id),
+        CHECK (mode = 'trunk' OR NOT native)
+      )`,
+      `CREATE UNIQUE INDEX attachments_one_access_per_port ON attachments (port_id) WHERE mode = 'access'`,
+      `CREATE UNIQUE INDEX attachments_one_native_per_port ON attachments (port_id) WHERE native`,
+      `CREATE INDEX attachments_network ON attachments (network_id)`,
     ],
   },
 ];

@@ -28,6 +28,17 @@
  * "pool exhausted" from "contended", and a contended claim is retried for a few seconds before it
  * gives up.
  *
+ * ## Tenant networks
+ *
+ * The VLAN of a new network and the address of an allocation are "the lowest free one", so
+ * concurrent requests all want the same value: they are serialised rather than spread. VLANs per
+ * fabric by a transaction-scoped advisory lock on the fabric name, addresses per subnet by the
+ * subnet row's lock (`FOR UPDATE`); under READ COMMITTED the next holder's read is a new
+ * statement, so it sees what the previous holder committed. UNIQUE (fabric, vlan) and the primary
+ * key (subnet, address) are the guards behind the locks. Attaches are serialised per port by the
+ * port row's lock (the access/trunk rule spans rows), with the network row held FOR SHARE against
+ * its deletion.
+ *
  * ## Other writes
  *
  * Node writes lock the row (`SELECT ... FOR UPDATE`) and apply the same rules as the SQLite
@@ -70,17 +81,67 @@ import {
 } from "./common";
 import { Migration, MIGRATIONS, pendingMigrations } from "./migrations";
 import {
+  chooseAddress,
+  chooseVlan,
+  checkAttach,
+  checkSubnetOverlap,
+  existingAddress,
+  existingAttachment,
+  existingNetwork,
+  existingSubnet,
+  networkInUse,
+  nodePortsAttached,
+  normaliseAddressRequest,
+  normaliseAttachment,
+  normaliseNetwork,
+  normalisePort,
+  normaliseSubnet,
+  normaliseVlanPool,
+  notFound,
+  poolChangeConflict,
+  poolInUse,
+  PoolMember,
+  portAttached,
+  portChangeConflict,
+  portTaken,
+  rangesJson,
+  resolvePool,
+  samePort,
+  sortAddresses,
+  subnetColumns,
+  subnetInUse,
+  vlanPoolRecord,
+} from "./network";
+import {
+  AddressRecord,
+  AddressRequest,
   AllocationFilter,
   AllocationRecord,
+  AttachmentFilter,
+  AttachmentInput,
+  AttachmentRecord,
   AVAILABLE,
   Claim,
   ClaimRequest,
   Inventory,
   LockHandle,
   LockInfo,
+  NetworkFilter,
+  NetworkInput,
+  NetworkRecord,
   NodeFilter,
   NodeInput,
   NodeRecord,
+  PortFilter,
+  PortInput,
+  PortRecord,
+  SubnetFilter,
+  SubnetInput,
+  SubnetRecord,
+  VlanPoolFilter,
+  VlanPoolInput,
+  VlanPoolRecord,
+  VlanRange,
   WriteOptions,
 } from "./types";
 
@@ -173,6 +234,87 @@ function toAllocation(r: Row): AllocationRecord {
     releasedAt: r.released_at == null ? undefined : iso(r.released_at),
   });
 }
+
+function toNetwork(r: Row): NetworkRecord {
+  return compact({
+    id: r.id,
+    name: r.name,
+    owner: r.owner,
+    fabric: r.fabric,
+    pool: opt<string>(r.pool),
+    vlan: Number(r.vlan),
+    createdAt: iso(r.created_at),
+    updatedAt: iso(r.updated_at),
+    version: Number(r.version),
+  });
+}
+
+function toSubnet(r: Row): SubnetRecord {
+  return compact({
+    id: r.id,
+    networkId: r.network_id,
+    cidr: r.cidr,
+    ipVersion: Number(r.ip_version) as 4 | 6,
+    gateway: opt<string>(r.gateway),
+    // jsonb orders keys its own way: rebuild the objects in the record's order.
+    allocationPools: (r.allocation_pools as SubnetRecord["allocationPools"]).map((x) => ({ start: x.start, end: x.end })),
+    createdAt: iso(r.created_at),
+    updatedAt: iso(r.updated_at),
+    version: Number(r.version),
+  });
+}
+
+function toAddress(r: Row): AddressRecord {
+  const address = r.address as string;
+  return {
+    subnetId: r.subnet_id,
+    address,
+    ipVersion: address.includes(":") ? 6 : 4,
+    owner: r.owner,
+    static: r.static === true,
+    createdAt: iso(r.created_at),
+  };
+}
+
+function toPort(r: Row): PortRecord {
+  return compact({
+    id: r.id,
+    nodeId: r.node_id,
+    mac: r.mac,
+    switchId: r.switch_id,
+    switchPort: r.switch_port,
+    physicalNetwork: opt<string>(r.physical_network),
+    createdAt: iso(r.created_at),
+    updatedAt: iso(r.updated_at),
+    version: Number(r.version),
+  });
+}
+
+/** An attachment with its port's and network's columns (see ATTACHMENTS). */
+function toAttachment(r: Row): AttachmentRecord {
+  return {
+    id: r.id,
+    portId: r.port_id,
+    networkId: r.network_id,
+    mode: r.mode,
+    native: r.native === true,
+    nodeId: r.node_id,
+    mac: r.mac,
+    switchId: r.switch_id,
+    switchPort: r.switch_port,
+    fabric: r.fabric,
+    vlan: Number(r.vlan),
+    owner: r.owner,
+    createdAt: iso(r.created_at),
+  };
+}
+
+const ATTACHMENTS = `SELECT a.id, a.port_id, a.network_id, a.mode, a.native, a.created_at,
+    p.node_id, p.mac, p.switch_id, p.switch_port, n.fabric, n.vlan, n.owner
+  FROM attachments a JOIN ports p ON p.id = a.port_id JOIN networks n ON n.id = a.network_id`;
+
+/** The advisory lock that serialises the choice of VLANs on one fabric (see createNetwork). */
+const FABRIC_LOCK = "SELECT pg_advisory_xact_lock(hashtext('pulumi-baremetal:fabric:' || $1::text))";
 
 /**
  * The claim's condition over `nodes`, the same rule as `matchesClaim` in common.ts. Parameters
@@ -393,7 +535,11 @@ export class PostgresInventory implements Inventory {
           { messageId: "inventory.NodeClaimed" },
         );
       }
-      await q("DELETE FROM nodes WHERE id = $1", [id]);
+      // Its ports, locked: an attach (which locks the port first) waits, then finds no port.
+      await q("SELECT id FROM ports WHERE node_id = $1 FOR UPDATE", [id]);
+      const attached = await this.attachmentRows(q, { nodeId: id });
+      if (attached.length) throw nodePortsAttached(id, attached);
+      await q("DELETE FROM nodes WHERE id = $1", [id]); // its ports go with it (ON DELETE CASCADE)
       return true;
     });
   }
@@ -609,6 +755,409 @@ export class PostgresInventory implements Inventory {
       expiresAt: iso(r.expires_at),
       expired: r.expired === true,
     };
+  }
+
+  // ---- VLAN pools -------------------------------------------------------------------------
+
+  /** The fabric's VLANs in use, to the networks that have them. */
+  private async fabricVlans(q: Query, fabric: string): Promise<Map<number, string>> {
+    const rows = await q("SELECT id, vlan FROM networks WHERE fabric = $1", [fabric]);
+    return new Map(rows.map((r) => [Number(r.vlan), r.id as string]));
+  }
+
+  private async toPool(q: Query, r: Row): Promise<VlanPoolRecord> {
+    return vlanPoolRecord(
+      {
+        name: r.name,
+        fabric: r.fabric,
+        ranges: r.ranges as VlanRange[],
+        createdAt: iso(r.created_at),
+        updatedAt: iso(r.updated_at),
+        version: Number(r.version),
+      },
+      (await this.fabricVlans(q, r.fabric)).keys(),
+    );
+  }
+
+  private async poolMembers(q: Query, name: string): Promise<PoolMember[]> {
+    const rows = await q("SELECT id, fabric, vlan FROM networks WHERE pool = $1", [name]);
+    return rows.map((r) => ({ id: r.id, fabric: r.fabric, vlan: Number(r.vlan) }));
+  }
+
+  /** A query function outside a transaction, for the helpers that take one. */
+  private plain(what: string): Query {
+    return (sql, params) => this.q(what, sql, params);
+  }
+
+  async defineVlanPool(pool: VlanPoolInput): Promise<VlanPoolRecord> {
+    const v = normaliseVlanPool(pool);
+    return this.tx(
+      "defining a VLAN pool",
+      async (q) => {
+        // The pool row's lock waits for the creates taking a VLAN from it (they hold it FOR SHARE)
+        // and holds off new ones, so the check below sees every network of the pool.
+        const rows = await q("SELECT * FROM vlan_pools WHERE name = $1 FOR UPDATE", [v.name]);
+        if (!rows.length) {
+          const created = await q(
+            `INSERT INTO vlan_pools (name, fabric, ranges, created_at, updated_at, version)
+             VALUES ($1, $2, $3::jsonb, clock_timestamp(), clock_timestamp(), 1) RETURNING *`,
+            [v.name, v.fabric, rangesJson(v.ranges)],
+          );
+          return this.toPool(q, created[0]);
+        }
+        const cur = await this.toPool(q, rows[0]);
+        if (cur.fabric === v.fabric && rangesJson(cur.ranges) === rangesJson(v.ranges)) return cur;
+        const refused = poolChangeConflict(cur, v, await this.poolMembers(q, v.name));
+        if (refused) throw refused;
+        const updated = await q(
+          `UPDATE vlan_pools SET fabric = $2, ranges = $3::jsonb, updated_at = clock_timestamp(), version = version + 1
+           WHERE name = $1 RETURNING *`,
+          [v.name, v.fabric, rangesJson(v.ranges)],
+        );
+        return this.toPool(q, updated[0]);
+      },
+      true,
+    );
+  }
+
+  async getVlanPool(name: string): Promise<VlanPoolRecord | undefined> {
+    requireText("name", name);
+    const q = this.plain("reading a VLAN pool");
+    const rows = await q("SELECT * FROM vlan_pools WHERE name = $1", [name]);
+    return rows.length ? this.toPool(q, rows[0]) : undefined;
+  }
+
+  async listVlanPools(filter: VlanPoolFilter = {}): Promise<VlanPoolRecord[]> {
+    const fabric = optionalText("fabric", filter?.fabric);
+    const q = this.plain("listing VLAN pools");
+    const rows = await q(`SELECT * FROM vlan_pools${fabric !== undefined ? " WHERE fabric = $1" : ""} ORDER BY name COLLATE "C"`, fabric !== undefined ? [fabric] : []);
+    const out: VlanPoolRecord[] = [];
+    for (const r of rows) out.push(await this.toPool(q, r));
+    return out;
+  }
+
+  async removeVlanPool(name: string): Promise<boolean> {
+    requireText("name", name);
+    return this.tx("removing a VLAN pool", async (q) => {
+      if (!(await q("SELECT name FROM vlan_pools WHERE name = $1 FOR UPDATE", [name])).length) return false;
+      const members = await this.poolMembers(q, name);
+      if (members.length) throw poolInUse(name, members);
+      await q("DELETE FROM vlan_pools WHERE name = $1", [name]);
+      return true;
+    });
+  }
+
+  // ---- networks ---------------------------------------------------------------------------
+
+  private async networkRow(q: Query, id: string, lock = ""): Promise<NetworkRecord | undefined> {
+    const rows = await q(`SELECT * FROM networks WHERE id = $1${lock ? ` ${lock}` : ""}`, [id]);
+    return rows.length ? toNetwork(rows[0]) : undefined;
+  }
+
+  /**
+   * Under the fabric's advisory lock (held to commit), the VLANs in use read by one statement
+   * include every network committed by an earlier holder, and no other create of the fabric can
+   * choose until this one has committed: two creates never choose the same VLAN. The unique
+   * (fabric, vlan) constraint is the guard behind it. The pool row is read FOR SHARE, so a pool
+   * change waits for the creates under way and the creates after it see the new ranges.
+   */
+  async createNetwork(network: NetworkInput): Promise<NetworkRecord> {
+    const v = normaliseNetwork(network);
+    return this.tx(
+      "creating a network",
+      async (q) => {
+        await q(FABRIC_LOCK, [v.fabric]);
+        const cur = await this.networkRow(q, v.id);
+        if (cur) return existingNetwork(cur, v);
+        let named: VlanPoolRecord | undefined;
+        if (v.pool !== undefined) {
+          const rows = await q("SELECT * FROM vlan_pools WHERE name = $1 FOR SHARE", [v.pool]);
+          named = rows.length ? await this.toPool(q, rows[0]) : undefined;
+        }
+        const fabricPools: VlanPoolRecord[] = [];
+        if (v.pool === undefined && v.vlan === undefined) {
+          for (const r of await q(`SELECT * FROM vlan_pools WHERE fabric = $1 ORDER BY name COLLATE "C" FOR SHARE`, [v.fabric])) {
+            fabricPools.push(await this.toPool(q, r));
+          }
+        }
+        const pool = resolvePool(v, named, fabricPools);
+        const vlan = chooseVlan(v, pool, await this.fabricVlans(q, v.fabric));
+        const rows = await q(
+          `INSERT INTO networks (id, name, owner, fabric, pool, vlan, created_at, updated_at, version)
+           VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp(), clock_timestamp(), 1) RETURNING *`,
+          [v.id, v.name, v.owner, v.fabric, pool?.name ?? null, vlan],
+        );
+        return toNetwork(rows[0]);
+      },
+      true,
+    );
+  }
+
+  async getNetwork(id: string): Promise<NetworkRecord | undefined> {
+    requireId("id", id);
+    return this.networkRow(this.plain("reading a network"), id);
+  }
+
+  async listNetworks(filter: NetworkFilter = {}): Promise<NetworkRecord[]> {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const owner = optionalText("owner", filter?.owner);
+    const fabric = optionalText("fabric", filter?.fabric);
+    if (owner !== undefined) (params.push(owner), where.push(`owner = $${params.length}`));
+    if (fabric !== undefined) (params.push(fabric), where.push(`fabric = $${params.length}`));
+    const rows = await this.q(
+      "listing networks",
+      `SELECT * FROM networks${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY name COLLATE "C", id COLLATE "C"`,
+      params,
+    );
+    return rows.map(toNetwork);
+  }
+
+  async deleteNetwork(id: string): Promise<boolean> {
+    requireId("id", id);
+    return this.tx("deleting a network", async (q) => {
+      // The network row holds off attaches and new subnets (they lock it too); its subnets' rows
+      // hold off allocations (they lock the subnet first).
+      if (!(await this.networkRow(q, id, "FOR UPDATE"))) return false;
+      await q("SELECT id FROM subnets WHERE network_id = $1 FOR UPDATE", [id]);
+      const attachments = (await q(`SELECT id, port_id FROM attachments WHERE network_id = $1 ORDER BY id COLLATE "C"`, [id])).map((r) => ({
+        id: r.id as string,
+        portId: r.port_id as string,
+      }));
+      const addresses = sortAddresses(
+        (await q("SELECT a.* FROM ip_addresses a JOIN subnets s ON s.id = a.subnet_id WHERE s.network_id = $1", [id])).map(toAddress),
+      );
+      if (attachments.length || addresses.length) throw networkInUse(id, attachments, addresses);
+      await q("DELETE FROM subnets WHERE network_id = $1", [id]);
+      await q("DELETE FROM networks WHERE id = $1", [id]);
+      return true;
+    });
+  }
+
+  // ---- subnets and addresses --------------------------------------------------------------
+
+  private async subnetRow(q: Query, id: string, lock = ""): Promise<SubnetRecord | undefined> {
+    const rows = await q(`SELECT * FROM subnets WHERE id = $1${lock ? ` ${lock}` : ""}`, [id]);
+    return rows.length ? toSubnet(rows[0]) : undefined;
+  }
+
+  async addSubnet(subnet: SubnetInput): Promise<SubnetRecord> {
+    const v = normaliseSubnet(subnet);
+    const c = subnetColumns(v);
+    return this.tx(
+      "adding a subnet",
+      async (q) => {
+        const cur = await this.subnetRow(q, v.id);
+        if (cur) return existingSubnet(cur, v);
+        // The network's row lock serialises the subnets added to it (the overlap check).
+        if (!(await this.networkRow(q, v.networkId, "FOR UPDATE"))) throw notFound("network", v.networkId, "networkId");
+        checkSubnetOverlap(v, (await q("SELECT * FROM subnets WHERE network_id = $1", [v.networkId])).map(toSubnet));
+        const rows = await q(
+          `INSERT INTO subnets (id, network_id, cidr, ip_version, gateway, allocation_pools, created_at, updated_at, version)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb, clock_timestamp(), clock_timestamp(), 1) RETURNING *`,
+          [v.id, v.networkId, c.cidr, c.ipVersion, c.gateway ?? null, JSON.stringify(c.allocationPools)],
+        );
+        return toSubnet(rows[0]);
+      },
+      true,
+    );
+  }
+
+  async getSubnet(id: string): Promise<SubnetRecord | undefined> {
+    requireId("id", id);
+    return this.subnetRow(this.plain("reading a subnet"), id);
+  }
+
+  async listSubnets(filter: SubnetFilter = {}): Promise<SubnetRecord[]> {
+    const networkId = optionalText("networkId", filter?.networkId, 1024);
+    const rows = await this.q(
+      "listing subnets",
+      `SELECT * FROM subnets${networkId !== undefined ? " WHERE network_id = $1" : ""} ORDER BY id COLLATE "C"`,
+      networkId !== undefined ? [networkId] : [],
+    );
+    return rows.map(toSubnet);
+  }
+
+  async removeSubnet(id: string): Promise<boolean> {
+    requireId("id", id);
+    return this.tx("removing a subnet", async (q) => {
+      if (!(await this.subnetRow(q, id, "FOR UPDATE"))) return false;
+      const addresses = sortAddresses((await q("SELECT * FROM ip_addresses WHERE subnet_id = $1", [id])).map(toAddress));
+      if (addresses.length) throw subnetInUse(id, addresses);
+      await q("DELETE FROM subnets WHERE id = $1", [id]);
+      return true;
+    });
+  }
+
+  /**
+   * The subnet's row lock (held to commit) serialises the allocations of one subnet: the next
+   * allocation's read of the taken addresses is a new statement, so it sees this one's insert.
+   * The primary key (subnet, address) and the unique (subnet, owner) are the guards behind it.
+   */
+  async allocateAddress(request: AddressRequest): Promise<AddressRecord> {
+    const v = normaliseAddressRequest(request);
+    return this.tx(
+      "allocating an address",
+      async (q) => {
+        const subnet = await this.subnetRow(q, v.subnetId, "FOR UPDATE");
+        if (!subnet) throw notFound("subnet", v.subnetId, "subnetId");
+        const held = await q("SELECT * FROM ip_addresses WHERE subnet_id = $1 AND owner = $2", [v.subnetId, v.owner]);
+        if (held.length) return existingAddress(toAddress(held[0]), v);
+        const taken = new Map((await q("SELECT address, owner FROM ip_addresses WHERE subnet_id = $1", [v.subnetId])).map((r) => [r.address as string, r.owner as string]));
+        const address = chooseAddress(subnet, v, taken);
+        const rows = await q(
+          "INSERT INTO ip_addresses (subnet_id, address, owner, static, created_at) VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING *",
+          [v.subnetId, address, v.owner, v.address !== undefined],
+        );
+        return toAddress(rows[0]);
+      },
+      true,
+    );
+  }
+
+  async releaseAddress(subnetId: string, owner: string): Promise<boolean> {
+    requireId("subnetId", subnetId);
+    requireId("owner", owner);
+    const rows = await this.q("releasing an address", "DELETE FROM ip_addresses WHERE subnet_id = $1 AND owner = $2 RETURNING address", [subnetId, owner]);
+    return rows.length === 1;
+  }
+
+  async listAddresses(subnetId: string): Promise<AddressRecord[]> {
+    requireId("subnetId", subnetId);
+    const rows = await this.q("listing addresses", "SELECT * FROM ip_addresses WHERE subnet_id = $1", [subnetId]);
+    return sortAddresses(rows.map(toAddress));
+  }
+
+  // ---- ports and attachments --------------------------------------------------------------
+
+  private async portRow(q: Query, id: string, lock = ""): Promise<PortRecord | undefined> {
+    const rows = await q(`SELECT * FROM ports WHERE id = $1${lock ? ` ${lock}` : ""}`, [id]);
+    return rows.length ? toPort(rows[0]) : undefined;
+  }
+
+  private async attachmentRows(q: Query, f: AttachmentFilter & { id?: string }): Promise<AttachmentRecord[]> {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const add = (col: string, value: string | undefined) => {
+      if (value === undefined) return;
+      params.push(value);
+      where.push(`${col} = $${params.length}`);
+    };
+    add("a.id", f.id);
+    add("a.network_id", f.networkId);
+    add("a.port_id", f.portId);
+    add("p.node_id", f.nodeId);
+    const rows = await q(`${ATTACHMENTS}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY a.id COLLATE "C"`, params);
+    return rows.map(toAttachment);
+  }
+
+  async upsertPort(port: PortInput): Promise<PortRecord> {
+    const v = normalisePort(port);
+    return this.tx(
+      "recording a port",
+      async (q) => {
+        // KEY SHARE: the node cannot be removed meanwhile, but other node writes go on.
+        if (!(await q("SELECT id FROM nodes WHERE id = $1 FOR KEY SHARE", [v.nodeId])).length) throw notFound("node", v.nodeId, "nodeId");
+        const cur = await this.portRow(q, v.id, "FOR UPDATE");
+        if (cur && samePort(cur, v)) return cur;
+        // A concurrent insert of the same switch port or MAC fails on the unique constraints;
+        // the transaction is then replayed and finds the other port here.
+        const other = await q(
+          `SELECT * FROM ports WHERE id <> $1 AND ((switch_id = $2 AND switch_port = $3) OR mac = $4) ORDER BY mac = $4, id COLLATE "C" LIMIT 1`,
+          [v.id, v.switchId, v.switchPort, v.mac],
+        );
+        if (other.length) throw portTaken(v, toPort(other[0]));
+        if (!cur) {
+          const rows = await q(
+            `INSERT INTO ports (id, node_id, mac, switch_id, switch_port, physical_network, created_at, updated_at, version)
+             VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp(), clock_timestamp(), 1) RETURNING *`,
+            [v.id, v.nodeId, v.mac, v.switchId, v.switchPort, v.physicalNetwork ?? null],
+          );
+          return toPort(rows[0]);
+        }
+        const refused = portChangeConflict(cur, v, await this.attachmentRows(q, { portId: v.id }));
+        if (refused) throw refused;
+        const rows = await q(
+          `UPDATE ports SET node_id = $2, mac = $3, switch_id = $4, switch_port = $5, physical_network = $6,
+             updated_at = clock_timestamp(), version = version + 1
+           WHERE id = $1 RETURNING *`,
+          [v.id, v.nodeId, v.mac, v.switchId, v.switchPort, v.physicalNetwork ?? null],
+        );
+        return toPort(rows[0]);
+      },
+      true,
+    );
+  }
+
+  async getPort(id: string): Promise<PortRecord | undefined> {
+    requireId("id", id);
+    return this.portRow(this.plain("reading a port"), id);
+  }
+
+  async listPorts(filter: PortFilter = {}): Promise<PortRecord[]> {
+    const nodeId = optionalText("nodeId", filter?.nodeId, 1024);
+    const rows = await this.q(
+      "listing ports",
+      `SELECT * FROM ports${nodeId !== undefined ? " WHERE node_id = $1" : ""} ORDER BY id COLLATE "C"`,
+      nodeId !== undefined ? [nodeId] : [],
+    );
+    return rows.map(toPort);
+  }
+
+  async removePort(id: string): Promise<boolean> {
+    requireId("id", id);
+    return this.tx("removing a port", async (q) => {
+      if (!(await this.portRow(q, id, "FOR UPDATE"))) return false;
+      const attached = await this.attachmentRows(q, { portId: id });
+      if (attached.length) throw portAttached(id, attached);
+      await q("DELETE FROM ports WHERE id = $1", [id]);
+      return true;
+    });
+  }
+
+  /**
+   * The port's row lock (held to commit) serialises the attaches of one port, so the rule check
+   * sees every attachment of it; the network's row is held FOR SHARE against its deletion. The
+   * partial unique indexes (one access, one native attachment per port) are the guards behind it.
+   */
+  async attach(attachment: AttachmentInput): Promise<AttachmentRecord> {
+    const v = normaliseAttachment(attachment);
+    return this.tx(
+      "attaching a port",
+      async (q) => {
+        const [cur] = await this.attachmentRows(q, { id: v.id });
+        if (cur) return existingAttachment(cur, v);
+        const port = await this.portRow(q, v.portId, "FOR UPDATE");
+        if (!port) throw notFound("port", v.portId, "portId");
+        const network = await this.networkRow(q, v.networkId, "FOR SHARE");
+        if (!network) throw notFound("network", v.networkId, "networkId");
+        checkAttach(v, port, network, await this.attachmentRows(q, { portId: v.portId }));
+        await q("INSERT INTO attachments (id, port_id, network_id, mode, native, created_at) VALUES ($1, $2, $3, $4, $5, clock_timestamp())", [
+          v.id, v.portId, v.networkId, v.mode, v.native,
+        ]);
+        return (await this.attachmentRows(q, { id: v.id }))[0];
+      },
+      true,
+    );
+  }
+
+  async detach(id: string): Promise<boolean> {
+    requireId("id", id);
+    return (await this.q("detaching a port", "DELETE FROM attachments WHERE id = $1 RETURNING id", [id])).length === 1;
+  }
+
+  async getAttachment(id: string): Promise<AttachmentRecord | undefined> {
+    requireId("id", id);
+    return (await this.attachmentRows(this.plain("reading an attachment"), { id }))[0];
+  }
+
+  async listAttachments(filter: AttachmentFilter = {}): Promise<AttachmentRecord[]> {
+    const f = {
+      networkId: optionalText("networkId", filter?.networkId, 1024),
+      portId: optionalText("portId", filter?.portId, 1024),
+      nodeId: optionalText("nodeId", filter?.nodeId, 1024),
+    };
+    return this.attachmentRows(this.plain("listing attachments"), f);
   }
 
   async close(): Promise<void> {

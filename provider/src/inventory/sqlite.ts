@@ -7,7 +7,9 @@
  * Every write runs in a `BEGIN IMMEDIATE` transaction: it takes the database's single write lock
  * before its first read, so a claim's read of the free nodes and its update of the chosen one see
  * no other writer in between, in this process or any other. Two claims are therefore serialised by
- * SQLite itself and can never pick the same node. The file is in WAL mode, so readers (listNodes,
+ * SQLite itself and can never pick the same node; likewise two network creates never pick the same
+ * VLAN and two allocations never pick the same address (the lowest free one is read and inserted
+ * under the write lock). The file is in WAL mode, so readers (listNodes,
  * getNode) are never blocked by a writer, and a writer never waits for readers.
  *
  * `node:sqlite` is synchronous and one connection serves the whole process, so a transaction is
@@ -58,17 +60,67 @@ import {
 } from "./common";
 import { Migration, MIGRATIONS, pendingMigrations } from "./migrations";
 import {
+  chooseAddress,
+  chooseVlan,
+  checkAttach,
+  checkSubnetOverlap,
+  existingAddress,
+  existingAttachment,
+  existingNetwork,
+  existingSubnet,
+  networkInUse,
+  nodePortsAttached,
+  normaliseAddressRequest,
+  normaliseAttachment,
+  normaliseNetwork,
+  normalisePort,
+  normaliseSubnet,
+  normaliseVlanPool,
+  notFound,
+  poolChangeConflict,
+  poolInUse,
+  PoolMember,
+  portAttached,
+  portChangeConflict,
+  portTaken,
+  rangesJson,
+  resolvePool,
+  samePort,
+  sortAddresses,
+  subnetColumns,
+  subnetInUse,
+  vlanPoolRecord,
+} from "./network";
+import {
+  AddressRecord,
+  AddressRequest,
   AllocationFilter,
   AllocationRecord,
+  AttachmentFilter,
+  AttachmentInput,
+  AttachmentRecord,
   AVAILABLE,
   Claim,
   ClaimRequest,
   Inventory,
   LockHandle,
   LockInfo,
+  NetworkFilter,
+  NetworkInput,
+  NetworkRecord,
   NodeFilter,
   NodeInput,
   NodeRecord,
+  PortFilter,
+  PortInput,
+  PortRecord,
+  SubnetFilter,
+  SubnetInput,
+  SubnetRecord,
+  VlanPoolFilter,
+  VlanPoolInput,
+  VlanPoolRecord,
+  VlanRange,
   WriteOptions,
 } from "./types";
 
@@ -174,6 +226,83 @@ function toLock(r: Row, now: string): LockInfo {
     expired: (r.expires_at as string) <= now,
   };
 }
+
+function toNetwork(r: Row): NetworkRecord {
+  return compact({
+    id: r.id as string,
+    name: r.name as string,
+    owner: r.owner as string,
+    fabric: r.fabric as string,
+    pool: opt<string>(r.pool),
+    vlan: Number(r.vlan),
+    createdAt: r.created_at as string,
+    updatedAt: r.updated_at as string,
+    version: Number(r.version),
+  });
+}
+
+function toSubnet(r: Row): SubnetRecord {
+  return compact({
+    id: r.id as string,
+    networkId: r.network_id as string,
+    cidr: r.cidr as string,
+    ipVersion: Number(r.ip_version) as 4 | 6,
+    gateway: opt<string>(r.gateway),
+    allocationPools: (JSON.parse(r.allocation_pools as string) as SubnetRecord["allocationPools"]).map((x) => ({ start: x.start, end: x.end })),
+    createdAt: r.created_at as string,
+    updatedAt: r.updated_at as string,
+    version: Number(r.version),
+  });
+}
+
+function toAddress(r: Row): AddressRecord {
+  const address = r.address as string;
+  return {
+    subnetId: r.subnet_id as string,
+    address,
+    ipVersion: address.includes(":") ? 6 : 4,
+    owner: r.owner as string,
+    static: Number(r.static) === 1,
+    createdAt: r.created_at as string,
+  };
+}
+
+function toPort(r: Row): PortRecord {
+  return compact({
+    id: r.id as string,
+    nodeId: r.node_id as string,
+    mac: r.mac as string,
+    switchId: r.switch_id as string,
+    switchPort: r.switch_port as string,
+    physicalNetwork: opt<string>(r.physical_network),
+    createdAt: r.created_at as string,
+    updatedAt: r.updated_at as string,
+    version: Number(r.version),
+  });
+}
+
+/** An attachment with its port's and network's columns (see ATTACHMENTS). */
+function toAttachment(r: Row): AttachmentRecord {
+  return {
+    id: r.id as string,
+    portId: r.port_id as string,
+    networkId: r.network_id as string,
+    mode: r.mode as AttachmentRecord["mode"],
+    native: Number(r.native) === 1,
+    nodeId: r.node_id as string,
+    mac: r.mac as string,
+    switchId: r.switch_id as string,
+    switchPort: r.switch_port as string,
+    fabric: r.fabric as string,
+    vlan: Number(r.vlan),
+    owner: r.owner as string,
+    createdAt: r.created_at as string,
+  };
+}
+
+const ATTACHMENTS = `SELECT a.id, a.port_id, a.network_id, a.mode, a.native, a.created_at,
+    p.node_id, p.mac, p.switch_id, p.switch_port, n.fabric, n.vlan, n.owner
+  FROM attachments a JOIN ports p ON p.id = a.port_id JOIN networks n ON n.id = a.network_id`;
 
 /** Parameters: undefined -> NULL, booleans -> 0/1. */
 function p(v: string | number | boolean | null | undefined): SQLInputValue {
@@ -378,7 +507,9 @@ export class SqliteInventory implements Inventory {
           { messageId: "inventory.NodeClaimed" },
         );
       }
-      this.run("DELETE FROM nodes WHERE id = ?", id);
+      const attached = this.attachmentRows({ nodeId: id });
+      if (attached.length) throw nodePortsAttached(id, attached);
+      this.run("DELETE FROM nodes WHERE id = ?", id); // its ports go with it (ON DELETE CASCADE)
       return true;
     });
   }
@@ -557,6 +688,338 @@ export class SqliteInventory implements Inventory {
       const r = this.get("SELECT * FROM node_locks WHERE node_id = ?", nodeId);
       return r ? toLock(r, nowIso()) : undefined;
     });
+  }
+
+  // ---- VLAN pools -------------------------------------------------------------------------
+
+  /** The fabric's VLANs in use, to the networks that have them. */
+  private fabricVlans(fabric: string): Map<number, string> {
+    return new Map(this.all("SELECT id, vlan FROM networks WHERE fabric = ?", fabric).map((r) => [Number(r.vlan), r.id as string]));
+  }
+
+  private toPool(r: Row): VlanPoolRecord {
+    return vlanPoolRecord(
+      {
+        name: r.name as string,
+        fabric: r.fabric as string,
+        ranges: JSON.parse(r.ranges as string) as VlanRange[],
+        createdAt: r.created_at as string,
+        updatedAt: r.updated_at as string,
+        version: Number(r.version),
+      },
+      this.fabricVlans(r.fabric as string).keys(),
+    );
+  }
+
+  private poolRow(name: string): VlanPoolRecord | undefined {
+    const r = this.get("SELECT * FROM vlan_pools WHERE name = ?", name);
+    return r ? this.toPool(r) : undefined;
+  }
+
+  private poolMembers(name: string): PoolMember[] {
+    return this.all("SELECT id, fabric, vlan FROM networks WHERE pool = ?", name).map((r) => ({
+      id: r.id as string,
+      fabric: r.fabric as string,
+      vlan: Number(r.vlan),
+    }));
+  }
+
+  async defineVlanPool(pool: VlanPoolInput): Promise<VlanPoolRecord> {
+    const v = normaliseVlanPool(pool);
+    return this.write("defining a VLAN pool", () => {
+      const cur = this.poolRow(v.name);
+      const now = nowIso();
+      if (!cur) {
+        this.run(
+          "INSERT INTO vlan_pools (name, fabric, ranges, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, 1)",
+          v.name, v.fabric, rangesJson(v.ranges), now, now,
+        );
+        return this.poolRow(v.name)!;
+      }
+      if (cur.fabric === v.fabric && rangesJson(cur.ranges) === rangesJson(v.ranges)) return cur;
+      const refused = poolChangeConflict(cur, v, this.poolMembers(v.name));
+      if (refused) throw refused;
+      this.run(
+        "UPDATE vlan_pools SET fabric = ?, ranges = ?, updated_at = ?, version = version + 1 WHERE name = ?",
+        v.fabric, rangesJson(v.ranges), now, v.name,
+      );
+      return this.poolRow(v.name)!;
+    });
+  }
+
+  async getVlanPool(name: string): Promise<VlanPoolRecord | undefined> {
+    requireText("name", name);
+    return this.read("reading a VLAN pool", () => this.poolRow(name));
+  }
+
+  async listVlanPools(filter: VlanPoolFilter = {}): Promise<VlanPoolRecord[]> {
+    const fabric = optionalText("fabric", filter?.fabric);
+    return this.read("listing VLAN pools", () =>
+      this.all(`SELECT * FROM vlan_pools${fabric !== undefined ? " WHERE fabric = ?" : ""} ORDER BY name`, ...(fabric !== undefined ? [fabric] : [])).map((r) =>
+        this.toPool(r),
+      ),
+    );
+  }
+
+  async removeVlanPool(name: string): Promise<boolean> {
+    requireText("name", name);
+    return this.write("removing a VLAN pool", () => {
+      if (!this.get("SELECT name FROM vlan_pools WHERE name = ?", name)) return false;
+      const members = this.poolMembers(name);
+      if (members.length) throw poolInUse(name, members);
+      this.run("DELETE FROM vlan_pools WHERE name = ?", name);
+      return true;
+    });
+  }
+
+  // ---- networks ---------------------------------------------------------------------------
+
+  private networkRow(id: string): NetworkRecord | undefined {
+    const r = this.get("SELECT * FROM networks WHERE id = ?", id);
+    return r ? toNetwork(r) : undefined;
+  }
+
+  async createNetwork(network: NetworkInput): Promise<NetworkRecord> {
+    const v = normaliseNetwork(network);
+    return this.write("creating a network", () => {
+      // The write lock is held: nobody can take a VLAN between this read and the insert below.
+      const cur = this.networkRow(v.id);
+      if (cur) return existingNetwork(cur, v);
+      const named = v.pool !== undefined ? this.poolRow(v.pool) : undefined;
+      const fabricPools =
+        v.pool === undefined && v.vlan === undefined
+          ? this.all("SELECT * FROM vlan_pools WHERE fabric = ? ORDER BY name", v.fabric).map((r) => this.toPool(r))
+          : [];
+      const pool = resolvePool(v, named, fabricPools);
+      const vlan = chooseVlan(v, pool, this.fabricVlans(v.fabric));
+      const now = nowIso();
+      this.run(
+        `INSERT INTO networks (id, name, owner, fabric, pool, vlan, created_at, updated_at, version)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)`,
+        v.id, v.name, v.owner, v.fabric, p(pool?.name), vlan, now, now,
+      );
+      return this.networkRow(v.id)!;
+    });
+  }
+
+  async getNetwork(id: string): Promise<NetworkRecord | undefined> {
+    requireId("id", id);
+    return this.read("reading a network", () => this.networkRow(id));
+  }
+
+  async listNetworks(filter: NetworkFilter = {}): Promise<NetworkRecord[]> {
+    const where: string[] = [];
+    const params: SQLInputValue[] = [];
+    const owner = optionalText("owner", filter?.owner);
+    const fabric = optionalText("fabric", filter?.fabric);
+    if (owner !== undefined) (where.push("owner = ?"), params.push(owner));
+    if (fabric !== undefined) (where.push("fabric = ?"), params.push(fabric));
+    const sql = `SELECT * FROM networks${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY name, id`;
+    return this.read("listing networks", () => this.all(sql, ...params).map(toNetwork));
+  }
+
+  async deleteNetwork(id: string): Promise<boolean> {
+    requireId("id", id);
+    return this.write("deleting a network", () => {
+      if (!this.networkRow(id)) return false;
+      const attachments = this.all("SELECT id, port_id FROM attachments WHERE network_id = ? ORDER BY id", id).map((r) => ({
+        id: r.id as string,
+        portId: r.port_id as string,
+      }));
+      const addresses = sortAddresses(
+        this.all("SELECT a.* FROM ip_addresses a JOIN subnets s ON s.id = a.subnet_id WHERE s.network_id = ?", id).map(toAddress),
+      );
+      if (attachments.length || addresses.length) throw networkInUse(id, attachments, addresses);
+      this.run("DELETE FROM subnets WHERE network_id = ?", id);
+      this.run("DELETE FROM networks WHERE id = ?", id);
+      return true;
+    });
+  }
+
+  // ---- subnets and addresses --------------------------------------------------------------
+
+  private subnetRow(id: string): SubnetRecord | undefined {
+    const r = this.get("SELECT * FROM subnets WHERE id = ?", id);
+    return r ? toSubnet(r) : undefined;
+  }
+
+  async addSubnet(subnet: SubnetInput): Promise<SubnetRecord> {
+    const v = normaliseSubnet(subnet);
+    const c = subnetColumns(v);
+    return this.write("adding a subnet", () => {
+      const cur = this.subnetRow(v.id);
+      if (cur) return existingSubnet(cur, v);
+      if (!this.networkRow(v.networkId)) throw notFound("network", v.networkId, "networkId");
+      checkSubnetOverlap(v, this.all("SELECT * FROM subnets WHERE network_id = ?", v.networkId).map(toSubnet));
+      const now = nowIso();
+      this.run(
+        `INSERT INTO subnets (id, network_id, cidr, ip_version, gateway, allocation_pools, created_at, updated_at, version)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)`,
+        v.id, v.networkId, c.cidr, c.ipVersion, p(c.gateway), JSON.stringify(c.allocationPools), now, now,
+      );
+      return this.subnetRow(v.id)!;
+    });
+  }
+
+  async getSubnet(id: string): Promise<SubnetRecord | undefined> {
+    requireId("id", id);
+    return this.read("reading a subnet", () => this.subnetRow(id));
+  }
+
+  async listSubnets(filter: SubnetFilter = {}): Promise<SubnetRecord[]> {
+    const networkId = optionalText("networkId", filter?.networkId, 1024);
+    return this.read("listing subnets", () =>
+      this.all(`SELECT * FROM subnets${networkId !== undefined ? " WHERE network_id = ?" : ""} ORDER BY id`, ...(networkId !== undefined ? [networkId] : [])).map(toSubnet),
+    );
+  }
+
+  async removeSubnet(id: string): Promise<boolean> {
+    requireId("id", id);
+    return this.write("removing a subnet", () => {
+      if (!this.subnetRow(id)) return false;
+      const addresses = sortAddresses(this.all("SELECT * FROM ip_addresses WHERE subnet_id = ?", id).map(toAddress));
+      if (addresses.length) throw subnetInUse(id, addresses);
+      this.run("DELETE FROM subnets WHERE id = ?", id);
+      return true;
+    });
+  }
+
+  async allocateAddress(request: AddressRequest): Promise<AddressRecord> {
+    const v = normaliseAddressRequest(request);
+    return this.write("allocating an address", () => {
+      const subnet = this.subnetRow(v.subnetId);
+      if (!subnet) throw notFound("subnet", v.subnetId, "subnetId");
+      const held = this.get("SELECT * FROM ip_addresses WHERE subnet_id = ? AND owner = ?", v.subnetId, v.owner);
+      if (held) return existingAddress(toAddress(held), v);
+      // The write lock is held: nobody can take an address between this read and the insert.
+      const taken = new Map(this.all("SELECT address, owner FROM ip_addresses WHERE subnet_id = ?", v.subnetId).map((r) => [r.address as string, r.owner as string]));
+      const address = chooseAddress(subnet, v, taken);
+      return toAddress(
+        this.get(
+          "INSERT INTO ip_addresses (subnet_id, address, owner, static, created_at) VALUES (?, ?, ?, ?, ?) RETURNING *",
+          v.subnetId, address, v.owner, p(v.address !== undefined), nowIso(),
+        )!,
+      );
+    });
+  }
+
+  async releaseAddress(subnetId: string, owner: string): Promise<boolean> {
+    requireId("subnetId", subnetId);
+    requireId("owner", owner);
+    return this.write("releasing an address", () => this.run("DELETE FROM ip_addresses WHERE subnet_id = ? AND owner = ?", subnetId, owner) === 1);
+  }
+
+  async listAddresses(subnetId: string): Promise<AddressRecord[]> {
+    requireId("subnetId", subnetId);
+    return this.read("listing addresses", () => sortAddresses(this.all("SELECT * FROM ip_addresses WHERE subnet_id = ?", subnetId).map(toAddress)));
+  }
+
+  // ---- ports and attachments --------------------------------------------------------------
+
+  private portRow(id: string): PortRecord | undefined {
+    const r = this.get("SELECT * FROM ports WHERE id = ?", id);
+    return r ? toPort(r) : undefined;
+  }
+
+  private attachmentRows(f: AttachmentFilter & { id?: string }): AttachmentRecord[] {
+    const where: string[] = [];
+    const params: SQLInputValue[] = [];
+    if (f.id !== undefined) (where.push("a.id = ?"), params.push(f.id));
+    if (f.networkId !== undefined) (where.push("a.network_id = ?"), params.push(f.networkId));
+    if (f.portId !== undefined) (where.push("a.port_id = ?"), params.push(f.portId));
+    if (f.nodeId !== undefined) (where.push("p.node_id = ?"), params.push(f.nodeId));
+    return this.all(`${ATTACHMENTS}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY a.id`, ...params).map(toAttachment);
+  }
+
+  async upsertPort(port: PortInput): Promise<PortRecord> {
+    const v = normalisePort(port);
+    return this.write("recording a port", () => {
+      if (!this.get("SELECT id FROM nodes WHERE id = ?", v.nodeId)) throw notFound("node", v.nodeId, "nodeId");
+      const cur = this.portRow(v.id);
+      if (cur && samePort(cur, v)) return cur;
+      const other = this.get(
+        "SELECT * FROM ports WHERE id <> ? AND ((switch_id = ? AND switch_port = ?) OR mac = ?) ORDER BY mac = ?, id LIMIT 1",
+        v.id, v.switchId, v.switchPort, v.mac, v.mac,
+      );
+      if (other) throw portTaken(v, toPort(other));
+      const now = nowIso();
+      if (!cur) {
+        this.run(
+          `INSERT INTO ports (id, node_id, mac, switch_id, switch_port, physical_network, created_at, updated_at, version)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)`,
+          v.id, v.nodeId, v.mac, v.switchId, v.switchPort, p(v.physicalNetwork), now, now,
+        );
+        return this.portRow(v.id)!;
+      }
+      const refused = portChangeConflict(cur, v, this.attachmentRows({ portId: v.id }));
+      if (refused) throw refused;
+      this.run(
+        `UPDATE ports SET node_id = ?, mac = ?, switch_id = ?, switch_port = ?, physical_network = ?, updated_at = ?, version = version + 1
+         WHERE id = ?`,
+        v.nodeId, v.mac, v.switchId, v.switchPort, p(v.physicalNetwork), now, v.id,
+      );
+      return this.portRow(v.id)!;
+    });
+  }
+
+  async getPort(id: string): Promise<PortRecord | undefined> {
+    requireId("id", id);
+    return this.read("reading a port", () => this.portRow(id));
+  }
+
+  async listPorts(filter: PortFilter = {}): Promise<PortRecord[]> {
+    const nodeId = optionalText("nodeId", filter?.nodeId, 1024);
+    return this.read("listing ports", () =>
+      this.all(`SELECT * FROM ports${nodeId !== undefined ? " WHERE node_id = ?" : ""} ORDER BY id`, ...(nodeId !== undefined ? [nodeId] : [])).map(toPort),
+    );
+  }
+
+  async removePort(id: string): Promise<boolean> {
+    requireId("id", id);
+    return this.write("removing a port", () => {
+      if (!this.portRow(id)) return false;
+      const attached = this.attachmentRows({ portId: id });
+      if (attached.length) throw portAttached(id, attached);
+      this.run("DELETE FROM ports WHERE id = ?", id);
+      return true;
+    });
+  }
+
+  async attach(attachment: AttachmentInput): Promise<AttachmentRecord> {
+    const v = normaliseAttachment(attachment);
+    return this.write("attaching a port", () => {
+      const [cur] = this.attachmentRows({ id: v.id });
+      if (cur) return existingAttachment(cur, v);
+      const port = this.portRow(v.portId);
+      if (!port) throw notFound("port", v.portId, "portId");
+      const network = this.networkRow(v.networkId);
+      if (!network) throw notFound("network", v.networkId, "networkId");
+      checkAttach(v, port, network, this.attachmentRows({ portId: v.portId }));
+      this.run(
+        "INSERT INTO attachments (id, port_id, network_id, mode, native, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        v.id, v.portId, v.networkId, v.mode, p(v.native), nowIso(),
+      );
+      return this.attachmentRows({ id: v.id })[0];
+    });
+  }
+
+  async detach(id: string): Promise<boolean> {
+    requireId("id", id);
+    return this.write("detaching a port", () => this.run("DELETE FROM attachments WHERE id = ?", id) === 1);
+  }
+
+  async getAttachment(id: string): Promise<AttachmentRecord | undefined> {
+    requireId("id", id);
+    return this.read("reading an attachment", () => this.attachmentRows({ id })[0]);
+  }
+
+  async listAttachments(filter: AttachmentFilter = {}): Promise<AttachmentRecord[]> {
+    const f = {
+      networkId: optionalText("networkId", filter?.networkId, 1024),
+      portId: optionalText("portId", filter?.portId, 1024),
+      nodeId: optionalText("nodeId", filter?.nodeId, 1024),
+    };
+    return this.read("listing attachments", () => this.attachmentRows(f));
   }
 
   async close(): Promise<void> {

@@ -10,10 +10,12 @@
  * `BaremetalError`s:
  *
  * - `validation`: a malformed argument (`property` names it);
- * - `not-found`: the node does not exist;
+ * - `not-found`: the node does not exist (or the pool, network, subnet or port a call refers to;
+ *   `property` then names the reference);
  * - `conflict`: the change is refused in the current state (a stale `expectedVersion`, no node
- *   matches a claim, a lock held by someone else, removing a claimed node, a database whose schema
- *   is newer than this code);
+ *   matches a claim, a lock held by someone else, removing a claimed node, an exhausted VLAN pool
+ *   or subnet, a VLAN, address or switch port taken, deleting what is in use, a database whose
+ *   schema is newer than this code);
  * - `transient`: the database was busy or unreachable; retrying is safe;
  * - `backend`: the database reported anything else.
  */
@@ -153,6 +155,203 @@ export interface LockHandle {
   release(): Promise<void>;
 }
 
+// ---- tenant networks ------------------------------------------------------------------------
+
+/** An inclusive range of VLAN ids (802.1Q: 1 to 4094). */
+export interface VlanRange {
+  from: number;
+  to: number;
+}
+
+export interface VlanPoolInput {
+  /** Unique in the inventory. */
+  name: string;
+  /** The layer-2 domain (a set of switches trunked together) whose VLAN ids the pool hands out. */
+  fabric: string;
+  /** Not overlapping; stored sorted by `from`. */
+  ranges: VlanRange[];
+}
+
+export interface VlanPoolRecord {
+  name: string;
+  fabric: string;
+  /** Sorted by `from`. */
+  ranges: VlanRange[];
+  /** How many VLAN ids the ranges hold. */
+  size: number;
+  /** How many of them networks of the fabric use (whichever way they got them), as of the read. */
+  inUse: number;
+  createdAt: string;
+  updatedAt: string;
+  version: number;
+}
+
+export interface VlanPoolFilter {
+  fabric?: string;
+}
+
+export interface NetworkInput {
+  /** The network resource's id. Creating again with the id of an existing, equal network returns it. */
+  id: string;
+  name: string;
+  /** The project that owns the network. */
+  owner: string;
+  fabric: string;
+  /**
+   * The VLAN pool to take the VLAN from (it must belong to `fabric`). When omitted: the fabric's
+   * only pool, or none when `vlan` is given.
+   */
+  pool?: string;
+  /** A specific VLAN id (inside `pool` when a pool is named); else the pool's lowest free one. */
+  vlan?: number;
+}
+
+export interface NetworkRecord {
+  id: string;
+  name: string;
+  owner: string;
+  fabric: string;
+  /** The pool the VLAN was taken from; absent for a requested VLAN without a pool. */
+  pool?: string;
+  /** Unique per fabric. */
+  vlan: number;
+  createdAt: string;
+  updatedAt: string;
+  version: number;
+}
+
+export interface NetworkFilter {
+  owner?: string;
+  fabric?: string;
+}
+
+/** An inclusive range of addresses, as text. */
+export interface AddressPool {
+  start: string;
+  end: string;
+}
+
+export interface SubnetInput {
+  /** The subnet resource's id. Adding again with the id of an existing, equal subnet returns it. */
+  id: string;
+  networkId: string;
+  /** `192.0.2.0/24` or `2001:db8::/64`: the IP version follows from it. Host bits must be zero. */
+  cidr: string;
+  /** Inside the subnet; never handed out. None when omitted. */
+  gateway?: string;
+  /**
+   * Where `allocateAddress` picks from: inside the subnet, not overlapping. Default: the whole
+   * subnet around the gateway (without the network and broadcast addresses for IPv4, the
+   * subnet-router anycast address for IPv6). Those and the gateway are skipped even inside a pool.
+   */
+  allocationPools?: AddressPool[];
+}
+
+export interface SubnetRecord {
+  id: string;
+  networkId: string;
+  /** Canonical (RFC 5952 for IPv6). */
+  cidr: string;
+  ipVersion: 4 | 6;
+  gateway?: string;
+  /** Canonical, sorted by start. */
+  allocationPools: AddressPool[];
+  createdAt: string;
+  updatedAt: string;
+  version: number;
+}
+
+export interface SubnetFilter {
+  networkId?: string;
+}
+
+export interface AddressRequest {
+  subnetId: string;
+  /** Who holds the address (e.g. an attachment id). One address per owner and subnet. */
+  owner: string;
+  /** A specific address (inside the subnet, not reserved); else the lowest free one of the pools. */
+  address?: string;
+}
+
+export interface AddressRecord {
+  subnetId: string;
+  /** Canonical. */
+  address: string;
+  ipVersion: 4 | 6;
+  owner: string;
+  /** Requested explicitly rather than picked from the pools. */
+  static: boolean;
+  createdAt: string;
+}
+
+/** A node's network interface and where it is cabled (Ironic's port with its local_link_connection). */
+export interface PortInput {
+  id: string;
+  nodeId: string;
+  /** The interface's MAC address; unique in the inventory. Stored lower case with colons. */
+  mac: string;
+  /** The switch the interface is cabled to (local_link_connection.switch_id). */
+  switchId: string;
+  /** The switch's port (local_link_connection.port_id); one node port per switch port. */
+  switchPort: string;
+  /** When set, the port may only join networks of this fabric (Ironic's physical_network). */
+  physicalNetwork?: string;
+}
+
+export interface PortRecord {
+  id: string;
+  nodeId: string;
+  mac: string;
+  switchId: string;
+  switchPort: string;
+  physicalNetwork?: string;
+  createdAt: string;
+  updatedAt: string;
+  version: number;
+}
+
+export interface PortFilter {
+  nodeId?: string;
+}
+
+/** `access`: the port carries this one network untagged. `trunk`: tagged, with other networks. */
+export type AttachmentMode = "access" | "trunk";
+
+export interface AttachmentInput {
+  /** The attachment resource's id. Attaching again with the id of an existing, equal attachment returns it. */
+  id: string;
+  portId: string;
+  networkId: string;
+  mode: AttachmentMode;
+  /** Trunk only: this network is the port's untagged (native) VLAN. At most one per port. */
+  native?: boolean;
+}
+
+/** An attachment with what a switch driver and a policy check need, read with it. */
+export interface AttachmentRecord {
+  id: string;
+  portId: string;
+  networkId: string;
+  mode: AttachmentMode;
+  native: boolean;
+  /** The port's node, MAC, switch and switch port. */
+  nodeId: string;
+  mac: string;
+  switchId: string;
+  switchPort: string;
+  /** The network's fabric, VLAN and owner (the project). */
+  fabric: string;
+  vlan: number;
+  owner: string;
+  createdAt: string;
+}
+
+export interface AttachmentFilter {
+  networkId?: string;
+  portId?: string;
+  nodeId?: string;
+}
+
 export interface Inventory {
   /** `sqlite` or `postgres` (or `http` later): for messages and diagnostics. */
   readonly kind: string;
@@ -167,7 +366,8 @@ export interface Inventory {
   /** Every filter given must hold. Ordered by name, then id (byte order). */
   listNodes(filter?: NodeFilter): Promise<NodeRecord[]>;
   /**
-   * Removes the node: true when it existed. A `conflict` while an allocation holds it. Its lock,
+   * Removes the node and its ports: true when it existed. A `conflict` while an allocation holds
+   * it or one of its ports is attached to a network. Its lock,
    * if any, is left to run out (a lock names a node id, not a row: see `acquireLock`).
    */
   removeNode(id: string, options?: WriteOptions): Promise<boolean>;
@@ -200,6 +400,84 @@ export interface Inventory {
    */
   acquireLock(nodeId: string, holder: string, operation: string, leaseSeconds: number): Promise<LockHandle>;
   getLock(nodeId: string): Promise<LockInfo | undefined>;
+
+  // ---- tenant networks ----------------------------------------------------------------------
+
+  /**
+   * Creates the VLAN pool or replaces its fabric and ranges (unchanged: the row and its version
+   * stay). A `conflict` when the new ranges would drop VLANs that networks of the pool use, or
+   * the fabric would change under them: both name the networks.
+   */
+  defineVlanPool(pool: VlanPoolInput): Promise<VlanPoolRecord>;
+  getVlanPool(name: string): Promise<VlanPoolRecord | undefined>;
+  /** Ordered by name (byte order). */
+  listVlanPools(filter?: VlanPoolFilter): Promise<VlanPoolRecord[]>;
+  /** True when it existed. A `conflict` while networks took their VLAN from it (named). */
+  removeVlanPool(name: string): Promise<boolean>;
+
+  /**
+   * Creates a network with its VLAN: atomically the lowest VLAN of the pool that no network of
+   * the fabric uses, or the requested one if free. Two creates, from any processes, never get the
+   * same VLAN on a fabric. An exhausted pool is a `conflict` naming it and how many are in use; a
+   * taken VLAN, one naming the network that has it.
+   */
+  createNetwork(network: NetworkInput): Promise<NetworkRecord>;
+  getNetwork(id: string): Promise<NetworkRecord | undefined>;
+  /** Ordered by name, then id (byte order). */
+  listNetworks(filter?: NetworkFilter): Promise<NetworkRecord[]>;
+  /**
+   * Deletes the network and its subnets, returning its VLAN to the pool: true when it existed. A
+   * `conflict` while ports are attached to it or addresses of its subnets are allocated (named).
+   */
+  deleteNetwork(id: string): Promise<boolean>;
+
+  /**
+   * Adds a subnet (IPv4 or IPv6) to a network: a `validation` for a malformed CIDR, a gateway or
+   * pool outside it, overlapping pools, or an overlap with another subnet of the network.
+   */
+  addSubnet(subnet: SubnetInput): Promise<SubnetRecord>;
+  getSubnet(id: string): Promise<SubnetRecord | undefined>;
+  /** Ordered by id (byte order). */
+  listSubnets(filter?: SubnetFilter): Promise<SubnetRecord[]>;
+  /** True when it existed. A `conflict` while addresses of it are allocated (named). */
+  removeSubnet(id: string): Promise<boolean>;
+
+  /**
+   * Atomically allocates an address of the subnet to `owner`: the lowest free address of the
+   * allocation pools (never the gateway, the IPv4 network and broadcast addresses, the IPv6
+   * subnet-router anycast address), or the requested one if free. The same owner asking again gets
+   * its address back. Never hands out an address twice, across processes; an exhausted subnet is
+   * a `conflict` naming it.
+   */
+  allocateAddress(request: AddressRequest): Promise<AddressRecord>;
+  /** Frees the owner's address: true when it had one. */
+  releaseAddress(subnetId: string, owner: string): Promise<boolean>;
+  /** In address order; empty for an unknown subnet. */
+  listAddresses(subnetId: string): Promise<AddressRecord[]>;
+
+  /**
+   * Records a node's port and where it is cabled (creates or replaces; unchanged: the row and its
+   * version stay). A switch port and a MAC belong to one port only: a `conflict` names the other.
+   * While attached, the port's node, switch, switch port and physical network cannot change.
+   */
+  upsertPort(port: PortInput): Promise<PortRecord>;
+  getPort(id: string): Promise<PortRecord | undefined>;
+  /** Ordered by id (byte order). */
+  listPorts(filter?: PortFilter): Promise<PortRecord[]>;
+  /** True when it existed. A `conflict` while attached (the networks named). */
+  removePort(id: string): Promise<boolean>;
+
+  /**
+   * Puts a port into a network. An access port is in one network only (a `conflict` names the
+   * network it is in); a trunk port in several, at most one of them native; a port is never mixed
+   * access and trunk.
+   */
+  attach(attachment: AttachmentInput): Promise<AttachmentRecord>;
+  /** True when it existed. */
+  detach(id: string): Promise<boolean>;
+  getAttachment(id: string): Promise<AttachmentRecord | undefined>;
+  /** Every filter given must hold. Ordered by id (byte order). */
+  listAttachments(filter?: AttachmentFilter): Promise<AttachmentRecord[]>;
 
   /** Closes connections. Idempotent; other calls fail afterwards. */
   close(): Promise<void>;
