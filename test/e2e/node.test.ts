@@ -136,7 +136,8 @@ describe("Node through the real engine against sushy-tools", () => {
     await p.pulumi(["import", "baremetal:compute:Node", "imported", `${bmc.url}#${third}`, "--yes", "--generate-code=false", "--protect=false"]);
     const imported = nodesIn((await p.exportStack()).deployment).find((r) => r.urn.endsWith("::imported"))!;
     expect(imported.id).toBe(`${bmc.url}/redfish/v1/Systems/${third}`);
-    expect(imported.inputs).toEqual({ bmc: { address: bmc.url, systemId: third }, powerState: "off" });
+    // The import declares what is: power, and the pool fields (provide, maintenance) from the inventory.
+    expect(imported.inputs).toEqual({ bmc: { address: bmc.url, systemId: third }, powerState: "off", provide: true, maintenance: false });
     await p.setConfig("imported", JSON.stringify({ systemId: third, powerState: "off" }));
     await p.pulumi(["preview", "--expect-no-changes"]);
   });

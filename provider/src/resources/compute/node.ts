@@ -251,13 +251,16 @@ async function register(ctx: OperationContext, id: string, props: Props): Promis
   return inventoryOutputs(record);
 }
 
-/** The declared inventory fields as the record has them (unset fields the record agrees with stay unset). */
-function inventoryInputs(record: NodeRecord, declared: Props): Props {
-  const out: Props = {};
-  if (record.maintenance !== (declared.maintenance === true)) out.maintenance = record.maintenance;
-  if (record.maintenance && (record.maintenanceReason ?? undefined) !== declared.maintenanceReason) out.maintenanceReason = record.maintenanceReason;
-  if (record.provisionState === MANAGEABLE && declared.provide !== false) out.provide = false;
-  if (record.provisionState === AVAILABLE && declared.provide === false) out.provide = true;
+/**
+ * The declared pool fields as the inventory has them, always explicit (an import, or a state
+ * written before these fields existed, then diffs empty against a program's defaults).
+ */
+function inventoryInputs(record: NodeRecord | undefined, declared: Props): Props {
+  const out: Props = {
+    provide: record ? record.provisionState !== MANAGEABLE : declared.provide !== false,
+    maintenance: record ? record.maintenance : declared.maintenance === true,
+  };
+  if (record?.maintenance) out.maintenanceReason = record.maintenanceReason;
   return out;
 }
 
@@ -445,7 +448,8 @@ export const nodeResource: ResourceDefinition = {
       const canonicalId = new URL(facts.systemUri, address).href;
       const record = await (await ctx.inventory()).getNode(canonicalId);
       // Maintenance and the pool as the shared inventory has them: a change made elsewhere is drift.
-      if (record) inputs = { ...inputs, ...inventoryInputs(record, inputs) };
+      inputs = { ...inputs, ...inventoryInputs(record, inputs) };
+      if (inputs.maintenanceReason === undefined) delete inputs.maintenanceReason;
       return { id: canonicalId, inputs, outputs: { ...inputs, ...stateOf(address, facts), ...inventoryOutputs(record) } };
     });
   },
