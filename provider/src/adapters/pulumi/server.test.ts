@@ -182,7 +182,7 @@ describe("Create, Read, Update, Delete against the fake BMC", () => {
       new provproto.ReadRequest().setUrn(URN).setType(TYPE).setId(`${bmc.url}#437XR1138R2`),
     );
     expect(read.getId()).toBe(`${bmc.url}/redfish/v1/Systems/437XR1138R2`);
-    expect(read.getInputs()!.toJavaScript()).toEqual({ bmc: { address: bmc.url, systemId: "437XR1138R2" }, powerState: "on" });
+    expect(read.getInputs()!.toJavaScript()).toEqual({ bmc: { address: bmc.url, systemId: "437XR1138R2" }, powerState: "on", provide: true, maintenance: false });
   });
 
   it("reports a partial create as an init failure that keeps the node in state", async () => {
