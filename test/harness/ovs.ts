@@ -76,7 +76,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { EarlyExit, onFreePort, track, untrack } from "./processes";
+import { EarlyExit, onFreePort, track, untrack, delay, describeExit, tail } from "./processes";
 
 export interface OvsOptions {
   /** Bridges created at start, named br0, br1, ... (default 1; 0 for none). */
@@ -753,16 +753,4 @@ function readOr(file: string): string {
   } catch {
     return "";
   }
-}
-
-function describeExit(child: ChildProcess): string {
-  return child.signalCode ? `signal ${child.signalCode}` : `exit code ${child.exitCode}`;
-}
-
-function tail(text: string, lines = 40): string {
-  return text.split("\n").slice(-lines).join("\n");
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 }

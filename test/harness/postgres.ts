@@ -24,7 +24,7 @@ import { ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
-import { EarlyExit, onFreePort, track, untrack } from "./processes";
+import { EarlyExit, onFreePort, track, untrack, delay, describeExit, tail } from "./processes";
 import * as path from "node:path";
 import { Client } from "pg";
 
@@ -265,18 +265,4 @@ function run(cmd: string, args: string[], o: { cwd: string; env: NodeJS.ProcessE
       reject(new Error(`${path.basename(cmd)} failed (${signal ? `signal ${signal}` : `exit code ${code}`}):\n${tail(out)}`));
     });
   });
-}
-
-
-
-function describeExit(child: ChildProcess): string {
-  return child.signalCode ? `signal ${child.signalCode}` : `exit code ${child.exitCode}`;
-}
-
-function tail(text: string, lines = 40): string {
-  return text.split("\n").slice(-lines).join("\n");
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 }

@@ -60,3 +60,17 @@ export async function onFreePort<T>(start: (port: number) => Promise<T>, attempt
   }
   throw lastError;
 }
+
+/** How a child process ended, for failure messages. */
+export function describeExit(child: ChildProcess): string {
+  return child.signalCode ? `signal ${child.signalCode}` : `exit code ${child.exitCode}`;
+}
+
+/** The last lines of a log, for failure messages. */
+export function tail(text: string, lines = 40): string {
+  return text.split("\n").slice(-lines).join("\n");
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
+}

@@ -22,7 +22,7 @@ import { ChildProcess, execFile, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as https from "node:https";
 import * as os from "node:os";
-import { EarlyExit, onFreePort, track, untrack } from "./processes";
+import { EarlyExit, onFreePort, track, untrack, delay, describeExit, tail } from "./processes";
 import * as path from "node:path";
 import axios, { AxiosInstance } from "axios";
 
@@ -327,16 +327,4 @@ async function killNow(child: ChildProcess, exited: Promise<void>): Promise<void
     }
   }
   await exited;
-}
-
-function describeExit(child: ChildProcess): string {
-  return child.signalCode ? `signal ${child.signalCode}` : `exit code ${child.exitCode}`;
-}
-
-function tail(text: string, lines = 40): string {
-  return text.split("\n").slice(-lines).join("\n");
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 }
