@@ -113,6 +113,19 @@ export interface SwitchConnection {
   clientKey?: string;
   requestTimeoutMs?: number;
   signal?: AbortSignal;
+  /** ssh-cli: the SSH user (else the `user@` of the address). */
+  username?: string;
+  /** ssh-cli: SSH password (secret). */
+  password?: string;
+  /** ssh-cli: SSH private key, OpenSSH or PEM text (secret). */
+  privateKey?: string;
+  /**
+   * ssh-cli: the switch's SSH host key: SHA256 fingerprint(s) as OpenSSH prints them, or
+   * known_hosts text. Required unless `verifyTls` is false (which turns host key checking off).
+   */
+  hostKey?: string;
+  /** ssh-cli: the command-line dialect: `ovs-vsctl`, `sonic` or `cumulus-nvue`. */
+  dialect?: string;
 }
 
 export interface SwitchDriver {
