@@ -14,11 +14,13 @@ utilities.lazyLoad(exports, ["Provider"], () => require("./provider"));
 // Export sub-modules:
 import * as compute from "./compute";
 import * as config from "./config";
+import * as network from "./network";
 import * as types from "./types";
 
 export {
     compute,
     config,
+    network,
     types,
 };
 pulumi.runtime.registerResourcePackage("baremetal", {

@@ -2,6 +2,8 @@
 // *** Do not edit by hand unless you're certain you know what you are doing! ***
 
 import * as pulumi from "@pulumi/pulumi";
+import * as inputs from "./types/input";
+import * as outputs from "./types/output";
 import * as utilities from "./utilities";
 
 /**
@@ -42,11 +44,13 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["bmcUsername"] = (args ? args.bmcUsername : undefined) ?? utilities.getEnv("BAREMETAL_BMC_USERNAME");
             resourceInputs["bmcVerifyTls"] = pulumi.output((args ? args.bmcVerifyTls : undefined) ?? (utilities.getEnvBoolean("BAREMETAL_BMC_VERIFY_TLS") || true)).apply(JSON.stringify);
             resourceInputs["cleanEraseDisks"] = (args ? args.cleanEraseDisks : undefined) ?? (utilities.getEnv("BAREMETAL_CLEAN_ERASE_DISKS") || "auto");
+            resourceInputs["fabrics"] = pulumi.output(args ? args.fabrics : undefined).apply(JSON.stringify);
             resourceInputs["imageStoreUrl"] = (args?.imageStoreUrl ? pulumi.secret(args.imageStoreUrl) : undefined) ?? utilities.getEnv("BAREMETAL_IMAGE_STORE_URL");
             resourceInputs["inventoryUrl"] = (args?.inventoryUrl ? pulumi.secret(args.inventoryUrl) : undefined) ?? utilities.getEnv("BAREMETAL_INVENTORY_URL");
             resourceInputs["policyFile"] = (args ? args.policyFile : undefined) ?? utilities.getEnv("BAREMETAL_POLICY_FILE");
             resourceInputs["project"] = (args ? args.project : undefined) ?? utilities.getEnv("BAREMETAL_PROJECT");
             resourceInputs["roles"] = pulumi.output((args ? args.roles : undefined) ?? <any>utilities.getEnv("BAREMETAL_ROLES")).apply(JSON.stringify);
+            resourceInputs["switchCredentials"] = pulumi.output(args?.switchCredentials ? pulumi.secret(args.switchCredentials) : undefined).apply(JSON.stringify);
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
         super(Provider.__pulumiType, name, resourceInputs, opts);
@@ -90,6 +94,10 @@ export interface ProviderArgs {
      */
     cleanEraseDisks?: pulumi.Input<string>;
     /**
+     * The network fabrics tenant networks live on, by name: their VLAN pool, quarantine and provisioning VLANs, provisioning-network mode (`flat`, `shared`, `private`) and switches. Every stack of one installation must use the same. Set it as a JSON object.
+     */
+    fabrics?: pulumi.Input<{[key: string]: pulumi.Input<inputs.network.FabricArgs>}>;
+    /**
      * Where deployments upload the images they generate (config drives with user data, network data and metadata), for the BMCs to fetch: an http(s) base URL that accepts PUT and DELETE of `<base>/<name>` and serves GET without credentials (a web server with WebDAV-style PUT, as Ironic's http_url; the embedded lab runs one). Credentials go in the URL (`https://user:password@host/path`). Needed only by deployments with userData, networkData or metaData.
      */
     imageStoreUrl?: pulumi.Input<string>;
@@ -109,4 +117,8 @@ export interface ProviderArgs {
      * The caller's roles in its project (e.g. `admin`, `member`, `reader`), checked by the multi-tenancy policy.
      */
     roles?: pulumi.Input<pulumi.Input<string>[]>;
+    /**
+     * Credentials of the switches, by switch id (secret; kept apart from `fabrics` so the topology can be read in plain text).
+     */
+    switchCredentials?: pulumi.Input<{[key: string]: pulumi.Input<inputs.network.SwitchCredentialsArgs>}>;
 }

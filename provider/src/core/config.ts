@@ -5,6 +5,7 @@
  */
 import type { Fields } from "./fields";
 import { isUnknown } from "./values";
+import { fabricField, switchCredentialsField, type FabricConfig, type SwitchCredentials } from "./fabric-config";
 
 export const configFields = {
   bmcUsername: {
@@ -66,6 +67,8 @@ export const configFields = {
     env: ["BAREMETAL_CLEAN_ERASE_DISKS"],
     hint: "Use auto, always or never",
   },
+  fabrics: fabricField,
+  switchCredentials: switchCredentialsField,
   imageStoreUrl: {
     type: "string",
     secret: true,
@@ -113,6 +116,9 @@ export interface ProviderConfig {
   bmcMaxConcurrency: number;
   bmcGlobalMaxConcurrency: number;
   cleanEraseDisks: "auto" | "always" | "never";
+  /** The network fabrics by name (validated by Check: see fabric-config.ts). */
+  fabrics: Record<string, FabricConfig>;
+  switchCredentials: Record<string, SwitchCredentials>;
   imageStoreUrl?: string;
   inventoryUrl?: string;
   policyFile?: string;
@@ -168,6 +174,8 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     bmcMaxConcurrency: (v("bmcMaxConcurrency") as number | undefined) ?? 4,
     bmcGlobalMaxConcurrency: (v("bmcGlobalMaxConcurrency") as number | undefined) ?? 64,
     cleanEraseDisks: (v("cleanEraseDisks") as ProviderConfig["cleanEraseDisks"] | undefined) ?? "auto",
+    fabrics: (v("fabrics") as Record<string, FabricConfig> | undefined) ?? {},
+    switchCredentials: (v("switchCredentials") as Record<string, SwitchCredentials> | undefined) ?? {},
     imageStoreUrl: v("imageStoreUrl") as string | undefined,
     inventoryUrl: v("inventoryUrl") as string | undefined,
     policyFile: v("policyFile") as string | undefined,

@@ -64,6 +64,14 @@ export const OPERATIONS = [
   "baremetal:node:vif:detach",
   "baremetal:port:get",
   "baremetal:port:list",
+  "baremetal:port:create",
+  "baremetal:port:update",
+  "baremetal:port:delete",
+  "baremetal:network:get",
+  "baremetal:network:create",
+  "baremetal:network:update",
+  "baremetal:network:delete",
+  "baremetal:network:attach",
   "baremetal:allocation:get",
   "baremetal:allocation:list",
   "baremetal:allocation:list_all",
@@ -104,6 +112,10 @@ const PERSONAS: Record<string, string> = {
 
   allocation_owner_member: "role:member and project_id:%(allocation.owner)s",
   allocation_owner_reader: "role:reader and project_id:%(allocation.owner)s",
+
+  // Tenant networks (Neutron's model: a project's members manage its own networks).
+  network_owner_member: "role:member and project_id:%(network.owner)s",
+  network_owner_reader: "role:reader and project_id:%(network.owner)s",
 
   api_reader: "(role:reader) or (role:service)",
 
@@ -156,6 +168,16 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   // Ports are checked against their node's owner and lessee (Ironic passes node.owner/node.lessee).
   "baremetal:port:get": "rule:system_or_project_reader",
   "baremetal:port:list": "rule:api_reader",
+  // Recording where a node is cabled is the operator's (Ironic: port create is system-scoped).
+  "baremetal:port:create": "rule:system_member",
+  "baremetal:port:update": "rule:system_member",
+  "baremetal:port:delete": "rule:system_member",
+  // Not Ironic's (Neutron's): a project manages its own networks; only its members attach ports to them.
+  "baremetal:network:get": "(rule:system_reader) or (rule:network_owner_reader)",
+  "baremetal:network:create": "(rule:system_member) or (rule:network_owner_member)",
+  "baremetal:network:update": "(rule:system_member) or (rule:network_owner_member)",
+  "baremetal:network:delete": "(rule:system_member) or (rule:network_owner_member)",
+  "baremetal:network:attach": "(rule:system_member) or (rule:network_owner_member)",
   "baremetal:allocation:get": "rule:allocation_reader",
   "baremetal:allocation:list": "rule:api_reader",
   "baremetal:allocation:list_all": "rule:system_reader",

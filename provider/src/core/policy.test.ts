@@ -270,8 +270,8 @@ const callers = {
 type Caller = keyof typeof callers;
 const callerNames = Object.keys(callers) as Caller[];
 
-/** Node p1-owned and leased to p3; allocation owned by p1. */
-const target: PolicyTarget = { "node.owner": "p1", "node.lessee": "p3", "allocation.owner": "p1" };
+/** Node p1-owned and leased to p3; allocation owned by p1; network owned by p3. */
+const target: PolicyTarget = { "node.owner": "p1", "node.lessee": "p3", "allocation.owner": "p1", "network.owner": "p3" };
 
 // Columns: systemAdmin systemReader service ownerAdmin ownerMember ownerReader lesseeAdmin
 // lesseeMember lesseeReader otherAdmin otherMember noProject. Derived by hand from Ironic's defaults.
@@ -295,6 +295,14 @@ const expected: Record<string, string> = {
   "baremetal:node:vif:detach": ownerMemberLesseeAdmin,
   "baremetal:port:get": readNode,
   "baremetal:port:list": anyReader,
+  "baremetal:port:create": "Y N Y N N N N N N N N N",
+  "baremetal:port:update": "Y N Y N N N N N N N N N",
+  "baremetal:port:delete": "Y N Y N N N N N N N N N",
+  "baremetal:network:get": "Y Y Y N N N Y Y Y N N N",
+  "baremetal:network:create": "Y N Y N N N Y Y N N N N",
+  "baremetal:network:update": "Y N Y N N N Y Y N N N N",
+  "baremetal:network:delete": "Y N Y N N N Y Y N N N N",
+  "baremetal:network:attach": "Y N Y N N N Y Y N N N N",
   "baremetal:allocation:get": "Y Y Y Y Y Y N N N N N N",
   "baremetal:allocation:list": anyReader,
   "baremetal:allocation:list_all": systemRead,
@@ -412,6 +420,16 @@ describe("equivalence with Ironic's expanded check strings", () => {
     "baremetal:node:vif:detach": SYSTEM_OR_OWNER_MEMBER_AND_LESSEE_ADMIN,
     "baremetal:port:get": SYSTEM_OR_PROJECT_READER,
     "baremetal:port:list": "(role:reader) or (role:service)",
+    // Not compared with Ironic (ours): recording cabling is kept to system members; tenant networks
+    // follow Neutron's model, a project's members manage and attach to its own networks.
+    "baremetal:port:create": SYSTEM_MEMBER,
+    "baremetal:port:update": SYSTEM_MEMBER,
+    "baremetal:port:delete": SYSTEM_MEMBER,
+    "baremetal:network:get": or(SYSTEM_READER, "role:reader and project_id:%(network.owner)s"),
+    "baremetal:network:create": or(SYSTEM_MEMBER, "role:member and project_id:%(network.owner)s"),
+    "baremetal:network:update": or(SYSTEM_MEMBER, "role:member and project_id:%(network.owner)s"),
+    "baremetal:network:delete": or(SYSTEM_MEMBER, "role:member and project_id:%(network.owner)s"),
+    "baremetal:network:attach": or(SYSTEM_MEMBER, "role:member and project_id:%(network.owner)s"),
     "baremetal:allocation:get": ALLOCATION_READER,
     "baremetal:allocation:list": "(role:reader) or (role:service)",
     "baremetal:allocation:list_all": SYSTEM_READER,

@@ -2,6 +2,8 @@
 // *** Do not edit by hand unless you're certain you know what you are doing! ***
 
 import * as pulumi from "@pulumi/pulumi";
+import * as inputs from "../types/input";
+import * as outputs from "../types/output";
 import * as utilities from "../utilities";
 
 declare var exports: any;
@@ -96,6 +98,17 @@ Object.defineProperty(exports, "cleanEraseDisks", {
 });
 
 /**
+ * The network fabrics tenant networks live on, by name: their VLAN pool, quarantine and provisioning VLANs, provisioning-network mode (`flat`, `shared`, `private`) and switches. Every stack of one installation must use the same. Set it as a JSON object.
+ */
+export declare const fabrics: {[key: string]: outputs.network.Fabric} | undefined;
+Object.defineProperty(exports, "fabrics", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.network.Fabric}>("fabrics");
+    },
+    enumerable: true,
+});
+
+/**
  * Where deployments upload the images they generate (config drives with user data, network data and metadata), for the BMCs to fetch: an http(s) base URL that accepts PUT and DELETE of `<base>/<name>` and serves GET without credentials (a web server with WebDAV-style PUT, as Ironic's http_url; the embedded lab runs one). Credentials go in the URL (`https://user:password@host/path`). Needed only by deployments with userData, networkData or metaData.
  */
 export declare const imageStoreUrl: string | undefined;
@@ -146,6 +159,17 @@ export declare const roles: string[] | undefined;
 Object.defineProperty(exports, "roles", {
     get() {
         return __config.getObject<string[]>("roles") ?? <any>utilities.getEnv("BAREMETAL_ROLES");
+    },
+    enumerable: true,
+});
+
+/**
+ * Credentials of the switches, by switch id (secret; kept apart from `fabrics` so the topology can be read in plain text).
+ */
+export declare const switchCredentials: {[key: string]: outputs.network.SwitchCredentials} | undefined;
+Object.defineProperty(exports, "switchCredentials", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.network.SwitchCredentials}>("switchCredentials");
     },
     enumerable: true,
 });

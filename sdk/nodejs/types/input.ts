@@ -5,6 +5,8 @@ import * as pulumi from "@pulumi/pulumi";
 import * as inputs from "../types/input";
 import * as outputs from "../types/output";
 
+import * as utilities from "../utilities";
+
 export namespace compute {
     /**
      * How to reach the machine's BMC.
@@ -36,4 +38,137 @@ export namespace compute {
         verifyTls?: pulumi.Input<boolean>;
     }
 
+}
+
+export namespace network {
+    /**
+     * An inclusive range of addresses.
+     */
+    export interface AddressPoolArgs {
+        /**
+         * Last address.
+         */
+        end: pulumi.Input<string>;
+        /**
+         * First address.
+         */
+        start: pulumi.Input<string>;
+    }
+
+    /**
+     * One network fabric.
+     */
+    export interface FabricArgs {
+        /**
+         * How nodes are kept apart while deployed and cleaned: `flat`, `shared` or `private` (see the provider docs). One of: `flat`, `shared`, `private`.
+         */
+        provisioningMode?: pulumi.Input<string>;
+        /**
+         * The provisioning network's VLAN (flat and shared modes), outside `vlanRanges`.
+         */
+        provisioningVlan?: pulumi.Input<number>;
+        /**
+         * Where a node port in no tenant network sits (an isolated VLAN, outside `vlanRanges`). Required unless the mode is `flat`.
+         */
+        quarantineVlan?: pulumi.Input<number>;
+        /**
+         * The fabric's switches by id (the id node ports name as their `switchId`; unique across fabrics).
+         */
+        switches: pulumi.Input<{[key: string]: pulumi.Input<inputs.network.SwitchSettingsArgs>}>;
+        /**
+         * The VLAN ids tenant networks of this fabric get theirs from (e.g. `["100-199"]`).
+         */
+        vlanRanges: pulumi.Input<pulumi.Input<string>[]>;
+    }
+    /**
+     * fabricArgsProvideDefaults sets the appropriate defaults for FabricArgs
+     */
+    export function fabricArgsProvideDefaults(val: FabricArgs): FabricArgs {
+        return {
+            ...val,
+            provisioningMode: (val.provisioningMode) ?? "shared",
+        };
+    }
+
+    /**
+     * An IPv4 or IPv6 subnet of the network.
+     */
+    export interface SubnetArgs {
+        /**
+         * Where attachments get their addresses from (default: the whole subnet but the gateway, network and broadcast addresses).
+         */
+        allocationPools?: pulumi.Input<pulumi.Input<inputs.network.AddressPoolArgs>[]>;
+        /**
+         * The subnet, e.g. `10.10.0.0/24` or `2001:db8:10::/64` (host bits zero).
+         */
+        cidr: pulumi.Input<string>;
+        /**
+         * The gateway address (inside the subnet; never handed out).
+         */
+        gateway?: pulumi.Input<string>;
+    }
+
+    /**
+     * How to log in to one switch.
+     */
+    export interface SwitchCredentialsArgs {
+        /**
+         * PEM client certificate (OVSDB over SSL).
+         */
+        clientCertificate?: pulumi.Input<string>;
+        /**
+         * PEM client key (OVSDB over SSL).
+         */
+        clientKey?: pulumi.Input<string>;
+        /**
+         * SSH password (ssh-cli).
+         */
+        password?: pulumi.Input<string>;
+        /**
+         * PEM private key for SSH (ssh-cli).
+         */
+        privateKey?: pulumi.Input<string>;
+        /**
+         * SSH user name (ssh-cli).
+         */
+        username?: pulumi.Input<string>;
+    }
+
+    /**
+     * How to reach one switch of the fabric.
+     */
+    export interface SwitchSettingsArgs {
+        /**
+         * Where the switch is managed: `tcp:HOST:PORT` or `ssl:HOST:PORT` for OVSDB, `ssh://HOST:PORT` for ssh-cli.
+         */
+        address: pulumi.Input<string>;
+        /**
+         * Open vSwitch: the bridge that is the switch (e.g. `br0`).
+         */
+        bridge?: pulumi.Input<string>;
+        /**
+         * PEM: the CA trusted for the switch's TLS certificate.
+         */
+        caBundle?: pulumi.Input<string>;
+        /**
+         * ssh-cli: the command dialect of the switch (e.g. `ovs-vsctl`, `sonic`, `cumulus-nvue`).
+         */
+        dialect?: pulumi.Input<string>;
+        /**
+         * The switch family: `ovsdb` (Open vSwitch and switches managed over OVSDB), `ssh-cli` (switches configured over SSH), `fake` (in-process, for tests).
+         */
+        driver: pulumi.Input<string>;
+        /**
+         * ssh-cli: the switch's SSH host key fingerprint (`SHA256:...`, as `ssh-keygen -lf` prints it).
+         */
+        hostKey?: pulumi.Input<string>;
+        /**
+         * Ports linking this switch to the others of the fabric (or to the spine): they carry exactly the VLANs of the fabric's tenant networks in use, and are pruned when a network goes.
+         */
+        trunkPorts?: pulumi.Input<pulumi.Input<string>[]>;
+        /**
+         * Verify the switch's TLS certificate or SSH host key (default true).
+         */
+        verifyTls?: pulumi.Input<boolean>;
+    }
 }

@@ -5,6 +5,8 @@ import * as pulumi from "@pulumi/pulumi";
 import * as inputs from "../types/input";
 import * as outputs from "../types/output";
 
+import * as utilities from "../utilities";
+
 export namespace compute {
     /**
      * How to reach the machine's BMC.
@@ -98,6 +100,166 @@ export namespace compute {
          * The node's traits.
          */
         traits: string[];
+    }
+
+}
+
+export namespace network {
+    /**
+     * An inclusive range of addresses.
+     */
+    export interface AddressPool {
+        /**
+         * Last address.
+         */
+        end: string;
+        /**
+         * First address.
+         */
+        start: string;
+    }
+
+    /**
+     * An address assigned to the attachment.
+     */
+    export interface AssignedAddress {
+        /**
+         * The address.
+         */
+        address: string;
+        /**
+         * Its subnet.
+         */
+        cidr: string;
+        /**
+         * The subnet's gateway.
+         */
+        gateway?: string;
+        /**
+         * 4 or 6.
+         */
+        ipVersion: number;
+        /**
+         * The subnet's id.
+         */
+        subnetId: string;
+    }
+
+    /**
+     * One network fabric.
+     */
+    export interface Fabric {
+        /**
+         * How nodes are kept apart while deployed and cleaned: `flat`, `shared` or `private` (see the provider docs). One of: `flat`, `shared`, `private`.
+         */
+        provisioningMode?: string;
+        /**
+         * The provisioning network's VLAN (flat and shared modes), outside `vlanRanges`.
+         */
+        provisioningVlan?: number;
+        /**
+         * Where a node port in no tenant network sits (an isolated VLAN, outside `vlanRanges`). Required unless the mode is `flat`.
+         */
+        quarantineVlan?: number;
+        /**
+         * The fabric's switches by id (the id node ports name as their `switchId`; unique across fabrics).
+         */
+        switches: {[key: string]: outputs.network.SwitchSettings};
+        /**
+         * The VLAN ids tenant networks of this fabric get theirs from (e.g. `["100-199"]`).
+         */
+        vlanRanges: string[];
+    }
+    /**
+     * fabricProvideDefaults sets the appropriate defaults for Fabric
+     */
+    export function fabricProvideDefaults(val: Fabric): Fabric {
+        return {
+            ...val,
+            provisioningMode: (val.provisioningMode) ?? "shared",
+        };
+    }
+
+    /**
+     * An IPv4 or IPv6 subnet of the network.
+     */
+    export interface Subnet {
+        /**
+         * Where attachments get their addresses from (default: the whole subnet but the gateway, network and broadcast addresses).
+         */
+        allocationPools?: outputs.network.AddressPool[];
+        /**
+         * The subnet, e.g. `10.10.0.0/24` or `2001:db8:10::/64` (host bits zero).
+         */
+        cidr: string;
+        /**
+         * The gateway address (inside the subnet; never handed out).
+         */
+        gateway?: string;
+    }
+
+    /**
+     * How to log in to one switch.
+     */
+    export interface SwitchCredentials {
+        /**
+         * PEM client certificate (OVSDB over SSL).
+         */
+        clientCertificate?: string;
+        /**
+         * PEM client key (OVSDB over SSL).
+         */
+        clientKey?: string;
+        /**
+         * SSH password (ssh-cli).
+         */
+        password?: string;
+        /**
+         * PEM private key for SSH (ssh-cli).
+         */
+        privateKey?: string;
+        /**
+         * SSH user name (ssh-cli).
+         */
+        username?: string;
+    }
+
+    /**
+     * How to reach one switch of the fabric.
+     */
+    export interface SwitchSettings {
+        /**
+         * Where the switch is managed: `tcp:HOST:PORT` or `ssl:HOST:PORT` for OVSDB, `ssh://HOST:PORT` for ssh-cli.
+         */
+        address: string;
+        /**
+         * Open vSwitch: the bridge that is the switch (e.g. `br0`).
+         */
+        bridge?: string;
+        /**
+         * PEM: the CA trusted for the switch's TLS certificate.
+         */
+        caBundle?: string;
+        /**
+         * ssh-cli: the command dialect of the switch (e.g. `ovs-vsctl`, `sonic`, `cumulus-nvue`).
+         */
+        dialect?: string;
+        /**
+         * The switch family: `ovsdb` (Open vSwitch and switches managed over OVSDB), `ssh-cli` (switches configured over SSH), `fake` (in-process, for tests).
+         */
+        driver: string;
+        /**
+         * ssh-cli: the switch's SSH host key fingerprint (`SHA256:...`, as `ssh-keygen -lf` prints it).
+         */
+        hostKey?: string;
+        /**
+         * Ports linking this switch to the others of the fabric (or to the spine): they carry exactly the VLANs of the fabric's tenant networks in use, and are pruned when a network goes.
+         */
+        trunkPorts?: string[];
+        /**
+         * Verify the switch's TLS certificate or SSH host key (default true).
+         */
+        verifyTls?: boolean;
     }
 
 }

@@ -70,8 +70,8 @@ function functionSpec(f: FunctionDefinition): Spec {
 
 export function packageSchema(defs: readonly ResourceDefinition[] = resources, fns: readonly FunctionDefinition[] = functions): Spec {
   const types = new Map<string, Spec>();
-  for (const r of [...defs, ...fns]) {
-    for (const [token, obj] of objectTypes({ ...r.inputs, ...r.outputs })) {
+  for (const fields of [configFields, ...[...defs, ...fns].map((r) => ({ ...r.inputs, ...r.outputs }))]) {
+    for (const [token, obj] of objectTypes(fields)) {
       types.set(token, { type: "object", description: obj.description, properties: propertiesSpec(obj.properties), required: requiredOf(obj.properties) });
     }
   }

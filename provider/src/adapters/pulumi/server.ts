@@ -348,7 +348,7 @@ function coerceConfig(values: Record<string, unknown>): Record<string, unknown> 
     }
     if (field.type === "boolean" && /^(true|false)$/.test(v)) out[name] = v === "true";
     else if ((field.type === "integer" || field.type === "number") && /^-?\d+(\.\d+)?$/.test(v)) out[name] = Number(v);
-    else if (field.type === "array" && v.startsWith("[")) {
+    else if ((field.type === "array" && v.startsWith("[")) || ((field.type === "map" || field.type === "object") && v.startsWith("{"))) {
       try {
         out[name] = JSON.parse(v);
       } catch {

@@ -15,6 +15,7 @@ import type { Policy } from "../../core/policy";
 import type { Props, ProviderContext, ResourceDefinition } from "../../core/resource";
 import { isUnknown } from "../../core/values";
 import type { AllocationRecord, Inventory, NodeRecord } from "../../inventory/types";
+import { isolateForRelease } from "../network/wiring";
 
 const inputs = {
   resourceClass: {
@@ -172,8 +173,16 @@ export const allocationResource: ResourceDefinition = {
 
   async delete(ctx, id) {
     const inventory = await ctx.inventory();
-    const released = await inventory.releaseClaim(id);
-    ctx.progress(released ? `node ${released.nodeId} returned to the pool` : "the allocation was already released");
+    const allocation = await inventory.getAllocation(id);
+    if (!allocation || allocation.state !== "active") {
+      ctx.progress("the allocation was already released");
+      return;
+    }
+    // Cut off from every tenant network first (under the node's network lock), then released.
+    const detached = await isolateForRelease(ctx, inventory, allocation.nodeId, async () => {
+      await inventory.releaseClaim(id);
+    });
+    ctx.progress(`node ${allocation.nodeId} returned to the pool${detached ? ` after leaving ${detached} network attachment(s)` : ""}`);
   },
 };
 

@@ -21,6 +21,7 @@ import { type OperationContext, PartialCreateError, type Props, type ProviderCon
 import { imageStore } from "../../drivers/image-store";
 import type { BmcDriver } from "../../drivers/kinds/bmc";
 import type { Inventory, LockHandle } from "../../inventory/types";
+import { syncNodePorts } from "../network/wiring";
 import { allocatedNode, authorizeOnAllocatedNode } from "./allocation";
 import { buildConfigDrive, type ConfigDriveInput, configDriveFiles } from "./config-drive";
 import { parseNodeId, rethrowAttributed, sleep, withDriver } from "./node";
@@ -280,6 +281,8 @@ export const deploymentResource: ResourceDefinition = {
       await inventory.setProvisionState(node.id, "deploying");
       let configDriveUrl: string | undefined;
       try {
+        // On the provisioning network before the installer boots.
+        await syncNodePorts(ctx, inventory, node.id);
         configDriveUrl = await publishConfigDrive(ctx, props);
         await withDriver(ctx, { address }, (driver) => deploy(ctx, driver, systemId, props, configDriveUrl).catch(rethrowAttributed));
       } catch (e) {
@@ -290,6 +293,8 @@ export const deploymentResource: ResourceDefinition = {
         throw new PartialCreateError(node.id, recorded, [why]);
       }
       await inventory.setProvisionState(node.id, "active");
+      // Into its tenant networks only once active.
+      await syncNodePorts(ctx, inventory, node.id);
       const outputs = { ...props, nodeId: node.id, provisionState: "active", deployedAt: new Date().toISOString(), ...(configDriveUrl ? { configDriveUrl } : {}) };
       return { id: node.id, outputs };
     });
@@ -325,6 +330,8 @@ export const deploymentResource: ResourceDefinition = {
     const { address, systemId } = parseNodeId(id);
     await withNodeLock(ctx, inventory, id, "clean", async () => {
       await inventory.setProvisionState(id, "cleaning");
+      // Cut off from every tenant network BEFORE the machine is touched (moved to the provisioning network).
+      await syncNodePorts(ctx, inventory, id);
       try {
         await withDriver(ctx, { address }, (driver) => clean(ctx, driver, systemId).catch(rethrowAttributed));
       } catch (e) {
@@ -332,6 +339,8 @@ export const deploymentResource: ResourceDefinition = {
         throw e;
       }
       await inventory.setProvisionState(id, "available");
+      // Still held by its allocation: back into the holder's networks (quarantine if none).
+      await syncNodePorts(ctx, inventory, id);
     });
   },
 };
