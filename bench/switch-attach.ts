@@ -8,10 +8,15 @@
  * (added with one ovs-vsctl call: an OVS Port needs an Interface, and type=internal is the quickest
  * kind to create). Prints figures; asserts only that OVS shows every port in the VLAN afterwards.
  *
- *   npx tsx bench/switch-attach.ts            (as root, after scripts/bootstrap.sh)
+ * With --ssh-cli, the same ports again through the ssh-cli driver (ovs-vsctl dialect over a real
+ * sshd, test/harness/sshd.ts): one batched apply of 100, then 20 sequential applies of one.
+ *
+ *   npx tsx bench/switch-attach.ts [--ssh-cli]   (as root, after scripts/bootstrap.sh)
  */
 import { startOvs, OvsInstance } from "../test/harness/ovs";
 import { OvsdbSwitchDriver } from "../provider/src/drivers/ovsdb/switch";
+import { startSshd } from "../test/harness/sshd";
+import { sshCliSwitchDriver } from "../provider/src/drivers/ssh-cli/switch";
 
 const PORTS = 100;
 
@@ -85,9 +90,37 @@ async function main(): Promise<void> {
       console.log(row.map((c, j) => (j === 0 ? c.padEnd(widths[j]) : c.padStart(widths[j]))).join("  "));
       if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
     }
+    if (process.argv.includes("--ssh-cli")) await sshCli(ovs, names);
   } finally {
     await Promise.all(drivers.map((d) => d.close()));
     await ovs.stop();
+  }
+}
+
+/** The ssh-cli driver (ovs-vsctl over SSH) on the same ports: batched 100, sequential 20. */
+async function sshCli(ovs: OvsInstance, names: string[]): Promise<void> {
+  const sshd = await startSshd();
+  const conn = { address: `ssh://root@127.0.0.1:${sshd.port}`, dialect: "ovs-vsctl", bridge: "br0", owner: "bench", privateKey: sshd.privateKey, hostKey: sshd.hostKeyFingerprint };
+  const d = sshCliSwitchDriver(conn, { ovsdbRemote: ovs.ovsdbUrl });
+  try {
+    await d.apply([{ kind: "access", port: "p0", vlan: 98 }]); // warm-up: SSH connection
+    const s0 = sshd.sessions();
+    let t = Date.now();
+    const r = await d.apply(names.map((port) => ({ kind: "access" as const, port, vlan: 201 })));
+    const batched = Date.now() - t;
+    await verify(ovs, names, 201);
+    const s1 = sshd.sessions();
+    const seq = names.slice(0, 20);
+    t = Date.now();
+    for (const port of seq) await d.apply([{ kind: "access", port, vlan: 202 }]);
+    const sequential = Date.now() - t;
+    await verify(ovs, seq, 202);
+    console.log(`\nssh-cli driver (ovs-vsctl over OpenSSH on loopback, waits for ovs-vswitchd each apply)`);
+    console.log(`batched:    1 apply of ${names.length}: ${batched} ms (${(batched / names.length).toFixed(2)} ms/port), ${r.transactions} write, ${s1 - s0} SSH sessions`);
+    console.log(`sequential: ${seq.length} applies of 1: ${sequential} ms (${(sequential / seq.length).toFixed(1)} ms/port), ${sshd.sessions() - s1} SSH sessions`);
+  } finally {
+    await d.close();
+    await sshd.stop();
   }
 }
 
