@@ -10,7 +10,7 @@
  */
 import { createHash } from "crypto";
 import { BaremetalError } from "../core/errors";
-import { AVAILABLE, ClaimRequest, ENROLL, NodeFilter, NodeInput, NodeRecord } from "./types";
+import { AVAILABLE, ClaimRequest, ENROLL, LockHandle, NodeFilter, NodeInput, NodeRecord } from "./types";
 
 const MAX_ID = 1024; // Redfish system URIs with a BMC address in front
 const MAX_TEXT = 255;
@@ -304,6 +304,15 @@ export function nodeNotFound(id: string): BaremetalError {
   return new BaremetalError("not-found", `node ${JSON.stringify(id)} is not enrolled in the inventory`);
 }
 
+/** A `conflict` for removing a node that an active allocation holds. */
+export function nodeClaimed(id: string, allocationId: string): BaremetalError {
+  return new BaremetalError(
+    "conflict",
+    `node ${JSON.stringify(id)} is claimed by allocation ${JSON.stringify(allocationId)}; release that allocation before removing the node`,
+    { messageId: "inventory.NodeClaimed" },
+  );
+}
+
 export function closedError(kind: string): BaremetalError {
   return new BaremetalError("internal", `the ${kind} inventory is closed`);
 }
@@ -328,6 +337,43 @@ export function nowIso(): string {
 
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Checks the arguments of `acquireLock`; returns the lease in seconds. */
+export function requireLockRequest(nodeId: string, holder: string, operation: string, leaseSeconds: number): number {
+  requireId("nodeId", nodeId);
+  requireText("holder", holder, 1024);
+  requireText("operation", operation);
+  return requireLease("leaseSeconds", leaseSeconds);
+}
+
+/**
+ * The handle of an acquired lock, around the backend's statements: `renew` writes a lease of the
+ * given seconds (the acquire's when the caller gives none) and returns the new expiry, or throws
+ * (`lostLock`); `release` frees the lock if this acquisition still holds it.
+ */
+export function lockHandle(
+  nodeId: string,
+  holder: string,
+  operation: string,
+  lease: number,
+  expiresAt: string,
+  renew: (leaseSeconds: number) => Promise<string>,
+  release: () => Promise<void>,
+): LockHandle {
+  let current = expiresAt;
+  return {
+    nodeId,
+    holder,
+    operation,
+    get expiresAt() {
+      return current;
+    },
+    async renew(seconds?: number): Promise<void> {
+      current = await renew(seconds === undefined ? lease : requireLease("leaseSeconds", seconds));
+    },
+    release,
+  };
 }
 
 /** A lock row as both backends read it back (times as ISO text). */

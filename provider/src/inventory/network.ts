@@ -29,6 +29,7 @@ import {
 import {
   AddressPool,
   AddressRequest,
+  AttachmentFilter,
   AttachmentInput,
   AttachmentMode,
   AttachmentRecord,
@@ -634,6 +635,15 @@ export function normaliseAttachment(a: AttachmentInput): AttachmentValues {
   const native = a.native === true;
   if (native && a.mode === "access") throw bad("native", "native applies to trunk attachments only (an access port carries its network untagged anyway)");
   return { id: requireId("id", a.id), portId: requireId("portId", a.portId), networkId: requireId("networkId", a.networkId), mode: a.mode, native };
+}
+
+/** The filter of `listAttachments`, checked. */
+export function normaliseAttachmentFilter(filter: AttachmentFilter | undefined): AttachmentFilter {
+  return {
+    networkId: optionalText("networkId", filter?.networkId, 1024),
+    portId: optionalText("portId", filter?.portId, 1024),
+    nodeId: optionalText("nodeId", filter?.nodeId, 1024),
+  };
 }
 
 export function existingAttachment(cur: AttachmentRecord, v: AttachmentValues): AttachmentRecord {

@@ -59,10 +59,12 @@ import {
   compact,
   currentColumns,
   delay,
+  lockHandle,
   lockHeld,
   lostLock,
   noMatchError,
   NODE_COLUMNS,
+  nodeClaimed,
   nodeColumns,
   nodeNotFound,
   normaliseClaim,
@@ -72,7 +74,7 @@ import {
   optionalVersion,
   redactUrl,
   requireId,
-  requireLease,
+  requireLockRequest,
   requireState,
   requireText,
   sameColumns,
@@ -93,6 +95,7 @@ import {
   nodePortsAttached,
   normaliseAddressRequest,
   normaliseAttachment,
+  normaliseAttachmentFilter,
   normaliseNetwork,
   normalisePort,
   normaliseSubnet,
@@ -528,13 +531,7 @@ export class PostgresInventory implements Inventory {
       const cur = await this.nodeRow(q, id, true);
       if (!cur) return false;
       if (expected !== undefined && cur.version !== expected) throw versionConflict(`node ${JSON.stringify(id)}`, expected, cur.version);
-      if (cur.allocationId !== undefined) {
-        throw new BaremetalError(
-          "conflict",
-          `node ${JSON.stringify(id)} is claimed by allocation ${JSON.stringify(cur.allocationId)}; release that allocation before removing the node`,
-          { messageId: "inventory.NodeClaimed" },
-        );
-      }
+      if (cur.allocationId !== undefined) throw nodeClaimed(id, cur.allocationId);
       // Its ports, locked: an attach (which locks the port first) waits, then finds no port.
       await q("SELECT id FROM ports WHERE node_id = $1 FOR UPDATE", [id]);
       const attached = await this.attachmentRows(q, { nodeId: id });
@@ -665,10 +662,7 @@ export class PostgresInventory implements Inventory {
   // ---- locks ------------------------------------------------------------------------------
 
   async acquireLock(nodeId: string, holder: string, operation: string, leaseSeconds: number): Promise<LockHandle> {
-    requireId("nodeId", nodeId);
-    requireText("holder", holder, 1024);
-    requireText("operation", operation);
-    const lease = requireLease("leaseSeconds", leaseSeconds);
+    const lease = requireLockRequest(nodeId, holder, operation, leaseSeconds);
     const token = randomUUID();
     let expiresAt = "";
     for (let attempt = 0; ; attempt++) {
@@ -698,27 +692,21 @@ export class PostgresInventory implements Inventory {
       if (!cur.length) throw new BaremetalError("transient", `locking node ${JSON.stringify(nodeId)}: the lock changed hands repeatedly; try again`);
       throw lockHeld(nodeId, cur[0].holder, cur[0].operation, iso(cur[0].expires_at));
     }
-    const inv = this;
-    return {
+    return lockHandle(
       nodeId,
       holder,
       operation,
-      get expiresAt() {
-        return expiresAt;
-      },
-      async renew(seconds?: number): Promise<void> {
-        const l = seconds === undefined ? lease : requireLease("leaseSeconds", seconds);
-        const rows = await inv.q(
+      lease,
+      expiresAt,
+      async (l) => {
+        const rows = await this.q(
           "renewing a node lock",
           `UPDATE node_locks SET expires_at = clock_timestamp() + make_interval(secs => $3::double precision)
            WHERE node_id = $1 AND token = $2 AND expires_at > clock_timestamp() RETURNING expires_at`,
           [nodeId, token, l],
         );
-        if (rows.length) {
-          expiresAt = iso(rows[0].expires_at);
-          return;
-        }
-        const cur = await inv.q(
+        if (rows.length) return iso(rows[0].expires_at);
+        const cur = await this.q(
           "renewing a node lock",
           "SELECT holder, operation, token, expires_at, clock_timestamp() AS now FROM node_locks WHERE node_id = $1",
           [nodeId],
@@ -732,10 +720,10 @@ export class PostgresInventory implements Inventory {
           row ? iso(row.now) : new Date().toISOString(),
         );
       },
-      async release(): Promise<void> {
-        await inv.q("releasing a node lock", "DELETE FROM node_locks WHERE node_id = $1 AND token = $2", [nodeId, token]);
+      async () => {
+        await this.q("releasing a node lock", "DELETE FROM node_locks WHERE node_id = $1 AND token = $2", [nodeId, token]);
       },
-    };
+    );
   }
 
   async getLock(nodeId: string): Promise<LockInfo | undefined> {
@@ -1152,11 +1140,7 @@ export class PostgresInventory implements Inventory {
   }
 
   async listAttachments(filter: AttachmentFilter = {}): Promise<AttachmentRecord[]> {
-    const f = {
-      networkId: optionalText("networkId", filter?.networkId, 1024),
-      portId: optionalText("portId", filter?.portId, 1024),
-      nodeId: optionalText("nodeId", filter?.nodeId, 1024),
-    };
+    const f = normaliseAttachmentFilter(filter);
     return this.attachmentRows(this.plain("listing attachments"), f);
   }
 

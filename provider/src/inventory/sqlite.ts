@@ -35,11 +35,13 @@ import {
   closedError,
   compact,
   delay,
+  lockHandle,
   lockHeld,
   LockRow,
   lostLock,
   matchesRestrictions,
   noMatchError,
+  nodeClaimed,
   nodeNotFound,
   normaliseClaim,
   normaliseFilter,
@@ -48,7 +50,7 @@ import {
   optionalVersion,
   rankNodes,
   requireId,
-  requireLease,
+  requireLockRequest,
   requireState,
   requireText,
   versionConflict,
@@ -72,6 +74,7 @@ import {
   nodePortsAttached,
   normaliseAddressRequest,
   normaliseAttachment,
+  normaliseAttachmentFilter,
   normaliseNetwork,
   normalisePort,
   normaliseSubnet,
@@ -500,13 +503,7 @@ export class SqliteInventory implements Inventory {
       const cur = this.nodeRow(id);
       if (!cur) return false;
       if (expected !== undefined && cur.version !== expected) throw versionConflict(`node ${JSON.stringify(id)}`, expected, cur.version);
-      if (cur.allocationId !== undefined) {
-        throw new BaremetalError(
-          "conflict",
-          `node ${JSON.stringify(id)} is claimed by allocation ${JSON.stringify(cur.allocationId)}; release that allocation before removing the node`,
-          { messageId: "inventory.NodeClaimed" },
-        );
-      }
+      if (cur.allocationId !== undefined) throw nodeClaimed(id, cur.allocationId);
       const attached = this.attachmentRows({ nodeId: id });
       if (attached.length) throw nodePortsAttached(id, attached);
       this.run("DELETE FROM nodes WHERE id = ?", id); // its ports go with it (ON DELETE CASCADE)
@@ -629,10 +626,7 @@ export class SqliteInventory implements Inventory {
   // ---- locks ------------------------------------------------------------------------------
 
   async acquireLock(nodeId: string, holder: string, operation: string, leaseSeconds: number): Promise<LockHandle> {
-    requireId("nodeId", nodeId);
-    requireText("holder", holder, 1024);
-    requireText("operation", operation);
-    const lease = requireLease("leaseSeconds", leaseSeconds);
+    const lease = requireLockRequest(nodeId, holder, operation, leaseSeconds);
     const token = randomUUID();
     const row = await this.write("locking a node", () => {
       const now = Date.now();
@@ -651,35 +645,30 @@ export class SqliteInventory implements Inventory {
       }
       return got;
     });
-    let expiresAt = row.expires_at as string;
-    const inv = this;
-    return {
+    return lockHandle(
       nodeId,
       holder,
       operation,
-      get expiresAt() {
-        return expiresAt;
-      },
-      async renew(seconds?: number): Promise<void> {
-        const l = seconds === undefined ? lease : requireLease("leaseSeconds", seconds);
-        expiresAt = await inv.write("renewing a node lock", () => {
+      lease,
+      row.expires_at as string,
+      (l) =>
+        this.write("renewing a node lock", () => {
           const now = Date.now();
           const next = new Date(now + l * 1000).toISOString();
-          const changed = inv.run(
+          const changed = this.run(
             "UPDATE node_locks SET expires_at = ? WHERE node_id = ? AND token = ? AND expires_at > ?",
             next, nodeId, token, new Date(now).toISOString(),
           );
           if (changed !== 1) {
-            const cur = inv.get("SELECT * FROM node_locks WHERE node_id = ?", nodeId);
+            const cur = this.get("SELECT * FROM node_locks WHERE node_id = ?", nodeId);
             throw lostLock(nodeId, operation, cur && (cur as unknown as LockRow), token, new Date(now).toISOString());
           }
           return next;
-        });
+        }),
+      async () => {
+        await this.write("releasing a node lock", () => this.run("DELETE FROM node_locks WHERE node_id = ? AND token = ?", nodeId, token));
       },
-      async release(): Promise<void> {
-        await inv.write("releasing a node lock", () => inv.run("DELETE FROM node_locks WHERE node_id = ? AND token = ?", nodeId, token));
-      },
-    };
+    );
   }
 
   async getLock(nodeId: string): Promise<LockInfo | undefined> {
@@ -1014,11 +1003,7 @@ export class SqliteInventory implements Inventory {
   }
 
   async listAttachments(filter: AttachmentFilter = {}): Promise<AttachmentRecord[]> {
-    const f = {
-      networkId: optionalText("networkId", filter?.networkId, 1024),
-      portId: optionalText("portId", filter?.portId, 1024),
-      nodeId: optionalText("nodeId", filter?.nodeId, 1024),
-    };
+    const f = normaliseAttachmentFilter(filter);
     return this.read("listing attachments", () => this.attachmentRows(f));
   }
 
