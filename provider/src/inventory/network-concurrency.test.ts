@@ -14,15 +14,13 @@
  * Every request wants the lowest free VLAN or address: maximum contention, not a lucky spread.
  *
  * This file is also the worker: run directly (`node --require tsx/cjs network-concurrency.test.ts`)
- * with INVENTORY_NETWORK_WORKER=1 it creates or allocates instead of defining tests.
+ * with INVENTORY_NETWORK_WORKER=1 it creates or allocates instead of defining tests (see race-workers.ts).
  */
-import { ChildProcess, spawn } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import * as readline from "readline";
-import { isBaremetalError } from "../core/errors";
 import { openInventory, sqliteUrl, SUBNET_EXHAUSTED, VLAN_POOL_EXHAUSTED } from "./index";
+import { serveRace, startRace } from "./race-workers";
 
 const WORKERS = 8;
 const NETWORKS_PER_WORKER = 10;
@@ -44,103 +42,28 @@ interface Outcome {
   ms: number;
 }
 
-/** The worker: open, say ready, wait for "go", fire every request at once, print the outcomes as one JSON line. */
-async function worker(): Promise<void> {
-  const [url, index, count, op] = [process.env.INVENTORY_URL!, process.env.WORKER_INDEX!, Number(process.env.WORKER_REQUESTS), process.env.WORKER_OPERATION as Operation];
-  const inv = await openInventory(url);
-  const lines = readline.createInterface({ input: process.stdin });
-  const go = new Promise<void>((resolve) => lines.on("line", (l) => l.trim() === "go" && resolve()));
-  process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
-  await go;
-  const started = Date.now();
-  const outcomes = await Promise.all(
-    Array.from({ length: count }, async (_, j): Promise<Outcome> => {
-      const key = `w${index}-${op === "vlan" ? "net" : "att"}${j}`;
-      try {
-        const got =
+if (require.main === module && process.env.INVENTORY_NETWORK_WORKER === "1") {
+  const op = process.env.WORKER_OPERATION as Operation;
+  serveRace((inv, j, index) => {
+    const key = `w${index}-${op === "vlan" ? "net" : "att"}${j}`;
+    return [
+      { key },
+      async () => ({
+        got:
           op === "vlan"
             ? String((await inv.createNetwork({ id: key, name: key, owner: `project-${index}`, fabric: "dc1", pool: "tenant" })).vlan)
-            : (await inv.allocateAddress({ subnetId: "s26", owner: key })).address;
-        return { key, got, ms: Date.now() - started };
-      } catch (err) {
-        if (!isBaremetalError(err)) return { key, code: "not-a-baremetal-error", message: String(err), ms: Date.now() - started };
-        return { key, code: err.code, messageId: err.messageId, message: err.message, ms: Date.now() - started };
-      }
-    }),
-  );
-  await inv.close();
-  lines.close();
-  process.stdout.write(`${JSON.stringify({ outcomes })}\n`);
-}
-
-if (require.main === module && process.env.INVENTORY_NETWORK_WORKER === "1") {
-  worker().catch((err) => {
-    process.stderr.write(`worker failed: ${err instanceof Error ? err.stack : String(err)}\n`);
-    process.exit(1);
+            : (await inv.allocateAddress({ subnetId: "s26", owner: key })).address,
+      }),
+    ];
   });
 } else {
   // Imported lazily: the worker needs neither jest nor the PostgreSQL harness.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { startPostgres } = require("../../../test/harness/postgres") as typeof import("../../../test/harness/postgres");
 
-  const tsxCjs = (() => {
-    try {
-      return require.resolve("tsx/cjs");
-    } catch {
-      return path.resolve(__dirname, "../../../node_modules/tsx/dist/cjs/index.cjs");
-    }
-  })();
-
-  interface Child {
-    proc: ChildProcess;
-    ready: Promise<void>;
-    done: Promise<Outcome[]>;
-  }
-
-  function startWorker(url: string, index: number, op: Operation, requests: number): Child {
-    const proc = spawn(process.execPath, ["--require", tsxCjs, __filename], {
-      env: {
-        ...process.env,
-        INVENTORY_NETWORK_WORKER: "1",
-        INVENTORY_URL: url,
-        WORKER_INDEX: String(index),
-        WORKER_REQUESTS: String(requests),
-        WORKER_OPERATION: op,
-      },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    let stderr = "";
-    proc.stderr!.on("data", (d) => (stderr += d));
-    const lines = readline.createInterface({ input: proc.stdout! });
-    let markReady!: () => void;
-    const ready = new Promise<void>((r) => (markReady = r));
-    const done = new Promise<Outcome[]>((resolve, reject) => {
-      let outcomes: Outcome[] | undefined;
-      lines.on("line", (l) => {
-        const msg = JSON.parse(l) as { ready?: boolean; outcomes?: Outcome[] };
-        if (msg.ready) markReady();
-        if (msg.outcomes) outcomes = msg.outcomes;
-      });
-      proc.once("exit", (code) =>
-        code === 0 && outcomes ? resolve(outcomes) : reject(new Error(`worker ${index} exited ${code}: ${stderr}`)),
-      );
-    });
-    done.catch(() => markReady()); // a worker dying before "ready" must not hang the barrier
-    return { proc, ready, done };
-  }
-
   /** Starts the workers, releases them together, and returns every outcome with the elapsed time. */
-  async function race(url: string, op: Operation, requests: number): Promise<{ outcomes: Outcome[]; elapsed: number }> {
-    const children = Array.from({ length: WORKERS }, (_, i) => startWorker(url, i, op, requests));
-    try {
-      await Promise.all(children.map((c) => c.ready));
-      const t0 = Date.now();
-      for (const c of children) c.proc.stdin!.write("go\n");
-      const outcomes = (await Promise.all(children.map((c) => c.done))).flat();
-      return { outcomes, elapsed: Date.now() - t0 };
-    } finally {
-      for (const c of children) if (c.proc.exitCode === null && c.proc.pid !== undefined) c.proc.kill("SIGKILL");
-    }
+  function race(url: string, op: Operation, requests: number): Promise<{ outcomes: Outcome[]; elapsed: number }> {
+    return startRace<Outcome>(__filename, "INVENTORY_NETWORK_WORKER", url, WORKERS, requests, { WORKER_OPERATION: op });
   }
 
   /** The values obtained more than once, with who got them. */
