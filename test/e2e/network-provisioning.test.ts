@@ -46,15 +46,17 @@ import * as pulumi from "@pulumi/pulumi";
 ${SDK_IMPORT}
 const config = new pulumi.Config();
 const machines = config.requireObject<{ name: string; nodeId: string; portId: string }[]>("machines");
-const net = new baremetal.network.TenantNetwork("app", { subnets: [{ cidr: "10.89.0.0/24" }] });
+const net = new baremetal.network.TenantNetwork("app", { subnets: [{ cidr: "10.89.0.0/24", gateway: "10.89.0.1" }, { cidr: "fd00:89::/64" }] });
 export const vlan = net.vlanId;
+export const addresses: Record<string, pulumi.Output<string[]>> = {};
 export const allocations: Record<string, pulumi.Output<string>> = {};
 for (const m of machines) {
   const alloc = new baremetal.compute.Allocation(m.name, { candidateNodes: [m.nodeId] });
-  new baremetal.network.NetworkAttachment(m.name, { portId: alloc.nodeId.apply(() => m.portId), networkId: net.networkId });
+  const att = new baremetal.network.NetworkAttachment(m.name, { portId: alloc.nodeId.apply(() => m.portId), networkId: net.networkId });
+  addresses[m.name] = att.ipAddresses.apply((a) => (a ?? []).map((x) => x.address));
   allocations[m.name] = alloc.allocationId;
   if (m.name === "d1" && config.getBoolean("deploy")) {
-    new baremetal.compute.Deployment("d1", { allocationId: alloc.allocationId, imageUrl: config.require("imageUrl") }, { customTimeouts: { create: "3m", delete: "3m" } });
+    new baremetal.compute.Deployment("d1", { allocationId: alloc.allocationId, imageUrl: config.require("imageUrl"), bootInterface: "http", hostname: "d1" }, { customTimeouts: { create: "3m", delete: "3m" } });
   }
 }
 `;
@@ -149,6 +151,20 @@ describe("provisioning networks and the order of isolation (real Open vSwitch, l
     for (const e of effects) expect([e.kind, tagAt("d1", e.at)]).toEqual([e.kind, PROVISIONING]);
     expect(changesOf("p1", start)).toEqual([]); // the other node never moved
     expect(await m.d1.ping(m.p1.ip)).toBe(true);
+
+    // The config drive tells the node the addresses IPAM gave its attachment (IPv4 with its route, IPv6).
+    const { addresses } = (await tenant.outputs()) as { addresses: Record<string, string[]> };
+    expect(addresses.d1).toEqual([expect.stringMatching(/^10\.89\.0\.\d+$/), expect.stringMatching(/^fd00:89::/)]);
+    const drives = [...lab.imageStore.images.entries()].filter(([name]) => name.startsWith("configdrive-"));
+    expect(drives).toHaveLength(1);
+    const iso = drives[0][1].toString("latin1");
+    const json = iso.slice(iso.indexOf('{"links"'), iso.indexOf('"services":[]}') + '"services":[]}'.length);
+    const data = JSON.parse(json);
+    expect(data.links).toEqual([{ id: `eth-${m.d1.mac.replace(/:/g, "")}`, type: "phy", ethernet_mac_address: m.d1.mac }]);
+    expect(data.networks).toEqual([
+      expect.objectContaining({ type: "ipv4", ip_address: addresses.d1[0], netmask: "255.255.255.0", routes: [{ network: "0.0.0.0", netmask: "0.0.0.0", gateway: "10.89.0.1" }] }),
+      expect.objectContaining({ type: "ipv6", ip_address: addresses.d1[1], netmask: "ffff:ffff:ffff:ffff::", routes: [] }),
+    ]);
   });
 
   it("undeploying: off the tenant network before the first cleaning action, back only when cleaning is over", async () => {

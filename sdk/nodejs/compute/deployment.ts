@@ -71,7 +71,7 @@ export class Deployment extends pulumi.CustomResource {
      */
     public readonly metaData!: pulumi.Output<{[key: string]: string} | undefined>;
     /**
-     * Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive.
+     * Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive. Default, when the deployment has a config drive: derived from the node's NetworkAttachments (a link per port by MAC, VLAN links for tagged trunk networks, the assigned static addresses with their netmasks and default routes).
      */
     public readonly networkData!: pulumi.Output<string | undefined>;
     /**
@@ -176,7 +176,7 @@ export interface DeploymentArgs {
      */
     metaData?: pulumi.Input<{[key: string]: pulumi.Input<string>}>;
     /**
-     * Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive.
+     * Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive. Default, when the deployment has a config drive: derived from the node's NetworkAttachments (a link per port by MAC, VLAN links for tagged trunk networks, the assigned static addresses with their netmasks and default routes).
      */
     networkData?: pulumi.Input<string>;
     /**

@@ -21,6 +21,7 @@ import { type OperationContext, PartialCreateError, type Props, type ProviderCon
 import { imageStore } from "../../drivers/image-store";
 import type { BmcDriver } from "../../drivers/kinds/bmc";
 import type { Inventory, LockHandle } from "../../inventory/types";
+import { networkDataFor } from "../network/network-data";
 import { syncNodePorts } from "../network/wiring";
 import { allocatedNode, authorizeOnAllocatedNode } from "./allocation";
 import { buildConfigDrive, type ConfigDriveInput, configDriveFiles } from "./config-drive";
@@ -58,7 +59,8 @@ const inputs = {
   networkData: {
     type: "string",
     replaceOnChange: true,
-    description: "Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive.",
+    description:
+      "Network data for the deployed system: the JSON of an OpenStack `network_data.json` (links, networks, services), delivered on its config drive. Default, when the deployment has a config drive: derived from the node's NetworkAttachments (a link per port by MAC, VLAN links for tagged trunk networks, the assigned static addresses with their netmasks and default routes).",
   },
   metaData: {
     type: "map",
@@ -150,10 +152,12 @@ function configDriveName(allocationId: string, image: Buffer): string {
 }
 
 /** Builds the config drive and puts it in the image store; returns the URL the BMC fetches. */
-async function publishConfigDrive(ctx: OperationContext, props: Props): Promise<string | undefined> {
+async function publishConfigDrive(ctx: OperationContext, props: Props, nodeId: string): Promise<string | undefined> {
   const allocationId = props.allocationId as string;
   const input = configDriveInput(props, allocationId.replace(/^alloc-/, ""));
   if (!input) return undefined;
+  // Without networkData of its own, the node is told the addresses of its network attachments.
+  if (input.networkData === undefined) input.networkData = await networkDataFor(await ctx.inventory(), nodeId);
   if (!ctx.config.imageStoreUrl) throw new BaremetalError("validation", noImageStore, { property: "userData" });
   const image = buildConfigDrive(input);
   ctx.progress(`publishing the config drive (${image.length} bytes) to the image store`);
@@ -283,7 +287,7 @@ export const deploymentResource: ResourceDefinition = {
       try {
         // On the provisioning network before the installer boots.
         await syncNodePorts(ctx, inventory, node.id);
-        configDriveUrl = await publishConfigDrive(ctx, props);
+        configDriveUrl = await publishConfigDrive(ctx, props, node.id);
         await withDriver(ctx, { address }, (driver) => deploy(ctx, driver, systemId, props, configDriveUrl).catch(rethrowAttributed));
       } catch (e) {
         const why = describeError(e);
