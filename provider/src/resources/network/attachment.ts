@@ -217,6 +217,7 @@ export const networkAttachmentResource: ResourceDefinition = {
         return { ...oldState, ...news, networkId: current.networkId };
       }
       // A move: out of the old network and into the new one, then ONE sync writes the switch port.
+      await admitted(ctx, inventory, news); // refused moves are refused before the old attachment is touched
       if (current) {
         await releaseAttachmentAddresses(inventory, current.networkId, id);
         await inventory.detach(id);
