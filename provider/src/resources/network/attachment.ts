@@ -128,6 +128,12 @@ async function allocateAddresses(inventory: Inventory, networkId: string, attach
   return addressOutputs(out);
 }
 
+async function addressesOf(inventory: Inventory, networkId: string, owner: string): Promise<AddressRecord[]> {
+  const out: AddressRecord[] = [];
+  for (const s of await inventory.listSubnets({ networkId })) out.push(...(await inventory.listAddresses(s.id)).filter((r) => r.owner === owner));
+  return out;
+}
+
 function outputsOf(props: Props, a: AttachmentRecord, ipAddresses: Props[]): Props {
   return { ...props, attachmentId: a.id, nodeId: a.nodeId, mac: a.mac, vlanId: a.vlan, switchId: a.switchId, switchPort: a.switchPort, ipAddresses };
 }
@@ -218,11 +224,23 @@ export const networkAttachmentResource: ResourceDefinition = {
       }
       // A move: out of the old network and into the new one, then ONE sync writes the switch port.
       await admitted(ctx, inventory, news); // refused moves are refused before the old attachment is touched
+      const oldAddresses = current ? await addressesOf(inventory, current.networkId, id) : [];
       if (current) {
         await releaseAttachmentAddresses(inventory, current.networkId, id);
         await inventory.detach(id);
       }
-      return attachAndSync(ctx, inventory, id, news);
+      try {
+        return await attachAndSync(ctx, inventory, id, news);
+      } catch (e) {
+        // The move failed half-way (e.g. the requested address is taken): the old attachment and
+        // its addresses are put back as they were, so nothing is lost and the switch is unchanged.
+        if (current && !(await inventory.getAttachment(id))) {
+          await inventory.attach({ id, portId: current.portId, networkId: current.networkId, mode: current.mode, native: current.native });
+          for (const a of oldAddresses) await inventory.allocateAddress({ subnetId: a.subnetId, owner: id, address: a.address }).catch(() => undefined);
+          await applyPlans(ctx, await planNodePorts(ctx, inventory, port.nodeId));
+        }
+        throw e;
+      }
     });
   },
 

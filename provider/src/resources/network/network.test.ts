@@ -297,6 +297,21 @@ describe("NetworkAttachment", () => {
     expect((await inventory.listAddresses(`${a.id}:10.10.0.0/24`)).map((r) => [r.address, r.owner])).toEqual([["10.10.0.2", att.id]]);
     expect(portOf("tor1", "p1")).toEqual({ port: "p1", mode: "access", vlan: 100, owner: TENANT_OP });
   });
+
+  test("a move that fails half-way (the requested address is taken) puts the old attachment and address back", async () => {
+    const { port } = await allocatedNode();
+    const a = await addNetwork(ctx, "net-a", { subnets: [v4] });
+    const b = await addNetwork(ctx, "net-b", { subnets: [{ cidr: "10.20.0.0/24" }] });
+    const att = await attach(ctx, "att", { portId: port.id, networkId: a.id });
+    await inventory.allocateAddress({ subnetId: `${b.id}:10.20.0.0/24`, owner: "someone-else", address: "10.20.0.7" });
+    await expect(
+      attachments.update(ctx.as("att"), att.id, att.props, { ...att.props, networkId: b.id, addresses: ["10.20.0.7"] }, att.state),
+    ).rejects.toMatchObject({ code: "conflict" });
+    expect((await inventory.listAttachments({ nodeId: "node-1" })).map((x) => x.networkId)).toEqual([a.id]);
+    expect((await inventory.listAddresses(`${a.id}:10.10.0.0/24`)).map((r) => [r.address, r.owner])).toEqual([["10.10.0.2", att.id]]);
+    expect((await inventory.listAddresses(`${b.id}:10.20.0.0/24`)).map((r) => r.owner)).toEqual(["someone-else"]);
+    expect(portOf("tor1", "p1")).toEqual({ port: "p1", mode: "access", vlan: 100, owner: TENANT_OP });
+  });
 });
 
 describe("node state drives the port", () => {
