@@ -2,7 +2,9 @@
  * Tenant networks through the real Pulumi engine against real Open vSwitch (userspace datapath,
  * managed over OVSDB by our driver) and the embedded lab's BMCs.
  *
- * Two top-of-rack switches (br0, br1) joined by a trunk; six machines, each a network namespace
+ * Two top-of-rack switches (br0, br1) joined by a trunk, of two driver families: tor1 is managed
+ * over OVSDB (RFC 7047, our client), tor2 over SSH (a real OpenSSH sshd, our ssh-cli driver with
+ * its ovs-vsctl dialect, key login, host key checked); six machines, each a network namespace
  * plugged into a switch port, all addressed inside ONE IPv4 subnet (10.88.0.0/24), so that only the
  * VLANs keep them apart. The operator's stack enrols the nodes and records their ports; two
  * tenants' stacks each allocate three nodes and create two networks, and attach the ports:
@@ -16,6 +18,7 @@
  */
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { type OvsInstance, type OvsNode, startOvs } from "../harness/ovs";
+import { type SshdInstance, startSshd } from "../harness/sshd";
 import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
 
 jest.setTimeout(900_000);
@@ -77,6 +80,7 @@ const isolated = async (from: OvsNode, to: OvsNode) => !(await from.ping(to.ip, 
 describe("tenant networks on real Open vSwitch, through the engine", () => {
   let lab: Lab;
   let ovs: OvsInstance;
+  let sshd: SshdInstance;
   let operator: PulumiProject;
   let tenantA: PulumiProject;
   let tenantB: PulumiProject;
@@ -106,7 +110,7 @@ describe("tenant networks on real Open vSwitch, through the engine", () => {
   };
 
   beforeAll(async () => {
-    ovs = await startOvs({ switches: 2 });
+    [ovs, sshd] = await Promise.all([startOvs({ switches: 2 }), startSshd()]);
     const link = await ovs.linkBridges("br0", "br1", { kind: "veth", names: ["up0", "up1"] });
     trunk = link.ports;
     const layout: [string, string][] = [["m1", "br0"], ["m2", "br1"], ["m3", "br0"], ["m4", "br0"], ["m5", "br1"], ["m6", "br1"]];
@@ -125,7 +129,14 @@ describe("tenant networks on real Open vSwitch, through the engine", () => {
         provisioningMode: "shared",
         switches: {
           tor1: { driver: "ovsdb", address: ovs.ovsdbUrl, bridge: "br0", trunkPorts: [trunk[0]] },
-          tor2: { driver: "ovsdb", address: ovs.ovsdbUrl, bridge: "br1", trunkPorts: [trunk[1]] },
+          tor2: {
+            driver: "ssh-cli",
+            dialect: "ovs-vsctl",
+            address: `ssh://127.0.0.1:${sshd.port}?db=${ovs.ovsdbUrl}`,
+            hostKey: sshd.hostKeyFingerprint,
+            bridge: "br1",
+            trunkPorts: [trunk[1]],
+          },
         },
       },
     };
@@ -133,6 +144,7 @@ describe("tenant networks on real Open vSwitch, through the engine", () => {
     for (const p of [operator, tenantA, tenantB]) {
       await p.setConfig("baremetal:inventoryUrl", inventoryUrl, true);
       await p.setConfig("baremetal:fabrics", JSON.stringify(fabrics));
+      await p.setConfig("baremetal:switchCredentials", JSON.stringify({ tor2: { username: sshd.user, privateKey: sshd.privateKey } }), true);
       for (const [k, v] of Object.entries(lab.info.providerConfig)) await p.setConfig(k, String(v), lab.info.secretConfig.includes(k));
     }
     const lessee = (name: string) => (["m1", "m2", "m3"].includes(name) ? "tenant-a" : "tenant-b");
@@ -163,6 +175,7 @@ describe("tenant networks on real Open vSwitch, through the engine", () => {
     for (const p of [tenantA, tenantB, operator]) await p?.pulumi(["destroy", "--yes", "--skip-preview"], { allowFail: true });
     for (const p of [tenantA, tenantB, operator]) p?.remove();
     await lab?.stop();
+    await sshd?.stop();
     await ovs?.stop();
   });
 
@@ -246,6 +259,22 @@ describe("tenant networks on real Open vSwitch, through the engine", () => {
     expect(await isolated(m.m1, m.m4)).toBe(true);
     expect(await reaches(m.m1, m.m2)).toBe(true);
     await tenantA.pulumi(["preview", "--expect-no-changes"]);
+
+    // A tenant VLAN pruned from the trunk by hand (on the ssh-cli switch's side): the network's nodes
+    // across the trunk lose each other; refresh names the port, up puts the VLAN back.
+    await ovs.vsctl(["set", "Port", trunk[1], `trunks=${(await trunkVlans(trunk[1])).filter((v) => v !== va.one).join(",")}`]);
+    expect(await isolated(m.m1, m.m2)).toBe(true);
+    const again = await tenantA.pulumi(["refresh", "--yes", "--skip-preview"]);
+    expect(again.stdout + again.stderr).toMatch(new RegExp(`switch tor2 trunk port ${trunk[1]} does not carry VLAN ${va.one}`));
+    await tenantA.pulumi(["up", "--yes", "--skip-preview"]);
+    expect(await trunkVlans(trunk[1])).toContain(va.one);
+    expect(await reaches(m.m1, m.m2)).toBe(true);
+    await tenantA.pulumi(["preview", "--expect-no-changes"]);
+  });
+
+  it("switch credentials stay secret: no private key in any stack's state", async () => {
+    const key = sshd.privateKey.split("\n")[1];
+    for (const p of [operator, tenantA, tenantB]) expect(JSON.stringify(await p.exportStack())).not.toContain(key);
   });
 
   it("destroy prunes the trunk and leaves the switches as they were", async () => {

@@ -98,7 +98,7 @@ async function syncSubnets(inventory: Inventory, networkId: string, declared: Su
     }
     if (same) {
       await inventory.removeSubnet(same.id).catch((e) => {
-        throw isBaremetalError(e) ? new BaremetalError(e.code, `subnets[${i}]: ${e.message}`, { property: `subnets[${i}]` }) : e;
+        throw isBaremetalError(e) ? new BaremetalError(e.code, `changing subnet ${s.cidr} means replacing it: ${e.message}`, { property: `subnets[${i}]` }) : e;
       });
     }
     try {
@@ -106,7 +106,7 @@ async function syncSubnets(inventory: Inventory, networkId: string, declared: Su
       ids.push(added.id);
       keep.add(added.id);
     } catch (e) {
-      if (isBaremetalError(e) && e.code === "validation") throw new BaremetalError("validation", `subnets[${i}]: ${e.message}`, { property: `subnets[${i}]${e.property ? `.${e.property}` : ""}` });
+      if (isBaremetalError(e) && e.code === "validation") throw new BaremetalError("validation", e.message, { property: `subnets[${i}]${e.property ? `.${e.property}` : ""}` });
       throw e;
     }
   }
@@ -117,7 +117,9 @@ async function syncSubnets(inventory: Inventory, networkId: string, declared: Su
 function sameSubnet(h: SubnetRecord, s: SubnetInputProps): boolean {
   if ((h.gateway ?? "") !== (s.gateway ?? "")) return false;
   if (!s.allocationPools) return true; // default pools: whatever the inventory derived
-  return JSON.stringify(h.allocationPools) === JSON.stringify([...s.allocationPools].sort((a, b) => a.start.localeCompare(b.start)));
+  // Compared as text ranges: the engine may hand the objects over with their keys in another order.
+  const ranges = (pools: { start: string; end: string }[]) => pools.map((p) => `${p.start}-${p.end}`).sort().join(",");
+  return ranges(h.allocationPools) === ranges(s.allocationPools);
 }
 
 function outputsOf(props: Props, network: NetworkRecord, subnetIds: string[]): Props {
