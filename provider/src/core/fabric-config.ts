@@ -53,7 +53,8 @@ const switchFields = {
     type: "string",
     required: true,
     minLength: 1,
-    description: "Where the switch is managed: `tcp:HOST:PORT` or `ssl:HOST:PORT` for OVSDB, `ssh://HOST:PORT` for ssh-cli.",
+    description:
+      "Where the switch is managed: `tcp:HOST:PORT` or `ssl:HOST:PORT` for OVSDB, `ssh://[USER@]HOST[:PORT]` for ssh-cli (the ovs-vsctl dialect takes the OVSDB remote as `?db=...`).",
   },
   bridge: { type: "string", description: "Open vSwitch: the bridge that is the switch (e.g. `br0`)." },
   trunkPorts: {
@@ -64,7 +65,10 @@ const switchFields = {
   },
   verifyTls: { type: "boolean", description: "Verify the switch's TLS certificate or SSH host key (default true)." },
   caBundle: { type: "string", description: "PEM: the CA trusted for the switch's TLS certificate." },
-  hostKey: { type: "string", description: "ssh-cli: the switch's SSH host key fingerprint (`SHA256:...`, as `ssh-keygen -lf` prints it)." },
+  hostKey: {
+    type: "string",
+    description: "ssh-cli: the switch's SSH host key: its fingerprint (`SHA256:...`, as `ssh-keygen -lf` prints it), a public key line, or known_hosts text. Required unless `verifyTls` is false.",
+  },
   dialect: { type: "string", description: "ssh-cli: the command dialect of the switch (e.g. `ovs-vsctl`, `sonic`, `cumulus-nvue`)." },
 } as const satisfies Fields;
 
@@ -155,7 +159,7 @@ export const switchCredentialsField = {
     properties: {
       username: { type: "string", description: "SSH user name (ssh-cli)." },
       password: { type: "string", secret: true, description: "SSH password (ssh-cli)." },
-      privateKey: { type: "string", secret: true, description: "PEM private key for SSH (ssh-cli)." },
+      privateKey: { type: "string", secret: true, description: "Private key for SSH (ssh-cli): OpenSSH or PEM text." },
       clientCertificate: { type: "string", description: "PEM client certificate (OVSDB over SSL)." },
       clientKey: { type: "string", secret: true, description: "PEM client key (OVSDB over SSL)." },
     },

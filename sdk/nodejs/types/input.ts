@@ -125,7 +125,7 @@ export namespace network {
          */
         password?: pulumi.Input<string>;
         /**
-         * PEM private key for SSH (ssh-cli).
+         * Private key for SSH (ssh-cli): OpenSSH or PEM text.
          */
         privateKey?: pulumi.Input<string>;
         /**
@@ -139,7 +139,7 @@ export namespace network {
      */
     export interface SwitchSettingsArgs {
         /**
-         * Where the switch is managed: `tcp:HOST:PORT` or `ssl:HOST:PORT` for OVSDB, `ssh://HOST:PORT` for ssh-cli.
+         * Where the switch is managed: `tcp:HOST:PORT` or `ssl:HOST:PORT` for OVSDB, `ssh://[USER@]HOST[:PORT]` for ssh-cli (the ovs-vsctl dialect takes the OVSDB remote as `?db=...`).
          */
         address: pulumi.Input<string>;
         /**
@@ -159,7 +159,7 @@ export namespace network {
          */
         driver: pulumi.Input<string>;
         /**
-         * ssh-cli: the switch's SSH host key fingerprint (`SHA256:...`, as `ssh-keygen -lf` prints it).
+         * ssh-cli: the switch's SSH host key: its fingerprint (`SHA256:...`, as `ssh-keygen -lf` prints it), a public key line, or known_hosts text. Required unless `verifyTls` is false.
          */
         hostKey?: pulumi.Input<string>;
         /**
