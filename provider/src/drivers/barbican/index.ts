@@ -1,0 +1,1 @@
+export { BARBICAN_FAMILY, createBarbicanDriver, secretUuid } from "./driver";
