@@ -291,12 +291,10 @@ class BarbicanDriver implements KeyManagerDriver {
   private async waitForOrder(order: string, what: string): Promise<string> {
     const deadline = Date.now() + ORDER_TIMEOUT_MS;
     for (let wait = 100; ; wait = Math.min(wait * 2, 2000)) {
-      const o = await this.json<{ status?: string; secret_ref?: string; error_status_code?: unknown; error_reason?: string; sub_status_message?: string }>({
-        method: "GET",
-        path: `/orders/${order}`,
-        idempotent: true,
-        what: `read order ${order}`,
-      });
+      const a = await this.send({ method: "GET", path: `/orders/${order}`, idempotent: true, what: `read order ${order}` });
+      if (a.status === 404) throw new BaremetalError("backend", `Barbican at ${this.root} lost order ${order} (${what}) before it completed (HTTP 404); try again`, { httpStatus: 404 });
+      if (a.status !== 200) throw this.failure(a, `read order ${order} (${what})`);
+      const o = parseJson<{ status?: string; secret_ref?: string; error_status_code?: unknown; error_reason?: string }>(a.body, `read order ${order}`, this.root);
       if (o.status === "ACTIVE") {
         const secret = uuidOfRef(o.secret_ref);
         if (!secret) throw new BaremetalError("backend", `Barbican at ${this.root} completed order ${order} (${what}) without naming its secret`);
