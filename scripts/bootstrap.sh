@@ -178,12 +178,12 @@ if ((${#apt_missing[@]})); then
     "${SUDO[@]}" mkdir -p /etc/postgresql-common
     echo "create_main_cluster = false" | "${SUDO[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
   fi
-  # Debian's openvswitch-switch and openssh-server start the system's daemons through
-  # invoke-rc.d (ovsdb-server, ovs-vswitchd; an sshd on port 22 of every address); the tests start
-  # their own on loopback (test/harness/ovs.ts, sshd.ts) and nothing else may be left running. A
-  # policy-rc.d that denies every start (Docker's images ship one) is put in place for the install
-  # when there is none.
-  if [[ " ${apt_missing[*]} " =~ \ (openvswitch-switch|openssh-server)\  && ! -e /usr/sbin/policy-rc.d ]]; then
+  # Debian's packages start their daemons at install through invoke-rc.d (ovsdb-server and
+  # ovs-vswitchd, an sshd on port 22 of every address, barbican-api on 0.0.0.0:9311, tgtd, ...).
+  # The tests start their own on loopback (test/harness/*.ts) and nothing else may be left
+  # running, so a policy-rc.d that denies every start (Docker's images ship one) is put in place
+  # for the install whenever there is none.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     POLICY_RC_D_OURS=1
     printf '#!/bin/sh\n# scripts/bootstrap.sh: no service starts during its apt-get install\nexit 101\n' |
       "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
