@@ -194,13 +194,20 @@ export const AttributeName = {
   OperationPolicyName: "Operation Policy Name",
 } as const;
 
-function attribute(name: string, value: TtlvItem): TtlvItem {
-  return structure(Tag.Attribute, textString(Tag.AttributeName, name), value);
-}
-
-/** Attribute structures (section 2.1.1) for the values set in `a`. */
+/**
+ * Attribute structures (section 2.1.1) for the values set in `a`. The second and later instances
+ * of a multi-valued attribute (Name, Application Specific Information, Object Group) carry an
+ * Attribute Index (1, 2, ...; absent means 0): PyKMIP refuses a Create whose template repeats an
+ * attribute without one.
+ */
 export function encodeAttributes(a: KmipAttributes): TtlvItem[] {
   const out: TtlvItem[] = [];
+  const seen = new Map<string, number>();
+  const attribute = (name: string, value: TtlvItem): TtlvItem => {
+    const index = seen.get(name) ?? 0;
+    seen.set(name, index + 1);
+    return structure(Tag.Attribute, textString(Tag.AttributeName, name), index > 0 && integer(Tag.AttributeIndex, index), value);
+  };
   const V = Tag.AttributeValue;
   for (const n of a.names ?? [])
     out.push(attribute(AttributeName.Name, structure(V, textString(Tag.NameValue, n), enumeration(Tag.NameType, NameType.UninterpretedTextString))));
@@ -818,14 +825,14 @@ export class KmipClient {
     if (CERT_CODES.has(code))
       return new BaremetalError(
         "tls",
-        `the KMIP server at ${this.address} presented a certificate we do not trust (${code}: ${e.message}): set caBundle to the CA that signed it`,
+        `the KMIP server at ${this.address} presented a certificate we do not trust (${code}: ${firstLine(e.message)}): set caBundle to the CA that signed it`,
         { cause: err, unsent: true, messageId: code },
       );
-    if (/ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_REQUIRED|ACCESS_DENIED|DECRYPT_ERROR|HANDSHAKE_FAILURE)/.test(code) || /alert (unknown ca|bad certificate|certificate unknown|certificate required|access denied)/.test(e.message ?? ""))
+    if (/ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_REVOKED|CERTIFICATE_EXPIRED|CERTIFICATE_REQUIRED|ACCESS_DENIED)/.test(code))
       return new BaremetalError(
         "auth",
-        `the KMIP server at ${this.address} refused the TLS handshake (${code || e.message}): it does not accept our client certificate (check clientCertificate/clientKey and that the server trusts their CA)`,
-        { cause: err, unsent: true, messageId: code },
+        `the KMIP server at ${this.address} refused our client certificate (${code}): it must be signed by a CA the server trusts, be valid, and allow client authentication (extendedKeyUsage clientAuth)`,
+        { cause: err, unsent: true, messageId: code, property: "clientCertificate" },
       );
     if (code === "ECONNRESET")
       return new BaremetalError(
@@ -834,7 +841,7 @@ export class KmipClient {
         { cause: err, unsent: true, messageId: code },
       );
     if (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS"))
-      return new BaremetalError("tls", `TLS with the KMIP server at ${this.address} failed (${code}: ${e.message})`, { cause: err, unsent: true, messageId: code });
+      return new BaremetalError("tls", `TLS with the KMIP server at ${this.address} failed (${code}: ${firstLine(e.message)})`, { cause: err, unsent: true, messageId: code });
     return this.transportError(err, true);
   }
 
@@ -846,6 +853,10 @@ export class KmipClient {
       messageId: e.code,
     });
   }
+}
+
+function firstLine(s: string | undefined): string {
+  return (s ?? "").split("\n")[0].trim();
 }
 
 function isIp(host: string): boolean {
