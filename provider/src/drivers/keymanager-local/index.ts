@@ -1,0 +1,1 @@
+export { LOCAL_FAMILY, LocalKeyManager, createLocalKeyManager, parseLocalAddress } from "./driver";
