@@ -557,6 +557,7 @@ export class KmipClient {
   readonly address: string;
   private socket?: tls.TLSSocket;
   private connecting?: Promise<tls.TLSSocket>;
+  private handshaking?: tls.TLSSocket;
   private buffered: Buffer = Buffer.alloc(0);
   private pending?: Pending;
   private queue: Promise<unknown> = Promise.resolve();
@@ -722,11 +723,13 @@ export class KmipClient {
         servername: this.opts.servername ?? (isIp(this.opts.host) ? undefined : this.opts.host),
         minVersion: "TLSv1.2",
       });
+      this.handshaking = socket;
       let done = false;
       const fail = (err: unknown) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        if (this.handshaking === socket) this.handshaking = undefined;
         socket.destroy();
         reject(this.connectError(err));
       };
@@ -740,6 +743,7 @@ export class KmipClient {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        if (this.handshaking === socket) this.handshaking = undefined;
         socket.removeAllListeners("error");
         socket.removeAllListeners("close");
         this.attach(socket);
@@ -804,6 +808,7 @@ export class KmipClient {
   /** Closes the connection; a pending request fails with `err` (or is left to its own timer). */
   private drop(err: BaremetalError | undefined): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.handshaking?.destroy(); // its connect promise fails; nobody waits for it any more
     const s = this.socket;
     this.socket = undefined;
     const p = this.pending;

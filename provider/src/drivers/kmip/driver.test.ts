@@ -6,6 +6,7 @@
 import { isBaremetalError } from "../../core/errors";
 import type { KeyAuditEvent, KeyManagerConnection } from "../kinds/keymanager";
 import { kmipServerAvailable, KmipServerInstance, startKmipServer } from "../../../../test/harness/kmip";
+import * as net from "node:net";
 import { freePort } from "../../../../test/harness/processes";
 import { KmipClient, Operation, requests, ResultReason, State } from "./client";
 import { createKmipDriver, KmipDriver } from "./driver";
@@ -271,5 +272,67 @@ d("kmip driver against PyKMIP", () => {
     );
     expect(isBaremetalError(err) && err.code === "transient" && err.unsent).toBe(true);
     await client.close();
+  });
+
+  test("a server that accepts but never answers: timeout, and nothing left open", async () => {
+    const sockets: net.Socket[] = [];
+    const silent = net.createServer((sock) => sockets.push(sock));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const port = (silent.address() as net.AddressInfo).port;
+    try {
+      const drv = driver("project-a", { address: `kmip://127.0.0.1:${port}`, requestTimeoutMs: 400 });
+      const t = Date.now();
+      const e = await caught(drv.getKeyMaterial("1"));
+      expect(Date.now() - t).toBeLessThan(3000);
+      expect(e.code).toBe("timeout");
+      expect(e.message).toBe(`the KMIP server at 127.0.0.1:${port} did not answer within 400 ms: check that it runs and is not overloaded`);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => silent.close(r));
+    }
+  });
+
+  test("cancelled by the connection's AbortSignal", async () => {
+    const ac = new AbortController();
+    const drv = driver("project-a", { signal: ac.signal });
+    await drv.listKeys();
+    ac.abort();
+    expect((await caught(drv.listKeys())).code).toBe("cancelled");
+  });
+
+  test("parallel calls on one driver share its connection in order", async () => {
+    const keys = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => a.createKey({ name: `par-${i}`, bits: i % 2 ? 512 : 256 })));
+    const t = Date.now();
+    const materials = await Promise.all(keys.flatMap((k) => [a.getKeyMaterial(k.id), a.getKeyMaterial(k.id)]));
+    const ms = Date.now() - t;
+    keys.forEach((k, i) => {
+      expect(materials[2 * i]).toHaveLength(k.bits / 8);
+      expect(materials[2 * i].equals(materials[2 * i + 1])).toBe(true);
+    });
+    console.log(`12 parallel gets on one connection: ${ms} ms`);
+  });
+
+  test("the server stopped between calls: the next call says unavailable", async () => {
+    const other = await startKmipServer({ identities: ["project-c"] });
+    const drv = createKmipDriver({
+      address: `kmip://127.0.0.1:${other.port}`,
+      project: "project-c",
+      caBundle: other.ca,
+      clientCertificate: other.clients["project-c"].cert,
+      clientKey: other.clients["project-c"].key,
+    });
+    drivers.push(drv);
+    try {
+      const k = await drv.createKey({ name: "c", bits: 256 });
+      const t = Date.now();
+      await other.stop();
+      const stopMs = Date.now() - t;
+      const e = await caught(drv.getKeyMaterial(k.id));
+      expect(e.code).toBe("transient");
+      expect(e.message).toMatch(new RegExp(`KMIP server at 127\\.0\\.0\\.1:${other.port} (is unavailable \\(connection refused\\)|closed the connection)`));
+      console.log(`pykmip-server stopped (SIGINT) in ${stopMs} ms`);
+    } finally {
+      await other.stop();
+    }
   });
 });

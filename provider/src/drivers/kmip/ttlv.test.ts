@@ -153,6 +153,20 @@ describe("KMIP messages", () => {
     expect(decodeAttributes(encodeAttributes(a))).toEqual(a);
   });
 
+  test("a repeated multi-valued attribute carries Attribute Index 1, 2, ... (absent for the first)", () => {
+    const items = encodeAttributes({ names: ["a", "b", "c"], objectGroups: ["g"] });
+    const indexOf = (i: (typeof items)[number]) => (i.type === ItemType.Structure ? i.value.find((c) => c.tag === Tag.AttributeIndex)?.value : undefined);
+    expect(items.map(indexOf)).toEqual([undefined, 1, 2, undefined]);
+    expect(encode(items[1]).toString("hex")).toBe(
+      hex(`420008 | 01 | 00000048
+             42000A | 07 | 00000004 | 4E616D6500000000
+             420009 | 02 | 00000004 | 00000001 00000000
+             42000B | 01 | 00000020
+               420055 | 07 | 00000001 | 6200000000000000
+               420054 | 05 | 00000004 | 00000001 00000000`).toString("hex"),
+    );
+  });
+
   test("a Get response with a Raw key (hand-built, section 2.2 Key Block) yields the material", () => {
     const key = Buffer.alloc(32, 0xab);
     const response = encode(
