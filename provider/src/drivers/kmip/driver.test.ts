@@ -8,7 +8,7 @@ import type { KeyAuditEvent, KeyManagerConnection } from "../kinds/keymanager";
 import { kmipServerAvailable, KmipServerInstance, startKmipServer } from "../../../../test/harness/kmip";
 import * as net from "node:net";
 import { freePort } from "../../../../test/harness/processes";
-import { KmipClient, Operation, requests, ResultReason, State } from "./client";
+import { KeyFormatType, KmipClient, Operation, requests, ResultReason, State } from "./client";
 import { createKmipDriver, KmipDriver } from "./driver";
 
 const avail = kmipServerAvailable();
@@ -124,13 +124,17 @@ d("kmip driver against PyKMIP", () => {
     expect(third).toMatchObject({ replaces: next.id, version: 3 });
   });
 
-  test("ReKey is not supported by PyKMIP 0.10 (so rotation is Create + link)", async () => {
+  test("PyKMIP 0.10 supports no ReKey (so rotation is Create + link) and no Transparent Symmetric Key format", async () => {
     const k = await a.createKey({ name: "rekey-probe", bits: 256 });
     const results = await a.kmip.batchResults([requests.reKey(k.id)]);
     expect(results[0]).toMatchObject({ status: 1, reason: ResultReason.OperationNotSupported });
     const ops = await a.kmip.supportedOperations();
     expect(ops).toEqual(expect.arrayContaining([Operation.Create, Operation.Get, Operation.Locate, Operation.Activate, Operation.Revoke, Operation.Destroy]));
     expect(ops).not.toContain(Operation.ReKey);
+    // PyKMIP keeps keys Raw and converts to no other format: Transparent Symmetric Key is refused.
+    const transparent = await a.kmip.batchResults([requests.get(k.id, KeyFormatType.TransparentSymmetricKey)]);
+    expect(transparent[0]).toMatchObject({ status: 1, reason: ResultReason.KeyFormatTypeNotSupported });
+    expect((await a.kmip.get(k.id, KeyFormatType.Raw)).material).toHaveLength(32);
   });
 
   test("destroy: revoked then destroyed; afterwards get is refused (not-found) and destroy is idempotent", async () => {
