@@ -1,0 +1,27 @@
+/**
+ * Key-manager families: which driver serves a key manager of the provider's configuration. Each
+ * family turns a `KeyManagerConnection` (an address and the project every call is made as) into a
+ * `KeyManagerDriver`; resources never name a family.
+ */
+import { validationError } from "../core/errors";
+import { createBarbicanDriver } from "./barbican";
+import type { KeyManagerConnection, KeyManagerDriver } from "./kinds/keymanager";
+import { createKmipDriver } from "./kmip/driver";
+
+export type KeyManagerFactory = (conn: KeyManagerConnection) => KeyManagerDriver;
+
+/**
+ * The families, by the name a key manager's `driver` setting gives:
+ * - `barbican`: OpenStack Key Manager (REST, project-scoped by X-Project-Id / Keystone token);
+ * - `kmip`: a KMIP 1.2 server over mutual TLS (the client certificate is the project's identity).
+ */
+export const keyManagerFamilies: Record<string, KeyManagerFactory> = {
+  barbican: (conn) => createBarbicanDriver(conn),
+  kmip: (conn) => createKmipDriver(conn),
+};
+
+export function keyManagerDriverFor(family: string, conn: KeyManagerConnection, property = "driver"): KeyManagerDriver {
+  const factory = Object.prototype.hasOwnProperty.call(keyManagerFamilies, family) ? keyManagerFamilies[family] : undefined;
+  if (!factory) throw validationError(property, `no key manager driver '${family}'; use one of ${Object.keys(keyManagerFamilies).sort().join(", ")}`);
+  return factory(conn);
+}
