@@ -426,8 +426,8 @@ export class FileStorageDriver implements StorageDriver {
         const who = exp[0].acl.filter((a) => INITIATOR_RE.test(a)).join(", ") || "no initiator";
         throw new BaremetalError("conflict", `volume ${this.pool}/${name} is exported to ${who} (target ${exp[0].name}); unexport it first`);
       }
+      const meta = await readJson<VolumeMeta>(this.volMeta(name));
       if (!this.tgt) {
-        const meta = await readJson<VolumeMeta>(this.volMeta(name));
         if (meta?.export) {
           throw new BaremetalError(
             "conflict",
@@ -442,6 +442,9 @@ export class FileStorageDriver implements StorageDriver {
         if (c.length) busy.push(`${name}@${s} (clones: ${c.join(", ")})`);
       }
       if (busy.length) throw new BaremetalError("conflict", `volume ${this.pool}/${name} has snapshots with clones: ${busy.join("; ")}; delete the clones first`);
+      // Recorded as exported but tgtd has no target for it (removed by hand, tgtd restarted): the
+      // CHAP account may still be there.
+      if (this.tgt && meta?.export) await this.forgetAccounts([meta.export.chapUser], await this.targets(), new Set());
       try {
         for (const s of snaps) {
           await unlinkIfThere(this.snapFile(name, s));
@@ -715,6 +718,14 @@ export class FileStorageDriver implements StorageDriver {
     };
   }
 
+  /** Deletes CHAP accounts, but never one that a target other than `gone` still uses. */
+  private async forgetAccounts(accounts: string[], targets: TgtTarget[], gone: Set<number>): Promise<void> {
+    for (const a of accounts) {
+      if (targets.some((t) => !gone.has(t.tid) && (t.incomingAccounts.includes(a) || t.outgoingAccount === a))) continue;
+      await this.call(`deleting CHAP account ${a}`, { mode: Mode.Account, op: Op.Delete, params: [`user=${a}`] }, [TgtErr.NoUser]);
+    }
+  }
+
   async unexportVolume(volume: string): Promise<void> {
     const name = checkName("volume", volume);
     this.requireTgt();
@@ -728,12 +739,7 @@ export class FileStorageDriver implements StorageDriver {
         // Whole target at once (ACL, LUNs, account bindings); force: sessions logged in are cut off.
         await this.call(`deleting target ${t.name}`, { mode: Mode.Target, op: Op.Delete, tid: t.tid, force: true }, [TgtErr.NoTarget]);
       }
-      const gone = new Set(mine.map((t) => t.tid));
-      for (const a of accounts) {
-        // Never an account another target still uses.
-        if (targets.some((t) => !gone.has(t.tid) && (t.incomingAccounts.includes(a) || t.outgoingAccount === a))) continue;
-        await this.call(`deleting CHAP account ${a}`, { mode: Mode.Account, op: Op.Delete, params: [`user=${a}`] }, [TgtErr.NoUser]);
-      }
+      await this.forgetAccounts([...accounts], targets, new Set(mine.map((t) => t.tid)));
       if (meta.export) {
         const { export: _done, ...rest } = meta;
         if (Object.keys(rest).length) await this.writeJson(this.volMeta(name), rest);

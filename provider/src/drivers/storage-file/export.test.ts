@@ -301,6 +301,26 @@ describeTgt("file storage driver exports against a real tgtd (libiscsi and qemu-
     await drv.deleteVolume("drift1");
   });
 
+  it("an export cut off half-way (target and LUN, no account, no ACL) lets nobody in, reads back with its problems, and exporting again completes it", async () => {
+    await drv.createVolume({ name: "half", sizeBytes: 4 * MiB });
+    const iqn = drv.targetIqn("half");
+    await tgt.tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "new", "--tid", "900", "--targetname", iqn]);
+    await tgt.tgtadm(["--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "900", "--lun", "1", "--backing-store", await drv.path("half"), "--bstype", "rdwr"]);
+    const [half] = await drv.listExports("half");
+    expect(half.problems).toEqual(["no initiator allowed (ACL empty)", "no CHAP account bound: tgt accepts logins without CHAP"]);
+    expect((await tgt.readCapacity(login(iqn, N1))).ok).toBe(false); // an empty ACL refuses every initiator
+    await drv.exportVolume({ volume: "half", initiatorIqn: N1, chapUser: "node-half", chapSecret: SECRET1 });
+    expect(await drv.listExports("half")).toMatchObject([{ tid: 900, initiatorIqn: N1, chapUser: "node-half", problems: [] }]);
+    expect(await tgt.readCapacity(login(iqn, N1, "node-half", SECRET1))).toMatchObject({ ok: true, bytes: 4 * MiB });
+
+    // the target vanishes behind our back (removed by hand, or tgtd restarted): delete still
+    // removes the CHAP account the export left in tgtd
+    await tgt.tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "900"]);
+    expect(await tgt.tgtadm(["--lld", "iscsi", "--mode", "account", "--op", "show"])).toContain("node-half");
+    await drv.deleteVolume("half");
+    expect(await tgt.tgtadm(["--lld", "iscsi", "--mode", "account", "--op", "show"])).not.toContain("node-half");
+  });
+
   it("sessions logged in are listed, and unexport cuts them off", async () => {
     await drv.createVolume({ name: "live", sizeBytes: 8 * MiB });
     const exp = await drv.exportVolume({ volume: "live", initiatorIqn: N1, chapUser: "node1", chapSecret: SECRET1 });

@@ -3,6 +3,7 @@
  * without an iSCSI target (export.test.ts has the real tgtd). Allocation is read back with stat(2)
  * (st_blocks) and, for sharing and independence, by reading the files' bytes.
  */
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -189,6 +190,29 @@ describe("file storage driver: volumes, snapshots, clones (real filesystem)", ()
     for (const r of results) if (r.status === "rejected") expect(isBaremetalError(r.reason) && r.reason.code).toBe("conflict");
     expect(fs.readdirSync(dir)).toEqual(["race.img"]);
     await other.close();
+  });
+
+  const asRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  // Mounting a small tmpfs needs root; the reason is in the test's name.
+  (asRoot ? it : it.skip)("a full filesystem (a 4 MiB tmpfs, needs root): snapshot and clone fail with a clear error, nothing half-made stays", async () => {
+    const mnt = path.join(root, "small");
+    fs.mkdirSync(mnt);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mnt]);
+    try {
+      const small = new FileStorageDriver({ address: `file://${mnt}` });
+      await small.createVolume({ name: "big", sizeBytes: 1024 * MiB }); // sparse: fits
+      writeAt(path.join(mnt, "big.img"), 100 * MiB, Buffer.alloc(3 * MiB, 0x77));
+      const err = await messageOf(small.createSnapshot("big", "s1"));
+      expect(err).toMatch(/filesystem is full \(ENOSPC\)/);
+      expect(await codeOf(small.createSnapshot("big", "s1"))).toBe("backend");
+      expect(fs.readdirSync(mnt)).toEqual(["big.img"]);
+      expect(await small.listSnapshots("big")).toEqual([]);
+      expect(readAt(path.join(mnt, "big.img"), 100 * MiB, 16).equals(Buffer.alloc(16, 0x77))).toBe(true);
+      await small.deleteVolume("big");
+      await small.close();
+    } finally {
+      execFileSync("umount", [mnt]);
+    }
   });
 
   it("without an iSCSI target configured, exports are a validation error on iscsi", async () => {
