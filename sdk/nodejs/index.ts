@@ -14,12 +14,14 @@ utilities.lazyLoad(exports, ["Provider"], () => require("./provider"));
 // Export sub-modules:
 import * as compute from "./compute";
 import * as config from "./config";
+import * as keys from "./keys";
 import * as network from "./network";
 import * as types from "./types";
 
 export {
     compute,
     config,
+    keys,
     network,
     types,
 };

@@ -47,6 +47,8 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["fabrics"] = pulumi.output(args ? args.fabrics : undefined).apply(JSON.stringify);
             resourceInputs["imageStoreUrl"] = (args?.imageStoreUrl ? pulumi.secret(args.imageStoreUrl) : undefined) ?? utilities.getEnv("BAREMETAL_IMAGE_STORE_URL");
             resourceInputs["inventoryUrl"] = (args?.inventoryUrl ? pulumi.secret(args.inventoryUrl) : undefined) ?? utilities.getEnv("BAREMETAL_INVENTORY_URL");
+            resourceInputs["keyManagerCredentials"] = pulumi.output(args?.keyManagerCredentials ? pulumi.secret(args.keyManagerCredentials) : undefined).apply(JSON.stringify);
+            resourceInputs["keyManagers"] = pulumi.output(args ? args.keyManagers : undefined).apply(JSON.stringify);
             resourceInputs["policyFile"] = (args ? args.policyFile : undefined) ?? utilities.getEnv("BAREMETAL_POLICY_FILE");
             resourceInputs["project"] = (args ? args.project : undefined) ?? utilities.getEnv("BAREMETAL_PROJECT");
             resourceInputs["roles"] = pulumi.output((args ? args.roles : undefined) ?? <any>utilities.getEnv("BAREMETAL_ROLES")).apply(JSON.stringify);
@@ -105,6 +107,14 @@ export interface ProviderArgs {
      * Where the shared inventory lives (enrolled nodes, allocations, operation locks): `sqlite:///absolute/path.db` (the default: ~/.local/state/pulumi-baremetal/inventory.db) or `postgres://user:password@host:port/database` for teams. Every stack of one installation must use the same one.
      */
     inventoryUrl?: pulumi.Input<string>;
+    /**
+     * Credentials of the key managers, by name (secret JSON).
+     */
+    keyManagerCredentials?: pulumi.Input<{[key: string]: pulumi.Input<inputs.keys.KeyManagerCredentialsArgs>}>;
+    /**
+     * The key managers encryption keys live in, by name (JSON). Keys are created and read as the caller's project.
+     */
+    keyManagers?: pulumi.Input<{[key: string]: pulumi.Input<inputs.keys.KeyManagerSettingsArgs>}>;
     /**
      * A policy file (YAML or JSON, rule name -> check string, as Ironic's policy.yaml) overriding the default rules. Used only when `project` is set.
      */

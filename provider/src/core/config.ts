@@ -6,6 +6,7 @@
 import type { Fields } from "./fields";
 import { isUnknown } from "./values";
 import { fabricField, switchCredentialsField, type FabricConfig, type SwitchCredentials } from "./fabric-config";
+import { keyManagerCredentialsField, keyManagersField, type KeyManagerCredentials, type KeyManagerSettings } from "./keymanager-config";
 
 export const configFields = {
   bmcUsername: {
@@ -69,6 +70,8 @@ export const configFields = {
   },
   fabrics: fabricField,
   switchCredentials: switchCredentialsField,
+  keyManagers: keyManagersField,
+  keyManagerCredentials: keyManagerCredentialsField,
   imageStoreUrl: {
     type: "string",
     secret: true,
@@ -119,6 +122,8 @@ export interface ProviderConfig {
   /** The network fabrics by name (validated by Check: see fabric-config.ts). */
   fabrics: Record<string, FabricConfig>;
   switchCredentials: Record<string, SwitchCredentials>;
+  keyManagers: Record<string, KeyManagerSettings>;
+  keyManagerCredentials: Record<string, KeyManagerCredentials>;
   imageStoreUrl?: string;
   inventoryUrl?: string;
   policyFile?: string;
@@ -176,6 +181,8 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     cleanEraseDisks: (v("cleanEraseDisks") as ProviderConfig["cleanEraseDisks"] | undefined) ?? "auto",
     fabrics: (v("fabrics") as Record<string, FabricConfig> | undefined) ?? {},
     switchCredentials: (v("switchCredentials") as Record<string, SwitchCredentials> | undefined) ?? {},
+    keyManagers: (v("keyManagers") as Record<string, KeyManagerSettings> | undefined) ?? {},
+    keyManagerCredentials: (v("keyManagerCredentials") as Record<string, KeyManagerCredentials> | undefined) ?? {},
     imageStoreUrl: v("imageStoreUrl") as string | undefined,
     inventoryUrl: v("inventoryUrl") as string | undefined,
     policyFile: v("policyFile") as string | undefined,

@@ -72,6 +72,10 @@ export const OPERATIONS = [
   "baremetal:network:update",
   "baremetal:network:delete",
   "baremetal:network:attach",
+  "baremetal:key:get",
+  "baremetal:key:create",
+  "baremetal:key:update",
+  "baremetal:key:delete",
   "baremetal:allocation:get",
   "baremetal:allocation:list",
   "baremetal:allocation:list_all",
@@ -116,6 +120,9 @@ const PERSONAS: Record<string, string> = {
   // Tenant networks (Neutron's model: a project's members manage its own networks).
   network_owner_member: "role:member and project_id:%(network.owner)s",
   network_owner_reader: "role:reader and project_id:%(network.owner)s",
+  // Encryption keys: a project's members, not only its admins (Cinder wants admin for encrypted volume types).
+  key_owner_member: "role:member and project_id:%(key.owner)s",
+  key_owner_reader: "role:reader and project_id:%(key.owner)s",
 
   api_reader: "(role:reader) or (role:service)",
 
@@ -178,6 +185,10 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   "baremetal:network:update": "(rule:system_member) or (rule:network_owner_member)",
   "baremetal:network:delete": "(rule:system_member) or (rule:network_owner_member)",
   "baremetal:network:attach": "(rule:system_member) or (rule:network_owner_member)",
+  "baremetal:key:get": "(rule:system_reader) or (rule:key_owner_reader)",
+  "baremetal:key:create": "(rule:system_member) or (rule:key_owner_member)",
+  "baremetal:key:update": "(rule:system_member) or (rule:key_owner_member)",
+  "baremetal:key:delete": "(rule:system_member) or (rule:key_owner_member)",
   "baremetal:allocation:get": "rule:allocation_reader",
   "baremetal:allocation:list": "rule:api_reader",
   "baremetal:allocation:list_all": "rule:system_reader",

@@ -271,7 +271,7 @@ type Caller = keyof typeof callers;
 const callerNames = Object.keys(callers) as Caller[];
 
 /** Node p1-owned and leased to p3; allocation owned by p1; network owned by p3. */
-const target: PolicyTarget = { "node.owner": "p1", "node.lessee": "p3", "allocation.owner": "p1", "network.owner": "p3" };
+const target: PolicyTarget = { "node.owner": "p1", "node.lessee": "p3", "allocation.owner": "p1", "network.owner": "p3", "key.owner": "p3" };
 
 // Columns: systemAdmin systemReader service ownerAdmin ownerMember ownerReader lesseeAdmin
 // lesseeMember lesseeReader otherAdmin otherMember noProject. Derived by hand from Ironic's defaults.
@@ -303,6 +303,10 @@ const expected: Record<string, string> = {
   "baremetal:network:update": "Y N Y N N N Y Y N N N N",
   "baremetal:network:delete": "Y N Y N N N Y Y N N N N",
   "baremetal:network:attach": "Y N Y N N N Y Y N N N N",
+  "baremetal:key:get": "Y Y Y N N N Y Y Y N N N",
+  "baremetal:key:create": "Y N Y N N N Y Y N N N N",
+  "baremetal:key:update": "Y N Y N N N Y Y N N N N",
+  "baremetal:key:delete": "Y N Y N N N Y Y N N N N",
   "baremetal:allocation:get": "Y Y Y Y Y Y N N N N N N",
   "baremetal:allocation:list": anyReader,
   "baremetal:allocation:list_all": systemRead,
@@ -430,6 +434,10 @@ describe("equivalence with Ironic's expanded check strings", () => {
     "baremetal:network:update": or(SYSTEM_MEMBER, "role:member and project_id:%(network.owner)s"),
     "baremetal:network:delete": or(SYSTEM_MEMBER, "role:member and project_id:%(network.owner)s"),
     "baremetal:network:attach": or(SYSTEM_MEMBER, "role:member and project_id:%(network.owner)s"),
+    "baremetal:key:get": or(SYSTEM_READER, "role:reader and project_id:%(key.owner)s"),
+    "baremetal:key:create": or(SYSTEM_MEMBER, "role:member and project_id:%(key.owner)s"),
+    "baremetal:key:update": or(SYSTEM_MEMBER, "role:member and project_id:%(key.owner)s"),
+    "baremetal:key:delete": or(SYSTEM_MEMBER, "role:member and project_id:%(key.owner)s"),
     "baremetal:allocation:get": ALLOCATION_READER,
     "baremetal:allocation:list": "(role:reader) or (role:service)",
     "baremetal:allocation:list_all": SYSTEM_READER,

@@ -5,11 +5,12 @@ import { consoleAccessResource } from "./compute/console";
 import { deploymentResource } from "./compute/deployment";
 import { getNodesFunction } from "./compute/get-nodes";
 import { nodeResource } from "./compute/node";
+import { encryptionKeyResource } from "./keys/encryption-key";
 import { networkAttachmentResource } from "./network/attachment";
 import { portResource } from "./network/port";
 import { tenantNetworkResource } from "./network/tenant-network";
 
-export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource];
+export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource];
 
 export const resourcesByToken: ReadonlyMap<string, ResourceDefinition> = new Map(resources.map((r) => [r.token, r]));
 

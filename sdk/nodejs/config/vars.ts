@@ -131,6 +131,28 @@ Object.defineProperty(exports, "inventoryUrl", {
 });
 
 /**
+ * Credentials of the key managers, by name (secret JSON).
+ */
+export declare const keyManagerCredentials: {[key: string]: outputs.keys.KeyManagerCredentials} | undefined;
+Object.defineProperty(exports, "keyManagerCredentials", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.keys.KeyManagerCredentials}>("keyManagerCredentials");
+    },
+    enumerable: true,
+});
+
+/**
+ * The key managers encryption keys live in, by name (JSON). Keys are created and read as the caller's project.
+ */
+export declare const keyManagers: {[key: string]: outputs.keys.KeyManagerSettings} | undefined;
+Object.defineProperty(exports, "keyManagers", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.keys.KeyManagerSettings}>("keyManagers");
+    },
+    enumerable: true,
+});
+
+/**
  * A policy file (YAML or JSON, rule name -> check string, as Ironic's policy.yaml) overriding the default rules. Used only when `project` is set.
  */
 export declare const policyFile: string | undefined;

@@ -40,6 +40,52 @@ export namespace compute {
 
 }
 
+export namespace keys {
+    /**
+     * What proves the caller's project to one key manager.
+     */
+    export interface KeyManagerCredentialsArgs {
+        /**
+         * PEM client certificate (KMIP: its Common Name is the project).
+         */
+        clientCertificate?: pulumi.Input<string>;
+        /**
+         * PEM key of clientCertificate.
+         */
+        clientKey?: pulumi.Input<string>;
+        /**
+         * The local store's master key: 32 random bytes, base64.
+         */
+        masterKey?: pulumi.Input<string>;
+        /**
+         * A Keystone (Barbican) or Vault token.
+         */
+        token?: pulumi.Input<string>;
+    }
+
+    /**
+     * One key manager.
+     */
+    export interface KeyManagerSettingsArgs {
+        /**
+         * `https://barbican:9311`, `kmip://host:5696`, `file:///dir` (local).
+         */
+        address: pulumi.Input<string>;
+        /**
+         * PEM: the CA trusted for the key manager's TLS certificate.
+         */
+        caBundle?: pulumi.Input<string>;
+        /**
+         * `barbican` (OpenStack Key Manager), `kmip` (KMIP 1.2 over mutual TLS), `local` (the embedded lab's store). One of: `barbican`, `kmip`, `local`.
+         */
+        driver: pulumi.Input<string>;
+        /**
+         * Verify the key manager's TLS certificate (default true).
+         */
+        verifyTls?: pulumi.Input<boolean>;
+    }
+}
+
 export namespace network {
     /**
      * An inclusive range of addresses.

@@ -104,6 +104,53 @@ export namespace compute {
 
 }
 
+export namespace keys {
+    /**
+     * What proves the caller's project to one key manager.
+     */
+    export interface KeyManagerCredentials {
+        /**
+         * PEM client certificate (KMIP: its Common Name is the project).
+         */
+        clientCertificate?: string;
+        /**
+         * PEM key of clientCertificate.
+         */
+        clientKey?: string;
+        /**
+         * The local store's master key: 32 random bytes, base64.
+         */
+        masterKey?: string;
+        /**
+         * A Keystone (Barbican) or Vault token.
+         */
+        token?: string;
+    }
+
+    /**
+     * One key manager.
+     */
+    export interface KeyManagerSettings {
+        /**
+         * `https://barbican:9311`, `kmip://host:5696`, `file:///dir` (local).
+         */
+        address: string;
+        /**
+         * PEM: the CA trusted for the key manager's TLS certificate.
+         */
+        caBundle?: string;
+        /**
+         * `barbican` (OpenStack Key Manager), `kmip` (KMIP 1.2 over mutual TLS), `local` (the embedded lab's store). One of: `barbican`, `kmip`, `local`.
+         */
+        driver: string;
+        /**
+         * Verify the key manager's TLS certificate (default true).
+         */
+        verifyTls?: boolean;
+    }
+
+}
+
 export namespace network {
     /**
      * An inclusive range of addresses.

@@ -1,0 +1,166 @@
+/**
+ * baremetal:keys:EncryptionKey — a symmetric key (AES, for LUKS2 volume encryption) in one of the
+ * provider's key managers, owned by the caller's project.
+ *
+ * The material never leaves the key manager through this resource: state holds the key's id and
+ * description only. Every call is made as the caller's project, so the key manager itself refuses
+ * another project (Barbican by project, KMIP by client certificate): importing or reading another
+ * project's key fails with an `auth` error naming it. A tenant's members (no admin role) may create
+ * keys in their own project. Delete destroys the key (crypto-shredding whatever it encrypted).
+ */
+import { authorize } from "../../core/auth";
+import { BaremetalError, validationError } from "../../core/errors";
+import type { Fields } from "../../core/fields";
+import type { KeyManagerSettings } from "../../core/keymanager-config";
+import type { OperationContext, Props, ProviderContext, ResourceDefinition } from "../../core/resource";
+import { isUnknown } from "../../core/values";
+import type { KeyManagerDriver, ManagedKey } from "../../drivers/kinds/keymanager";
+import { keyManagerDriverFor } from "../../drivers/keymanagers";
+import { OPERATOR_PROJECT } from "../network/tenant-network";
+
+const inputs = {
+  keyManager: { type: "string", minLength: 1, replaceOnChange: true, description: "Which of the provider's `keyManagers` holds the key (default: the only one)." },
+  name: { type: "string", minLength: 1, maxLength: 200, replaceOnChange: true, description: "The key's name in the key manager (default: the resource name)." },
+  bits: {
+    type: "integer",
+    minimum: 256,
+    maximum: 512,
+    default: 512,
+    replaceOnChange: true,
+    description: "Key length: 512 (AES-256 in XTS mode, LUKS2's aes-xts-plain64 default) or 256.",
+    hint: "Use 256 or 512",
+    validate: (v: number) => (v === 256 || v === 512 ? undefined : `bits must be 256 or 512, got ${v}`),
+  },
+  labels: { type: "map", values: { type: "string", description: "A label value." }, replaceOnChange: true, description: "Labels kept with the key in the key manager." },
+} as const satisfies Fields;
+
+const outputs = {
+  keyId: { type: "string", required: true, stable: true, description: "The key manager's id of the key (Barbican secret UUID, KMIP unique identifier, ...)." },
+  project: { type: "string", required: true, stable: true, description: "The project that owns the key." },
+  family: { type: "string", required: true, stable: true, description: "The key manager's driver: barbican, kmip or local." },
+  state: { type: "string", required: true, description: "`active`, or `deactivated` once retired by a rotation." },
+  createdAt: { type: "string", description: "When the key manager made the key." },
+} as const satisfies Fields;
+
+export function projectOf(ctx: ProviderContext): string {
+  return ctx.caller.projectId ?? OPERATOR_PROJECT;
+}
+
+export function keyManagerName(ctx: ProviderContext, props: Props, property = "keyManager"): string {
+  const named = props.keyManager as string | undefined;
+  const known = Object.keys(ctx.config.keyManagers);
+  if (named !== undefined) {
+    if (!known.includes(named)) {
+      throw validationError(property, known.length ? `no key manager '${named}'; configured: ${known.join(", ")}` : "the provider has no keyManagers configured; set baremetal:keyManagers");
+    }
+    return named;
+  }
+  if (known.length === 1) return known[0];
+  throw validationError(property, known.length ? `the provider has ${known.length} key managers (${known.join(", ")}); name one` : "the provider has no keyManagers configured; set baremetal:keyManagers");
+}
+
+/** Opens the named key manager as the caller's project, runs `use`, closes it. */
+export async function withKeyManager<T>(ctx: ProviderContext, name: string, use: (driver: KeyManagerDriver, settings: KeyManagerSettings) => Promise<T>, signal?: AbortSignal): Promise<T> {
+  const settings = ctx.config.keyManagers[name];
+  const creds = Object.prototype.hasOwnProperty.call(ctx.config.keyManagerCredentials, name) ? ctx.config.keyManagerCredentials[name] : {};
+  const driver = keyManagerDriverFor(
+    settings.driver,
+    {
+      address: settings.address,
+      project: projectOf(ctx),
+      verifyTls: settings.verifyTls,
+      caBundle: settings.caBundle,
+      token: creds.token,
+      clientCertificate: creds.clientCertificate,
+      clientKey: creds.clientKey,
+      masterKey: creds.masterKey,
+      signal,
+    },
+    `keyManagers.${name}.driver`,
+  );
+  try {
+    return await use(driver, settings);
+  } finally {
+    await driver.close().catch(() => undefined);
+  }
+}
+
+function outputsOf(props: Props, key: ManagedKey, family: string): Props {
+  return { ...props, keyId: key.id, project: key.project, family, state: key.state, ...(key.createdAt ? { createdAt: key.createdAt } : {}) };
+}
+
+export const encryptionKeyResource: ResourceDefinition = {
+  token: "baremetal:keys:EncryptionKey",
+  description:
+    "A symmetric encryption key (AES) in a key manager (Barbican, KMIP, the lab's store), owned by the caller's project: the material stays in the key manager, which refuses every other project. Destroying the resource destroys the key.",
+  inputs,
+  outputs,
+  defaultTimeoutSeconds: 120,
+
+  check(props, ctx) {
+    if (isUnknown(props.keyManager)) return [];
+    try {
+      keyManagerName(ctx, props);
+    } catch (e) {
+      if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+      throw e;
+    }
+    return [];
+  },
+
+  authorize(ctx, change) {
+    const op = change === "create" ? "baremetal:key:create" : change === "delete" ? "baremetal:key:delete" : "baremetal:key:update";
+    authorize(ctx.policy, ctx.caller, op, { "key.owner": projectOf(ctx) });
+  },
+
+  async create(ctx: OperationContext, props) {
+    const name = keyManagerName(ctx, props);
+    return withKeyManager(
+      ctx,
+      name,
+      async (driver, settings) => {
+        const key = await driver.createKey({ name: (props.name as string | undefined) ?? ctx.name, bits: props.bits as 256 | 512, labels: props.labels as Record<string, string> | undefined });
+        ctx.progress(`key ${key.id} created in ${name} (${settings.driver}) for project ${key.project}`);
+        return { id: key.id, outputs: outputsOf(props, key, settings.driver) };
+      },
+      ctx.signal,
+    );
+  },
+
+  async read(ctx, id, stored, state) {
+    if (!stored && Object.keys(ctx.config.keyManagers).length > 1) {
+      // Import by id alone: the key manager that knows the id (one refusing it as another project's refuses the import).
+      for (const name of Object.keys(ctx.config.keyManagers)) {
+        const found = await encryptionKeyResource.read(ctx, id, { keyManager: name }, state).catch((e) => {
+          if (e instanceof BaremetalError && (e.code === "not-found" || e.code === "validation")) return undefined;
+          throw e;
+        });
+        if (found) return { ...found, inputs: { ...found.inputs, keyManager: name } };
+      }
+      return undefined;
+    }
+    const declared: Props = stored ?? {};
+    const name = keyManagerName(ctx, declared);
+    return withKeyManager(
+      ctx,
+      name,
+      async (driver, settings) => {
+        const key = await driver.describeKey(id);
+        if (!key || key.state === "destroyed") return undefined;
+        const inputs: Props = stored && stored.name !== undefined ? stored : { ...(stored ?? {}), keyManager: name, name: key.name, bits: key.bits };
+        return { id, inputs, outputs: { ...(state ?? {}), ...outputsOf(inputs, key, settings.driver) } };
+      },
+      ctx.signal,
+    );
+  },
+
+  async update(_ctx, _id, _olds, news, oldState) {
+    return { ...oldState, ...news }; // every input replaces
+  },
+
+  async delete(ctx, id, props) {
+    const name = keyManagerName(ctx, props);
+    await withKeyManager(ctx, name, (driver) => driver.destroyKey(id), ctx.signal);
+    ctx.progress(`key ${id} destroyed`);
+  },
+};
