@@ -16,6 +16,7 @@ import * as compute from "./compute";
 import * as config from "./config";
 import * as keys from "./keys";
 import * as network from "./network";
+import * as storage from "./storage";
 import * as types from "./types";
 
 export {
@@ -23,6 +24,7 @@ export {
     config,
     keys,
     network,
+    storage,
     types,
 };
 pulumi.runtime.registerResourcePackage("baremetal", {

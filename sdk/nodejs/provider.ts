@@ -52,6 +52,8 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["policyFile"] = (args ? args.policyFile : undefined) ?? utilities.getEnv("BAREMETAL_POLICY_FILE");
             resourceInputs["project"] = (args ? args.project : undefined) ?? utilities.getEnv("BAREMETAL_PROJECT");
             resourceInputs["roles"] = pulumi.output((args ? args.roles : undefined) ?? <any>utilities.getEnv("BAREMETAL_ROLES")).apply(JSON.stringify);
+            resourceInputs["storageBackends"] = pulumi.output(args ? args.storageBackends : undefined).apply(JSON.stringify);
+            resourceInputs["storageCredentials"] = pulumi.output(args?.storageCredentials ? pulumi.secret(args.storageCredentials) : undefined).apply(JSON.stringify);
             resourceInputs["switchCredentials"] = pulumi.output(args?.switchCredentials ? pulumi.secret(args.switchCredentials) : undefined).apply(JSON.stringify);
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
@@ -127,6 +129,14 @@ export interface ProviderArgs {
      * The caller's roles in its project (e.g. `admin`, `member`, `reader`), checked by the multi-tenancy policy.
      */
     roles?: pulumi.Input<pulumi.Input<string>[]>;
+    /**
+     * The storage backends volumes live on, by name (JSON).
+     */
+    storageBackends?: pulumi.Input<{[key: string]: pulumi.Input<inputs.storage.StorageBackendSettingsArgs>}>;
+    /**
+     * Credentials of the storage backends, by name (secret JSON).
+     */
+    storageCredentials?: pulumi.Input<{[key: string]: pulumi.Input<inputs.storage.StorageCredentialsArgs>}>;
     /**
      * Credentials of the switches, by switch id (secret; kept apart from `fabrics` so the topology can be read in plain text).
      */

@@ -6,6 +6,7 @@
 import type { Fields } from "./fields";
 import { isUnknown } from "./values";
 import { fabricField, switchCredentialsField, type FabricConfig, type SwitchCredentials } from "./fabric-config";
+import { storageBackendsField, storageCredentialsField, type StorageBackendSettings, type StorageCredentials } from "./storage-config";
 import { keyManagerCredentialsField, keyManagersField, type KeyManagerCredentials, type KeyManagerSettings } from "./keymanager-config";
 
 export const configFields = {
@@ -72,6 +73,8 @@ export const configFields = {
   switchCredentials: switchCredentialsField,
   keyManagers: keyManagersField,
   keyManagerCredentials: keyManagerCredentialsField,
+  storageBackends: storageBackendsField,
+  storageCredentials: storageCredentialsField,
   imageStoreUrl: {
     type: "string",
     secret: true,
@@ -124,6 +127,8 @@ export interface ProviderConfig {
   switchCredentials: Record<string, SwitchCredentials>;
   keyManagers: Record<string, KeyManagerSettings>;
   keyManagerCredentials: Record<string, KeyManagerCredentials>;
+  storageBackends: Record<string, StorageBackendSettings>;
+  storageCredentials: Record<string, StorageCredentials>;
   imageStoreUrl?: string;
   inventoryUrl?: string;
   policyFile?: string;
@@ -183,6 +188,8 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     switchCredentials: (v("switchCredentials") as Record<string, SwitchCredentials> | undefined) ?? {},
     keyManagers: (v("keyManagers") as Record<string, KeyManagerSettings> | undefined) ?? {},
     keyManagerCredentials: (v("keyManagerCredentials") as Record<string, KeyManagerCredentials> | undefined) ?? {},
+    storageBackends: (v("storageBackends") as Record<string, StorageBackendSettings> | undefined) ?? {},
+    storageCredentials: (v("storageCredentials") as Record<string, StorageCredentials> | undefined) ?? {},
     imageStoreUrl: v("imageStoreUrl") as string | undefined,
     inventoryUrl: v("inventoryUrl") as string | undefined,
     policyFile: v("policyFile") as string | undefined,

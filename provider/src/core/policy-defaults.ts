@@ -76,6 +76,11 @@ export const OPERATIONS = [
   "baremetal:key:create",
   "baremetal:key:update",
   "baremetal:key:delete",
+  "baremetal:volume:create",
+  "baremetal:volume:update",
+  "baremetal:volume:delete",
+  "baremetal:volume:attach",
+  "baremetal:volume:detach",
   "baremetal:allocation:get",
   "baremetal:allocation:list",
   "baremetal:allocation:list_all",
@@ -123,6 +128,7 @@ const PERSONAS: Record<string, string> = {
   // Encryption keys: a project's members, not only its admins (Cinder wants admin for encrypted volume types).
   key_owner_member: "role:member and project_id:%(key.owner)s",
   key_owner_reader: "role:reader and project_id:%(key.owner)s",
+  volume_owner_member: "role:member and project_id:%(volume.owner)s",
 
   api_reader: "(role:reader) or (role:service)",
 
@@ -189,6 +195,11 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   "baremetal:key:create": "(rule:system_member) or (rule:key_owner_member)",
   "baremetal:key:update": "(rule:system_member) or (rule:key_owner_member)",
   "baremetal:key:delete": "(rule:system_member) or (rule:key_owner_member)",
+  "baremetal:volume:create": "(rule:system_member) or (rule:volume_owner_member)",
+  "baremetal:volume:update": "(rule:system_member) or (rule:volume_owner_member)",
+  "baremetal:volume:delete": "(rule:system_member) or (rule:volume_owner_member)",
+  "baremetal:volume:attach": "(rule:system_member) or (rule:volume_owner_member)",
+  "baremetal:volume:detach": "(rule:system_member) or (rule:volume_owner_member)",
   "baremetal:allocation:get": "rule:allocation_reader",
   "baremetal:allocation:list": "rule:api_reader",
   "baremetal:allocation:list_all": "rule:system_reader",

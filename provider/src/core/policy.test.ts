@@ -271,7 +271,7 @@ type Caller = keyof typeof callers;
 const callerNames = Object.keys(callers) as Caller[];
 
 /** Node p1-owned and leased to p3; allocation owned by p1; network owned by p3. */
-const target: PolicyTarget = { "node.owner": "p1", "node.lessee": "p3", "allocation.owner": "p1", "network.owner": "p3", "key.owner": "p3" };
+const target: PolicyTarget = { "node.owner": "p1", "node.lessee": "p3", "allocation.owner": "p1", "network.owner": "p3", "key.owner": "p3", "volume.owner": "p3" };
 
 // Columns: systemAdmin systemReader service ownerAdmin ownerMember ownerReader lesseeAdmin
 // lesseeMember lesseeReader otherAdmin otherMember noProject. Derived by hand from Ironic's defaults.
@@ -307,6 +307,11 @@ const expected: Record<string, string> = {
   "baremetal:key:create": "Y N Y N N N Y Y N N N N",
   "baremetal:key:update": "Y N Y N N N Y Y N N N N",
   "baremetal:key:delete": "Y N Y N N N Y Y N N N N",
+  "baremetal:volume:create": "Y N Y N N N Y Y N N N N",
+  "baremetal:volume:update": "Y N Y N N N Y Y N N N N",
+  "baremetal:volume:delete": "Y N Y N N N Y Y N N N N",
+  "baremetal:volume:attach": "Y N Y N N N Y Y N N N N",
+  "baremetal:volume:detach": "Y N Y N N N Y Y N N N N",
   "baremetal:allocation:get": "Y Y Y Y Y Y N N N N N N",
   "baremetal:allocation:list": anyReader,
   "baremetal:allocation:list_all": systemRead,
@@ -438,6 +443,11 @@ describe("equivalence with Ironic's expanded check strings", () => {
     "baremetal:key:create": or(SYSTEM_MEMBER, "role:member and project_id:%(key.owner)s"),
     "baremetal:key:update": or(SYSTEM_MEMBER, "role:member and project_id:%(key.owner)s"),
     "baremetal:key:delete": or(SYSTEM_MEMBER, "role:member and project_id:%(key.owner)s"),
+    "baremetal:volume:create": or(SYSTEM_MEMBER, "role:member and project_id:%(volume.owner)s"),
+    "baremetal:volume:update": or(SYSTEM_MEMBER, "role:member and project_id:%(volume.owner)s"),
+    "baremetal:volume:delete": or(SYSTEM_MEMBER, "role:member and project_id:%(volume.owner)s"),
+    "baremetal:volume:attach": or(SYSTEM_MEMBER, "role:member and project_id:%(volume.owner)s"),
+    "baremetal:volume:detach": or(SYSTEM_MEMBER, "role:member and project_id:%(volume.owner)s"),
     "baremetal:allocation:get": ALLOCATION_READER,
     "baremetal:allocation:list": "(role:reader) or (role:service)",
     "baremetal:allocation:list_all": SYSTEM_READER,

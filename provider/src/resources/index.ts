@@ -9,8 +9,10 @@ import { encryptionKeyResource } from "./keys/encryption-key";
 import { networkAttachmentResource } from "./network/attachment";
 import { portResource } from "./network/port";
 import { tenantNetworkResource } from "./network/tenant-network";
+import { volumeResource } from "./storage/volume";
+import { volumeAttachmentResource } from "./storage/volume-attachment";
 
-export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource];
+export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource, volumeResource, volumeAttachmentResource];
 
 export const resourcesByToken: ReadonlyMap<string, ResourceDefinition> = new Map(resources.map((r) => [r.token, r]));
 

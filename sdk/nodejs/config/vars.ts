@@ -186,6 +186,28 @@ Object.defineProperty(exports, "roles", {
 });
 
 /**
+ * The storage backends volumes live on, by name (JSON).
+ */
+export declare const storageBackends: {[key: string]: outputs.storage.StorageBackendSettings} | undefined;
+Object.defineProperty(exports, "storageBackends", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.storage.StorageBackendSettings}>("storageBackends");
+    },
+    enumerable: true,
+});
+
+/**
+ * Credentials of the storage backends, by name (secret JSON).
+ */
+export declare const storageCredentials: {[key: string]: outputs.storage.StorageCredentials} | undefined;
+Object.defineProperty(exports, "storageCredentials", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.storage.StorageCredentials}>("storageCredentials");
+    },
+    enumerable: true,
+});
+
+/**
  * Credentials of the switches, by switch id (secret; kept apart from `fabrics` so the topology can be read in plain text).
  */
 export declare const switchCredentials: {[key: string]: outputs.network.SwitchCredentials} | undefined;

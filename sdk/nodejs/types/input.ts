@@ -218,3 +218,91 @@ export namespace network {
         verifyTls?: pulumi.Input<boolean>;
     }
 }
+
+export namespace storage {
+    /**
+     * The iSCSI target (tgt) volumes are exported by.
+     */
+    export interface IscsiSettingsArgs {
+        /**
+         * tgtd's management instance (its -C).
+         */
+        controlPort?: pulumi.Input<number>;
+        /**
+         * Prefix of the target names (`iqn.YYYY-MM.domain:...`).
+         */
+        iqnPrefix?: pulumi.Input<string>;
+        /**
+         * `host:port` nodes connect to.
+         */
+        portal: pulumi.Input<string>;
+        /**
+         * tgtd's management socket, when not the default.
+         */
+        socketPath?: pulumi.Input<string>;
+    }
+
+    /**
+     * One storage backend.
+     */
+    export interface StorageBackendSettingsArgs {
+        /**
+         * `file:///dir` or `ceph://mon-host:port/pool?id=client`.
+         */
+        address: pulumi.Input<string>;
+        /**
+         * `file` (sparse files, the lab) or `ceph` (RBD). One of: `file`, `ceph`.
+         */
+        driver: pulumi.Input<string>;
+        /**
+         * The iSCSI target (tgt) volumes are exported by.
+         */
+        iscsi?: pulumi.Input<inputs.storage.IscsiSettingsArgs>;
+    }
+
+    /**
+     * How to log in to one storage backend.
+     */
+    export interface StorageCredentialsArgs {
+        /**
+         * Ceph: the client's key.
+         */
+        key?: pulumi.Input<string>;
+    }
+
+    /**
+     * Encrypt at the source with LUKS2, keyed by an EncryptionKey of the project.
+     */
+    export interface VolumeEncryptionArgs {
+        /**
+         * The LUKS2 data cipher.
+         */
+        cipher?: pulumi.Input<string>;
+        /**
+         * The EncryptionKey (its `keyId`) whose material unlocks the volume's LUKS2 keyslot.
+         */
+        keyId: pulumi.Input<string>;
+        /**
+         * The key manager holding it (default: the only one).
+         */
+        keyManager?: pulumi.Input<string>;
+        /**
+         * Bits of the volume key (512: AES-256 in XTS mode).
+         */
+        keySize?: pulumi.Input<number>;
+        /**
+         * Time the key derivation of a keyslot should take (cryptsetup --iter-time; default cryptsetup's, 2000).
+         */
+        unlockTimeMs?: pulumi.Input<number>;
+    }
+    /**
+     * volumeEncryptionArgsProvideDefaults sets the appropriate defaults for VolumeEncryptionArgs
+     */
+    export function volumeEncryptionArgsProvideDefaults(val: VolumeEncryptionArgs): VolumeEncryptionArgs {
+        return {
+            ...val,
+            cipher: (val.cipher) ?? "aes-xts-plain64",
+            keySize: (val.keySize) ?? 512,
+        };
+    }
+}

@@ -310,3 +310,92 @@ export namespace network {
     }
 
 }
+
+export namespace storage {
+    /**
+     * The iSCSI target (tgt) volumes are exported by.
+     */
+    export interface IscsiSettings {
+        /**
+         * tgtd's management instance (its -C).
+         */
+        controlPort?: number;
+        /**
+         * Prefix of the target names (`iqn.YYYY-MM.domain:...`).
+         */
+        iqnPrefix?: string;
+        /**
+         * `host:port` nodes connect to.
+         */
+        portal: string;
+        /**
+         * tgtd's management socket, when not the default.
+         */
+        socketPath?: string;
+    }
+
+    /**
+     * One storage backend.
+     */
+    export interface StorageBackendSettings {
+        /**
+         * `file:///dir` or `ceph://mon-host:port/pool?id=client`.
+         */
+        address: string;
+        /**
+         * `file` (sparse files, the lab) or `ceph` (RBD). One of: `file`, `ceph`.
+         */
+        driver: string;
+        /**
+         * The iSCSI target (tgt) volumes are exported by.
+         */
+        iscsi?: outputs.storage.IscsiSettings;
+    }
+
+    /**
+     * How to log in to one storage backend.
+     */
+    export interface StorageCredentials {
+        /**
+         * Ceph: the client's key.
+         */
+        key?: string;
+    }
+
+    /**
+     * Encrypt at the source with LUKS2, keyed by an EncryptionKey of the project.
+     */
+    export interface VolumeEncryption {
+        /**
+         * The LUKS2 data cipher.
+         */
+        cipher?: string;
+        /**
+         * The EncryptionKey (its `keyId`) whose material unlocks the volume's LUKS2 keyslot.
+         */
+        keyId: string;
+        /**
+         * The key manager holding it (default: the only one).
+         */
+        keyManager?: string;
+        /**
+         * Bits of the volume key (512: AES-256 in XTS mode).
+         */
+        keySize?: number;
+        /**
+         * Time the key derivation of a keyslot should take (cryptsetup --iter-time; default cryptsetup's, 2000).
+         */
+        unlockTimeMs?: number;
+    }
+    /**
+     * volumeEncryptionProvideDefaults sets the appropriate defaults for VolumeEncryption
+     */
+    export function volumeEncryptionProvideDefaults(val: VolumeEncryption): VolumeEncryption {
+        return {
+            ...val,
+            cipher: (val.cipher) ?? "aes-xts-plain64",
+            keySize: (val.keySize) ?? 512,
+        };
+    }
+
+}

@@ -1,0 +1,240 @@
+/**
+ * baremetal:storage:Volume — a block volume of the caller's project on a storage backend, optionally
+ * a copy-on-write clone of a golden image's snapshot, optionally encrypted AT THE SOURCE: the
+ * provider writes a LUKS2 header (aes-xts-plain64, a random 512-bit volume key) whose keyslot is
+ * unlocked by a key from the project's key manager (an EncryptionKey), so the backend only ever
+ * holds ciphertext and the node unlocks the volume with the key delivered to it.
+ *
+ * Ownership: the backend name is `<project>--<name>`; a caller of another project can neither
+ * read, resize, attach nor delete it (an `auth` error naming the volume), and can only encrypt
+ * with keys its own project may read (the key manager refuses the others).
+ */
+import { authorize } from "../../core/auth";
+import { BaremetalError, describeError, validationError } from "../../core/errors";
+import type { Fields } from "../../core/fields";
+import type { StorageBackendSettings } from "../../core/storage-config";
+import { type OperationContext, PartialCreateError, type Props, type ProviderContext, type ResourceDefinition } from "../../core/resource";
+import { isUnknown } from "../../core/values";
+import type { StorageDriver, VolumeInfo } from "../../drivers/kinds/storage";
+import { Luks } from "../../drivers/luks";
+import { storageDriverFor } from "../../drivers/storages";
+import { keyManagerName, projectOf, withKeyManager } from "../keys/encryption-key";
+
+const GIB = 1024 ** 3;
+
+const encryptionFields = {
+  keyId: { type: "string", required: true, minLength: 1, description: "The EncryptionKey (its `keyId`) whose material unlocks the volume's LUKS2 keyslot." },
+  keyManager: { type: "string", description: "The key manager holding it (default: the only one)." },
+  cipher: { type: "string", default: "aes-xts-plain64", description: "The LUKS2 data cipher." },
+  keySize: { type: "integer", default: 512, description: "Bits of the volume key (512: AES-256 in XTS mode).", validate: (v: number) => (v === 256 || v === 512 ? undefined : `keySize must be 256 or 512, got ${v}`) },
+  unlockTimeMs: {
+    type: "integer",
+    minimum: 100,
+    maximum: 60000,
+    description: "Time the key derivation of a keyslot should take (cryptsetup --iter-time; default cryptsetup's, 2000).",
+  },
+} as const satisfies Fields;
+
+const inputs = {
+  backend: { type: "string", minLength: 1, replaceOnChange: true, description: "Which of the provider's `storageBackends` (default: the only one)." },
+  name: {
+    type: "string",
+    pattern: "^[a-z0-9]([a-z0-9.-]{0,30}[a-z0-9])?$",
+    replaceOnChange: true,
+    description: "The volume's name in the project (default: the resource name, lower-cased).",
+    hint: "Use up to 32 lowercase letters, digits, '.' and '-'",
+  },
+  sizeGib: { type: "integer", required: true, minimum: 1, maximum: 1048576, description: "Size in GiB; growing it resizes the volume in place (shrinking is refused)." },
+  sourceSnapshot: { type: "string", replaceOnChange: true, description: "A golden image to clone, as `pool/volume@snapshot` (copy-on-write where the backend can)." },
+  encryption: {
+    type: "object",
+    typeToken: "baremetal:storage:VolumeEncryption",
+    replaceOnChange: true,
+    description: "Encrypt at the source with LUKS2, keyed by an EncryptionKey of the project.",
+    properties: encryptionFields,
+  },
+} as const satisfies Fields;
+
+const outputs = {
+  volumeId: { type: "string", required: true, stable: true, description: "The volume's backend name (`<project>--<name>`)." },
+  project: { type: "string", required: true, stable: true, description: "The project that owns the volume." },
+  sizeBytes: { type: "number", required: true, description: "Its size, as the backend reports it." },
+  parent: { type: "string", description: "The snapshot it is a clone of." },
+  luksUuid: { type: "string", description: "The LUKS2 header's UUID (encrypted volumes)." },
+  keyslots: { type: "integer", description: "LUKS2 keyslots in use (1 normally; 2 in the middle of a key rotation)." },
+} as const satisfies Fields;
+
+export function backendName(ctx: ProviderContext, props: Props, property = "backend"): string {
+  const named = props.backend as string | undefined;
+  const known = Object.keys(ctx.config.storageBackends);
+  if (named !== undefined && known.includes(named)) return named;
+  if (named === undefined && known.length === 1) return known[0];
+  throw validationError(
+    property,
+    known.length === 0
+      ? "the provider has no storageBackends configured; set baremetal:storageBackends"
+      : named !== undefined
+        ? `no storage backend '${named}'; configured: ${known.join(", ")}`
+        : `the provider has ${known.length} storage backends (${known.join(", ")}); name one`,
+  );
+}
+
+export async function withStorage<T>(ctx: ProviderContext, name: string, use: (driver: StorageDriver, settings: StorageBackendSettings) => Promise<T>, signal?: AbortSignal): Promise<T> {
+  const settings = ctx.config.storageBackends[name];
+  const key = ctx.config.storageCredentials[name]?.key;
+  const driver = storageDriverFor(settings, key, `storageBackends.${name}.driver`, signal);
+  try {
+    return await use(driver, settings);
+  } finally {
+    await driver.close().catch(() => undefined);
+  }
+}
+
+/** The project a volume id belongs to; refuses (auth) when it is not the caller's. */
+export function requireOwnVolume(ctx: ProviderContext, volumeId: string, property = "volumeId"): string {
+  const owner = volumeId.includes("--") ? volumeId.slice(0, volumeId.indexOf("--")) : undefined;
+  const mine = projectOf(ctx);
+  if (owner !== mine && !ctx.caller.operator) {
+    throw new BaremetalError("auth", `volume ${volumeId} belongs to project ${owner ?? "(none)"}, not to ${mine}`, { property, httpStatus: 403 });
+  }
+  return owner ?? mine;
+}
+
+const luks = new Luks();
+
+function outputsOf(props: Props, project: string, v: VolumeInfo, luksInfo?: { uuid: string; keyslots: number }): Props {
+  return {
+    ...props,
+    volumeId: v.name,
+    project,
+    sizeBytes: v.sizeBytes,
+    ...(v.parent ? { parent: v.parent } : {}),
+    ...(luksInfo ? { luksUuid: luksInfo.uuid, keyslots: luksInfo.keyslots } : {}),
+  };
+}
+
+async function keyMaterial(ctx: ProviderContext, enc: Props, signal?: AbortSignal): Promise<Buffer> {
+  const km = keyManagerName(ctx, enc, "encryption.keyManager");
+  return withKeyManager(ctx, km, (d) => d.getKeyMaterial(enc.keyId as string), signal);
+}
+
+export const volumeResource: ResourceDefinition = {
+  token: "baremetal:storage:Volume",
+  description:
+    "A block volume of the caller's project, optionally cloned from a golden image's snapshot and encrypted at the source with LUKS2 keyed by an EncryptionKey: the storage backend only ever holds ciphertext.",
+  inputs,
+  outputs,
+  defaultTimeoutSeconds: 600,
+
+  check(props, ctx) {
+    try {
+      if (!isUnknown(props.backend)) backendName(ctx, props);
+      const enc = props.encryption as Props | undefined;
+      if (enc && !isUnknown(enc) && !isUnknown(enc.keyManager)) keyManagerName(ctx, enc, "encryption.keyManager");
+    } catch (e) {
+      if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+      throw e;
+    }
+    return [];
+  },
+
+  authorize(ctx, change) {
+    const op = change === "create" ? "baremetal:volume:create" : change === "delete" ? "baremetal:volume:delete" : "baremetal:volume:update";
+    authorize(ctx.policy, ctx.caller, op, { "volume.owner": projectOf(ctx) });
+  },
+
+  async create(ctx: OperationContext, props) {
+    const backend = backendName(ctx, props);
+    const project = projectOf(ctx);
+    const id = `${project}--${((props.name as string | undefined) ?? ctx.name).toLowerCase().replace(/[^a-z0-9.-]/g, "-")}`;
+    const enc = props.encryption as Props | undefined;
+    // The key first: a key this project may not read fails the create before anything is made.
+    const key = enc ? await keyMaterial(ctx, enc, ctx.signal) : undefined;
+    try {
+      return await withStorage(
+        ctx,
+        backend,
+        async (storage) => {
+          const sizeBytes = (props.sizeGib as number) * GIB;
+          const existing = await storage.getVolume(id);
+          const v =
+            existing ??
+            (props.sourceSnapshot
+              ? await storage.cloneVolume({ name: id, from: props.sourceSnapshot as string, sizeBytes })
+              : await storage.createVolume({ name: id, sizeBytes }));
+          ctx.progress(`volume ${v.pool}/${v.name}: ${Math.round(v.sizeBytes / GIB)} GiB${v.parent ? ` cloned from ${v.parent}` : ""}`);
+          if (!key) return { id, outputs: outputsOf(props, project, v) };
+          try {
+            const file = await storage.path(id);
+            const dump = (await luks.isLuks(file))
+              ? await luks.dump(file)
+              : await luks.format(file, key, {
+                  cipher: enc!.cipher as string,
+                  keySize: enc!.keySize as 256 | 512,
+                  ...(enc!.unlockTimeMs !== undefined ? { iterTimeMs: enc!.unlockTimeMs as number } : {}),
+                  label: id.slice(0, 47),
+                });
+            if (!(await luks.testKey(file, key))) throw new BaremetalError("conflict", `volume ${id} holds a LUKS header the key ${enc!.keyId} does not open`);
+            ctx.progress(`volume ${id}: LUKS2 ${dump.cipher} (${dump.keyBits}-bit volume key) written at the source`);
+            return { id, outputs: outputsOf(props, project, v, { uuid: dump.uuid, keyslots: dump.keyslots.length }) };
+          } catch (e) {
+            throw new PartialCreateError(id, outputsOf(props, project, v), [`volume ${id} was made but not encrypted: ${describeError(e)}`]);
+          }
+        },
+        ctx.signal,
+      );
+    } finally {
+      key?.fill(0);
+    }
+  },
+
+  async read(ctx, id, stored, state) {
+    const project = requireOwnVolume(ctx, id, "id");
+    const declared: Props = stored ?? {};
+    const backend = backendName(ctx, declared);
+    return withStorage(
+      ctx,
+      backend,
+      async (storage) => {
+        const v = await storage.getVolume(id);
+        if (!v) return undefined;
+        const inputs: Props = { ...declared, sizeGib: Math.ceil(v.sizeBytes / GIB) };
+        let luksInfo: { uuid: string; keyslots: number } | undefined;
+        if (declared.encryption || (await luks.isLuks(await storage.path(id)))) {
+          const file = await storage.path(id);
+          if (await luks.isLuks(file)) {
+            const d = await luks.dump(file);
+            luksInfo = { uuid: d.uuid, keyslots: d.keyslots.length };
+          } else {
+            ctx.warn(`volume ${id} is declared encrypted but holds no LUKS header`);
+          }
+        }
+        return { id, inputs, outputs: { ...(state ?? {}), ...outputsOf(inputs, project, v, luksInfo) } };
+      },
+      ctx.signal,
+    );
+  },
+
+  async update(ctx, id, olds, news, oldState) {
+    requireOwnVolume(ctx, id);
+    if ((news.sizeGib as number) < (olds.sizeGib as number)) {
+      throw validationError("sizeGib", `volumes only grow: ${olds.sizeGib} GiB cannot become ${news.sizeGib} GiB; make a new volume and copy the data`);
+    }
+    const backend = backendName(ctx, news);
+    return withStorage(
+      ctx,
+      backend,
+      async (storage) => {
+        const v = (news.sizeGib as number) !== (olds.sizeGib as number) ? await storage.resizeVolume(id, (news.sizeGib as number) * GIB) : await storage.getVolume(id);
+        if (!v) throw new BaremetalError("not-found", `volume ${id} is gone from the backend; run \`pulumi refresh\``);
+        return { ...oldState, ...news, sizeBytes: v.sizeBytes };
+      },
+      ctx.signal,
+    );
+  },
+
+  async delete(ctx, id, props) {
+    requireOwnVolume(ctx, id);
+    await withStorage(ctx, backendName(ctx, props), (storage) => storage.deleteVolume(id), ctx.signal);
+  },
+};
