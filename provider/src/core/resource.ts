@@ -75,6 +75,11 @@ export interface ResourceDefinition {
    * naming the rule when the caller may not. `state` is the current state (update, delete).
    */
   authorize?(ctx: ProviderContext, change: "create" | "update" | "delete", inputs: Props, state?: Props): Promise<void> | void;
+  /**
+   * Changes the state itself asks for, beyond the inputs' diff (e.g. a key rotation that fell due
+   * since the last run): the adapter adds them to the diff, so `up` runs an update.
+   */
+  pendingChanges?(state: Props, news: Props): { path: string; reason: string }[];
   /** Canonical form of valid inputs (e.g. a URL without its trailing slash), so equal meanings diff equal. */
   normalize?(inputs: Props): Props;
   /** Outputs known at preview time without touching a backend; the rest are unknown. */

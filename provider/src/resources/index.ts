@@ -6,13 +6,14 @@ import { deploymentResource } from "./compute/deployment";
 import { getNodesFunction } from "./compute/get-nodes";
 import { nodeResource } from "./compute/node";
 import { encryptionKeyResource } from "./keys/encryption-key";
+import { keyRotationPolicyResource } from "./keys/rotation-policy";
 import { networkAttachmentResource } from "./network/attachment";
 import { portResource } from "./network/port";
 import { tenantNetworkResource } from "./network/tenant-network";
 import { volumeResource } from "./storage/volume";
 import { volumeAttachmentResource } from "./storage/volume-attachment";
 
-export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource, volumeResource, volumeAttachmentResource];
+export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource, volumeResource, volumeAttachmentResource, keyRotationPolicyResource];
 
 export const resourcesByToken: ReadonlyMap<string, ResourceDefinition> = new Map(resources.map((r) => [r.token, r]));
 

@@ -10,6 +10,11 @@ export type EncryptionKey = import("./encryptionKey").EncryptionKey;
 export const EncryptionKey: typeof import("./encryptionKey").EncryptionKey = null as any;
 utilities.lazyLoad(exports, ["EncryptionKey"], () => require("./encryptionKey"));
 
+export { KeyRotationPolicyArgs } from "./keyRotationPolicy";
+export type KeyRotationPolicy = import("./keyRotationPolicy").KeyRotationPolicy;
+export const KeyRotationPolicy: typeof import("./keyRotationPolicy").KeyRotationPolicy = null as any;
+utilities.lazyLoad(exports, ["KeyRotationPolicy"], () => require("./keyRotationPolicy"));
+
 
 const _module = {
     version: utilities.getVersion(),
@@ -17,6 +22,8 @@ const _module = {
         switch (type) {
             case "baremetal:keys:EncryptionKey":
                 return new EncryptionKey(name, <any>undefined, { urn })
+            case "baremetal:keys:KeyRotationPolicy":
+                return new KeyRotationPolicy(name, <any>undefined, { urn })
             default:
                 throw new Error(`unknown resource type ${type}`);
         }

@@ -84,6 +84,29 @@ export namespace keys {
          */
         verifyTls?: pulumi.Input<boolean>;
     }
+
+    /**
+     * A volume whose key the policy rotates.
+     */
+    export interface RotatedVolumeArgs {
+        /**
+         * The volume's storage backend (default: the only one).
+         */
+        backend?: pulumi.Input<string>;
+        /**
+         * The key the volume was encrypted with (its EncryptionKey's `keyId`): where the rotation starts.
+         */
+        keyId: pulumi.Input<string>;
+        /**
+         * The key manager holding it (default: the only one).
+         */
+        keyManager?: pulumi.Input<string>;
+        /**
+         * An encrypted Volume (its `volumeId`).
+         */
+        volumeId: pulumi.Input<string>;
+    }
+
 }
 
 export namespace network {

@@ -149,6 +149,54 @@ export namespace keys {
         verifyTls?: boolean;
     }
 
+    /**
+     * A volume whose key the policy rotates.
+     */
+    export interface RotatedVolume {
+        /**
+         * The volume's storage backend (default: the only one).
+         */
+        backend?: string;
+        /**
+         * The key the volume was encrypted with (its EncryptionKey's `keyId`): where the rotation starts.
+         */
+        keyId: string;
+        /**
+         * The key manager holding it (default: the only one).
+         */
+        keyManager?: string;
+        /**
+         * An encrypted Volume (its `volumeId`).
+         */
+        volumeId: string;
+    }
+
+    /**
+     * One step of a rotation.
+     */
+    export interface RotationEvent {
+        /**
+         * When (ISO 8601).
+         */
+        at: string;
+        /**
+         * More about the step (no secret).
+         */
+        detail?: string;
+        /**
+         * The key concerned (the new one, or the old one when retired).
+         */
+        keyId?: string;
+        /**
+         * `baseline`, `key-created`, `keyslot-added`, `keyslot-removed`, `verified`, `reencrypted`, `key-retired`, `rotated`.
+         */
+        step: string;
+        /**
+         * The volume.
+         */
+        volumeId: string;
+    }
+
 }
 
 export namespace network {

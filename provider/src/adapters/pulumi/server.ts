@@ -219,6 +219,9 @@ export class BaremetalProvider {
     const olds = fromStruct(req.hasOldInputs() ? req.getOldInputs() : req.getOlds()).value;
     const news = fromStruct(req.getNews()).value;
     const d = diffInputs(def.inputs, pick(olds, def.inputs), news, req.getIgnorechangesList());
+    if (def.pendingChanges && req.hasOlds()) {
+      for (const p of def.pendingChanges(fromStruct(req.getOlds()).value, news)) d.changes.push({ path: p.path, kind: "update", replace: false } as PropertyChange);
+    }
     const stables = d.replaces.length ? [] : Object.entries(def.outputs).filter(([, f]) => f.stable).map(([n]) => n);
     return diffResponse(d.changes, d.replaces, stables, def.deleteBeforeReplace ?? false);
   };
