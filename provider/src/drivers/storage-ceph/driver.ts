@@ -9,7 +9,8 @@
  *
  * - Images are format 2 with layering, exclusive-lock, object-map, fast-diff and deep-flatten
  *   (`rbd du` is then quick, and clones are copy-on-write); sizes are exact byte counts, multiples
- *   of 512.
+ *   of 512. usedBytes is what `rbd du` counts for the image and its snapshots together (a clone's
+ *   shared parent data is not counted: a fresh clone uses 0).
  * - Golden images: a snapshot is protected before it is cloned (`rbd snap protect`), and a
  *   snapshot with clones cannot be removed (a `conflict` naming them, from `rbd children`).
  * - deleteVolume purges the volume's snapshots (unprotecting them) unless one has clones, refuses
