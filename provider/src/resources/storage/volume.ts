@@ -156,6 +156,9 @@ export const volumeResource: ResourceDefinition = {
         backend,
         async (storage) => {
           const sizeBytes = (props.sizeGib as number) * GIB;
+          if (key && storage.family !== "file") {
+            throw validationError("encryption", `encryption at the source is not yet supported on ${storage.family} volumes (only on file volumes); remove encryption or use a file backend`);
+          }
           const existing = await storage.getVolume(id);
           const v =
             existing ??
@@ -164,6 +167,7 @@ export const volumeResource: ResourceDefinition = {
               : await storage.createVolume({ name: id, sizeBytes }));
           ctx.progress(`volume ${v.pool}/${v.name}: ${Math.round(v.sizeBytes / GIB)} GiB${v.parent ? ` cloned from ${v.parent}` : ""}`);
           if (!key) return { id, outputs: outputsOf(props, project, v) };
+
           try {
             const file = await storage.path(id);
             const dump = (await luks.isLuks(file))
