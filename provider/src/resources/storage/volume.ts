@@ -128,8 +128,14 @@ export const volumeResource: ResourceDefinition = {
 
   check(props, ctx) {
     try {
-      if (!isUnknown(props.backend)) backendName(ctx, props);
       const enc = props.encryption as Props | undefined;
+      if (!isUnknown(props.backend)) {
+        const backend = backendName(ctx, props);
+        const family = ctx.config.storageBackends[backend].driver;
+        if (enc && family !== "file") {
+          return [{ property: "encryption", reason: `encryption at the source is not yet supported on ${family} volumes (backend ${backend}); remove encryption or use a file backend` }];
+        }
+      }
       if (enc && !isUnknown(enc) && !isUnknown(enc.keyManager)) keyManagerName(ctx, enc, "encryption.keyManager");
     } catch (e) {
       if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
