@@ -144,6 +144,20 @@ describe("userspace LUKS2 against cryptsetup-made headers", () => {
     }
   });
 
+  test("a 256-bit volume key (aes-xts-plain64 with AES-128): recovered as cryptsetup has it, data in aes-128-xts as OpenSSL computes it", async () => {
+    const f = await sparse(24 * MiB);
+    const k = key();
+    const d = await luks.format(f, k, { ...FAST, keySize: 256 });
+    expect(d.keyBits).toBe(256);
+    const v = await open(fileReader(f), k);
+    const vk = await cryptsetupVolumeKey(f, k);
+    expect(vk.length).toBe(32);
+    expect(v.matchesVolumeKey(vk)).toBe(true);
+    const plain = crypto.randomBytes(64 * 1024);
+    const ss = v.segment.sectorSize;
+    expect(v.encryptSectors(8 * ss, plain).equals(xtsPerSector("aes-128-xts", vk, plain, ss, BigInt((8 * ss) / 512), BigInt(ss / 512), true))).toBe(true);
+  });
+
   test("argon2id (low memory) and argon2i keyslots, a 32-byte key in keyslot 5: each recovers the same volume key", async () => {
     const f = await sparse(32 * MiB);
     const [a, b, c] = [key(), key(32), key()];

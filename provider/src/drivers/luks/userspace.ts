@@ -166,7 +166,7 @@ function hashName(h: unknown, what: string): string {
 async function readExactly(read: ReadAt, offset: number, length: number, what: string): Promise<Buffer> {
   const b = await read(offset, length);
   if (!Buffer.isBuffer(b) || b.length !== length) {
-    throw notLuks2(`${what}: read ${Buffer.isBuffer(b) ? b.length : "no"} bytes at ${offset} instead of ${length} (device too small for LUKS2?)`);
+    throw notLuks2(`${what}: read ${Buffer.isBuffer(b) ? b.length : "no"} bytes at ${offset} instead of ${length} (past the end of the device, or a device too small for LUKS2)`);
   }
   return b;
 }
@@ -373,6 +373,7 @@ function xts(algorithm: string, key: Buffer, data: Buffer, sectorSize: number, i
           w0 = ((w0 << 1) ^ (carry ? 0x87 : 0)) >>> 0;
         }
       }
+      t0.fill(0);
       t0.fill(0);
       const o = words(out.subarray(at, at + len));
       data.copy(out, at, at, at + len);
