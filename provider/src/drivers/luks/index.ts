@@ -15,3 +15,5 @@ export type {
   RotationResult,
   RotationStep,
 } from "./luks";
+export { openLuks2, readLuks2Header } from "./userspace";
+export type { Luks2Header, Luks2Segment, Luks2Volume, OpenOptions, ReadAt } from "./userspace";
