@@ -1,0 +1,1 @@
+export { VAULT_FAMILY, createVaultDriver, parseKeyId } from "./driver";
