@@ -31,7 +31,7 @@ export const keyManagersField = {
       driver: {
         type: "string",
         required: true,
-        enum: ["barbican", "kmip", "local"],
+        enum: ["barbican", "kmip", "local", "vault"],
         description: "`barbican` (OpenStack Key Manager), `kmip` (KMIP 1.2 over mutual TLS), `local` (the embedded lab's store).",
       },
       address: {
