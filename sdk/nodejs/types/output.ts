@@ -132,7 +132,7 @@ export namespace keys {
      */
     export interface KeyManagerSettings {
         /**
-         * `https://barbican:9311`, `kmip://host:5696`, `file:///dir` (local).
+         * `https://barbican:9311`, `kmip://host:5696`, `https://vault:8200[/mount-prefix]`, `file:///dir` (local).
          */
         address: string;
         /**
@@ -140,7 +140,7 @@ export namespace keys {
          */
         caBundle?: string;
         /**
-         * `barbican` (OpenStack Key Manager), `kmip` (KMIP 1.2 over mutual TLS), `local` (the embedded lab's store). One of: `barbican`, `kmip`, `local`.
+         * `barbican` (OpenStack Key Manager), `kmip` (KMIP 1.2 over mutual TLS), `vault` (Vault/OpenBao transit + KV v2, per-project mounts), `local` (the embedded lab's store). One of: `barbican`, `kmip`, `local`, `vault`.
          */
         driver: string;
         /**
