@@ -49,9 +49,10 @@ import * as http from "node:http";
 import * as https from "node:https";
 import axios, { type AxiosInstance } from "axios";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
+import { KeyAudit } from "../key-audit";
+import { errorCode, messageOf, retryAfterMs, seconds, sleep } from "../http";
 import type {
   CreateKeyRequest,
-  KeyAuditEvent,
   KeyManagerConnection,
   KeyManagerDriver,
   KeyOperation,
@@ -158,7 +159,7 @@ class BarbicanDriver implements KeyManagerDriver {
   // KeyManagerDriver
 
   createKey(req: CreateKeyRequest): Promise<ManagedKey> {
-    return this.audited("create", undefined, async () => {
+    return this.audit.run("create", undefined, async () => {
       const name = checkName(req.name);
       const bits = checkBits(req.bits);
       const labels = checkLabels(req.labels);
@@ -168,7 +169,7 @@ class BarbicanDriver implements KeyManagerDriver {
 
   async describeKey(id: string): Promise<ManagedKey | undefined> {
     const uuid = this.idOrAudit("describe", id);
-    return this.audited("describe", uuid, async () => {
+    return this.audit.run("describe", uuid, async () => {
       const found = await this.readKey(uuid);
       return found?.key;
     });
@@ -176,7 +177,7 @@ class BarbicanDriver implements KeyManagerDriver {
 
   async getKeyMaterial(id: string): Promise<Buffer> {
     const uuid = this.idOrAudit("get", id);
-    return this.audited("get", uuid, async () => {
+    return this.audit.run("get", uuid, async () => {
       const a = await this.send({ method: "GET", path: `/secrets/${uuid}/payload`, accept: "application/octet-stream", idempotent: true, what: `read the material of key ${uuid}` });
       if (a.status !== 200) throw this.failure(a, `read the material of key ${uuid}`, uuid);
       if (a.body.length !== 32 && a.body.length !== 64) {
@@ -187,7 +188,7 @@ class BarbicanDriver implements KeyManagerDriver {
   }
 
   listKeys(filter: { namePrefix?: string } = {}): Promise<ManagedKey[]> {
-    return this.audited("list", undefined, async () => {
+    return this.audit.run("list", undefined, async () => {
       const prefix = filter.namePrefix ?? "";
       const secrets: Array<{ uuid: string; s: SecretJson }> = [];
       for (let offset = 0; ; offset += PAGE) {
@@ -218,7 +219,7 @@ class BarbicanDriver implements KeyManagerDriver {
 
   async rotateKey(id: string): Promise<ManagedKey> {
     const uuid = this.idOrAudit("rotate", id);
-    return this.audited("rotate", uuid, async () => {
+    return this.audit.run("rotate", uuid, async () => {
       const found = await this.readKey(uuid);
       if (!found) throw notFound(uuid, this.project, "rotate");
       if (found.key.state !== "active") {
@@ -227,13 +228,13 @@ class BarbicanDriver implements KeyManagerDriver {
       const labels: Record<string, string> = {};
       for (const [k, v] of Object.entries(found.meta)) if (!k.startsWith(META_PREFIX)) labels[k] = v;
       // The new key gets its own `create` event; this one records the rotation of the old key.
-      return this.audited("create", undefined, () => this.orderKey(found.key.name, found.key.bits, labels, uuid), (k) => k.id);
+      return this.audit.run("create", undefined, () => this.orderKey(found.key.name, found.key.bits, labels, uuid), (k) => k.id);
     });
   }
 
   async retireKey(id: string): Promise<void> {
     const uuid = this.idOrAudit("retire", id);
-    return this.audited("retire", uuid, async () => {
+    return this.audit.run("retire", uuid, async () => {
       const meta = await this.readMetadata(uuid);
       if (!meta) throw notFound(uuid, this.project, "retire");
       if (meta[META_STATE] === "deactivated") return;
@@ -243,7 +244,7 @@ class BarbicanDriver implements KeyManagerDriver {
 
   async destroyKey(id: string): Promise<void> {
     const uuid = this.idOrAudit("destroy", id);
-    return this.audited("destroy", uuid, async () => {
+    return this.audit.run("destroy", uuid, async () => {
       const a = await this.send({ method: "DELETE", path: `/secrets/${uuid}`, idempotent: true, what: `destroy key ${uuid}` });
       if (a.status === 204 || a.status === 200 || a.status === 404) return;
       throw this.failure(a, `destroy key ${uuid}`, uuid);
@@ -307,7 +308,7 @@ class BarbicanDriver implements KeyManagerDriver {
       if (Date.now() + wait > deadline) {
         throw new BaremetalError("timeout", `Barbican at ${this.root} did not complete order ${order} (${what}) within ${ORDER_TIMEOUT_MS / 1000} s (status ${o.status ?? "unknown"}); are its workers running?`);
       }
-      await sleep(wait, this.conn.signal);
+      await sleep(wait, this.conn.signal, "Barbican");
     }
   }
 
@@ -361,12 +362,12 @@ class BarbicanDriver implements KeyManagerDriver {
         const err = this.networkError(e, r);
         const again = err.code === "transient" && (r.idempotent || err.unsent) && attempt < ATTEMPTS && !this.conn.signal?.aborted;
         if (!again) throw err;
-        await sleep(200 * attempt * attempt, this.conn.signal);
+        await sleep(200 * attempt * attempt, this.conn.signal, "Barbican");
         continue;
       }
       const answer: Answer = { status: res.status, headers: res.headers as Record<string, unknown>, body: Buffer.from(res.data ?? new ArrayBuffer(0)) };
       if ((res.status === 503 || res.status === 502 || res.status === 429) && r.idempotent && attempt < ATTEMPTS) {
-        await sleep(Math.min(retryAfterMs(answer.headers["retry-after"]) ?? 500 * attempt, 5000), this.conn.signal);
+        await sleep(Math.min(retryAfterMs(answer.headers["retry-after"]) ?? 500 * attempt, 5000), this.conn.signal, "Barbican");
         continue;
       }
       return answer;
@@ -431,29 +432,11 @@ class BarbicanDriver implements KeyManagerDriver {
   // -------------------------------------------------------------------------------------------
   // Audit
 
-  private event(operation: KeyOperation, keyId: string | undefined, outcome: KeyAuditEvent["outcome"], reason?: string): void {
-    if (!this.conn.onAudit) return;
-    const e: KeyAuditEvent = { at: new Date().toISOString(), operation, project: this.project, outcome, backend: `${BARBICAN_FAMILY} ${this.root}` };
-    if (keyId !== undefined) e.keyId = keyId;
-    if (reason !== undefined) e.reason = reason;
-    try {
-      this.conn.onAudit(e);
-    } catch {
-      // The sink is the caller's; a failing sink must not turn a done operation into a failure
-      // (a created key whose id is lost would be worse than a missing event).
-    }
-  }
+  private auditLog?: KeyAudit;
 
-  private async audited<T>(operation: KeyOperation, keyId: string | undefined, fn: () => Promise<T>, idOf?: (r: T) => string): Promise<T> {
-    try {
-      const r = await fn();
-      this.event(operation, idOf ? idOf(r) : keyId, "ok");
-      return r;
-    } catch (e) {
-      const denied = isBaremetalError(e) && e.code === "auth";
-      this.event(operation, keyId, denied ? "denied" : "failed", isBaremetalError(e) ? e.message : messageOf(e));
-      throw e;
-    }
+  /** The connection's audit trail (shared reporting: ../key-audit.ts). */
+  private get audit(): KeyAudit {
+    return (this.auditLog ??= new KeyAudit(this.conn.onAudit, this.project, `${BARBICAN_FAMILY} ${this.root}`));
   }
 
   /** The uuid of an id; a malformed id is reported to the audit trail too. */
@@ -461,7 +444,7 @@ class BarbicanDriver implements KeyManagerDriver {
     try {
       return secretUuid(id);
     } catch (e) {
-      this.event(operation, typeof id === "string" ? id.slice(0, 300) : undefined, "failed", (e as Error).message);
+      this.audit.event(operation, typeof id === "string" ? id.slice(0, 300) : undefined, "failed", (e as Error).message);
       throw e;
     }
   }
@@ -572,43 +555,4 @@ function barbicanDescription(body: Buffer): string | undefined {
   }
 }
 
-function retryAfterMs(h: unknown): number | undefined {
-  if (typeof h !== "string") return undefined;
-  const n = Number(h);
-  if (Number.isFinite(n) && n >= 0) return n * 1000;
-  const d = Date.parse(h);
-  return Number.isNaN(d) ? undefined : Math.max(0, d - Date.now());
-}
-
-const seconds = (ms: number | undefined) => (ms === undefined ? undefined : Math.ceil(ms / 1000));
-
-function errorCode(e: unknown): string | undefined {
-  let cur: unknown = e;
-  for (let i = 0; i < 4 && typeof cur === "object" && cur !== null; i++) {
-    const c = (cur as { code?: unknown }).code;
-    if (typeof c === "string" && c !== "ERR_NETWORK" && c !== "ERR_BAD_REQUEST") return c;
-    cur = (cur as { cause?: unknown }).cause;
-  }
-  return undefined;
-}
-
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new BaremetalError("cancelled", "cancelled"));
-    const t = setTimeout(done, ms);
-    function done() {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }
-    function onAbort() {
-      clearTimeout(t);
-      reject(new BaremetalError("cancelled", "cancelled while waiting for Barbican"));
-    }
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
-}
 

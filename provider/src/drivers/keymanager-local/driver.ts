@@ -32,9 +32,9 @@ import { promises as fs, constants as fsc } from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
+import { KeyAudit } from "../key-audit";
 import type {
   CreateKeyRequest,
-  KeyAuditEvent,
   KeyManagerConnection,
   KeyManagerDriver,
   KeyOperation,
@@ -416,29 +416,23 @@ export class LocalKeyManager implements KeyManagerDriver {
   // -------------------------------------------------------------------------------------------
   // Audit
 
-  private event(operation: KeyOperation, keyId: string | undefined, outcome: KeyAuditEvent["outcome"], reason?: string): void {
-    if (!this.conn.onAudit) return;
-    const e: KeyAuditEvent = { at: new Date().toISOString(), operation, project: this.project, outcome, backend: this.backend };
-    if (keyId !== undefined) e.keyId = keyId;
-    if (reason !== undefined) e.reason = reason;
-    try {
-      this.conn.onAudit(e);
-    } catch {
-      // the sink is the caller's: a failing sink must not turn a done operation into a failure
-    }
+  private auditLog?: KeyAudit;
+
+  /** The connection's audit trail (shared reporting: ../key-audit.ts). */
+  private get audit(): KeyAudit {
+    return (this.auditLog ??= new KeyAudit(this.conn.onAudit, this.project, this.backend));
   }
 
-  private async audited<T>(operation: KeyOperation, keyId: string | undefined, fn: () => Promise<T>, idOf?: (r: T) => string): Promise<T> {
-    try {
-      if (this.closed) throw new BaremetalError("internal", "this local key manager connection was closed");
-      const r = await fn();
-      this.event(operation, idOf ? idOf(r) : keyId, "ok");
-      return r;
-    } catch (e) {
-      const denied = isBaremetalError(e) && e.code === "auth";
-      this.event(operation, keyId, denied ? "denied" : "failed", e instanceof Error ? e.message : String(e));
-      throw e;
-    }
+  private audited<T>(operation: KeyOperation, keyId: string | undefined, fn: () => Promise<T>, idOf?: (r: T) => string): Promise<T> {
+    return this.audit.run(
+      operation,
+      keyId,
+      async () => {
+        if (this.closed) throw new BaremetalError("internal", "this local key manager connection was closed");
+        return fn();
+      },
+      idOf,
+    );
   }
 }
 

@@ -39,7 +39,8 @@
  */
 import { X509Certificate } from "node:crypto";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
-import type { CreateKeyRequest, KeyAuditEvent, KeyManagerConnection, KeyManagerDriver, KeyOperation, KeyState, ManagedKey } from "../kinds/keymanager";
+import { KeyAudit } from "../key-audit";
+import type { CreateKeyRequest, KeyManagerConnection, KeyManagerDriver, KeyOperation, KeyState, ManagedKey } from "../kinds/keymanager";
 import {
   AttributeName,
   CryptographicAlgorithm,
@@ -126,7 +127,7 @@ export class KmipDriver implements KeyManagerDriver {
   // KeyManagerDriver
 
   createKey(req: CreateKeyRequest): Promise<ManagedKey> {
-    return this.audited(
+    return this.audit.run(
       "create",
       undefined,
       () => this.create(checkName(req?.name), checkBits(req?.bits), checkLabels(req?.labels), undefined, 1),
@@ -136,12 +137,12 @@ export class KmipDriver implements KeyManagerDriver {
 
   async describeKey(id: string): Promise<ManagedKey | undefined> {
     const uid = this.idOrAudit("describe", id);
-    return this.audited("describe", uid, async () => (await this.read(uid, "describe"))?.key);
+    return this.audit.run("describe", uid, async () => (await this.read(uid, "describe"))?.key);
   }
 
   async getKeyMaterial(id: string): Promise<Buffer> {
     const uid = this.idOrAudit("get", id);
-    return this.audited("get", uid, async () => {
+    return this.audit.run("get", uid, async () => {
       let key;
       try {
         key = await this.client.get(uid);
@@ -155,7 +156,7 @@ export class KmipDriver implements KeyManagerDriver {
   }
 
   listKeys(filter: { namePrefix?: string } = {}): Promise<ManagedKey[]> {
-    return this.audited("list", undefined, async () => {
+    return this.audit.run("list", undefined, async () => {
       const prefix = filter?.namePrefix ?? "";
       let uids: string[];
       try {
@@ -170,7 +171,7 @@ export class KmipDriver implements KeyManagerDriver {
 
   /** Every version of the key named `name` (Locate by `baremetal.name`), oldest first. */
   findKeys(name: string): Promise<ManagedKey[]> {
-    return this.audited("list", undefined, async () => {
+    return this.audit.run("list", undefined, async () => {
       const n = checkName(name);
       let uids: string[];
       try {
@@ -184,19 +185,19 @@ export class KmipDriver implements KeyManagerDriver {
 
   async rotateKey(id: string): Promise<ManagedKey> {
     const uid = this.idOrAudit("rotate", id);
-    return this.audited("rotate", uid, async () => {
+    return this.audit.run("rotate", uid, async () => {
       const found = await this.read(uid, "rotate");
       if (!found) throw notFound(uid, this.project, "rotate", this.address);
       if (found.key.state !== "active")
         throw new BaremetalError("conflict", `key ${uid} is ${found.key.state} (KMIP state ${State[found.kmipState]}); rotate the key that replaced it instead`, { property: "id" });
       const next = (found.key.version ?? 1) + 1;
-      return this.audited("create", undefined, () => this.create(found.key.name, found.key.bits, found.labels, uid, next), (k) => k.id);
+      return this.audit.run("create", undefined, () => this.create(found.key.name, found.key.bits, found.labels, uid, next), (k) => k.id);
     });
   }
 
   async retireKey(id: string): Promise<void> {
     const uid = this.idOrAudit("retire", id);
-    return this.audited("retire", uid, async () => {
+    return this.audit.run("retire", uid, async () => {
       const found = await this.read(uid, "retire");
       if (!found) throw notFound(uid, this.project, "retire", this.address);
       if (found.kmipState !== State.Active) return; // Deactivated, Compromised, Pre-Active: no new use already
@@ -222,7 +223,7 @@ export class KmipDriver implements KeyManagerDriver {
 
   async destroyKey(id: string): Promise<void> {
     const uid = this.idOrAudit("destroy", id);
-    return this.audited("destroy", uid, async () => {
+    return this.audit.run("destroy", uid, async () => {
       const found = await this.read(uid, "destroy");
       if (!found || found.key.state === "destroyed") return;
       const batch = found.kmipState === State.Active ? [requests.revoke(uid, RevocationReasonCode.CessationOfOperation, "destroyed"), requests.destroy(uid)] : [requests.destroy(uid)];
@@ -400,33 +401,17 @@ export class KmipDriver implements KeyManagerDriver {
   // -------------------------------------------------------------------------------------------
   // Audit
 
-  private event(operation: KeyOperation, keyId: string | undefined, outcome: KeyAuditEvent["outcome"], reason?: string): void {
-    if (!this.conn.onAudit) return;
-    const e: KeyAuditEvent = { at: new Date().toISOString(), operation, project: this.project, outcome, backend: `${KMIP_FAMILY} ${this.address}` };
-    if (keyId !== undefined) e.keyId = keyId;
-    if (reason !== undefined) e.reason = reason;
-    try {
-      this.conn.onAudit(e);
-    } catch {
-      // The sink is the caller's: a failing sink must not turn a done operation into a failure.
-    }
-  }
+  private auditLog?: KeyAudit;
 
-  private async audited<T>(operation: KeyOperation, keyId: string | undefined, fn: () => Promise<T>, idOf?: (r: T) => string): Promise<T> {
-    try {
-      const r = await fn();
-      this.event(operation, idOf ? idOf(r) : keyId, "ok");
-      return r;
-    } catch (e) {
-      this.event(operation, keyId, isBaremetalError(e) && e.code === "auth" ? "denied" : "failed", isBaremetalError(e) ? e.message : String((e as Error)?.message ?? e));
-      throw e;
-    }
+  /** The connection's audit trail (shared reporting: ../key-audit.ts). */
+  private get audit(): KeyAudit {
+    return (this.auditLog ??= new KeyAudit(this.conn.onAudit, this.project, `${KMIP_FAMILY} ${this.address}`));
   }
 
   private idOrAudit(operation: KeyOperation, id: string): string {
     if (typeof id === "string" && /^[\x21-\x7e]{1,255}$/.test(id)) return id;
     const e = validationError("id", `a KMIP key id is the server's Unique Identifier (1-255 printable characters), got ${JSON.stringify(String(id)).slice(0, 120)}`);
-    this.event(operation, typeof id === "string" ? id.slice(0, 300) : undefined, "failed", e.message);
+    this.audit.event(operation, typeof id === "string" ? id.slice(0, 300) : undefined, "failed", e.message);
     throw e;
   }
 }

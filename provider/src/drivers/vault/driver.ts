@@ -66,10 +66,11 @@
 import * as http from "node:http";
 import * as https from "node:https";
 import axios, { type AxiosInstance } from "axios";
-import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
+import { BaremetalError, validationError } from "../../core/errors";
+import { KeyAudit } from "../key-audit";
+import { errorCode, messageOf, retryAfterMs, seconds, sleep } from "../http";
 import type {
   CreateKeyRequest,
-  KeyAuditEvent,
   KeyManagerConnection,
   KeyManagerDriver,
   KeyOperation,
@@ -211,7 +212,7 @@ class VaultDriver implements KeyManagerDriver {
   // KeyManagerDriver
 
   createKey(req: CreateKeyRequest): Promise<ManagedKey> {
-    return this.audited(
+    return this.audit.run(
       "create",
       undefined,
       async () => {
@@ -227,7 +228,7 @@ class VaultDriver implements KeyManagerDriver {
   async describeKey(id: string): Promise<ManagedKey | undefined> {
     const { name, version } = this.idOrAudit("describe", id);
     const kid = `${name}:${version}`;
-    return this.audited("describe", kid, async () => {
+    return this.audit.run("describe", kid, async () => {
       const r = await this.readRecord(name, version, `read key ${kid}`, kid);
       return r ? this.toKey(r) : undefined;
     });
@@ -236,7 +237,7 @@ class VaultDriver implements KeyManagerDriver {
   async getKeyMaterial(id: string): Promise<Buffer> {
     const { name, version } = this.idOrAudit("get", id);
     const kid = `${name}:${version}`;
-    return this.audited("get", kid, async () => {
+    return this.audit.run("get", kid, async () => {
       const r = await this.readRecord(name, version, `read key ${kid}`, kid);
       if (!r) throw this.notFound(kid, "read its material");
       if (r.record.state === "destroyed" || !r.record.ciphertext) {
@@ -261,7 +262,7 @@ class VaultDriver implements KeyManagerDriver {
   }
 
   listKeys(filter: { namePrefix?: string } = {}): Promise<ManagedKey[]> {
-    return this.audited("list", undefined, async () => {
+    return this.audit.run("list", undefined, async () => {
       const prefix = filter.namePrefix ?? "";
       const names = (await this.list(`${this.kv}/metadata/keys/`, "list the project's keys")).filter((n) => n.endsWith("/") && n.slice(0, -1).startsWith(prefix)).map((n) => n.slice(0, -1));
       const ids: Array<{ name: string; version: number }> = [];
@@ -288,7 +289,7 @@ class VaultDriver implements KeyManagerDriver {
   async rotateKey(id: string): Promise<ManagedKey> {
     const { name, version } = this.idOrAudit("rotate", id);
     const kid = `${name}:${version}`;
-    return this.audited("rotate", kid, async () => {
+    return this.audit.run("rotate", kid, async () => {
       const r = await this.readRecord(name, version, `read key ${kid}`, kid);
       if (!r) throw this.notFound(kid, "rotate it");
       if (r.record.state !== "active") {
@@ -299,7 +300,7 @@ class VaultDriver implements KeyManagerDriver {
         );
       }
       // The new key gets its own `create` event; this one records the rotation of the old key.
-      return this.audited(
+      return this.audit.run(
         "create",
         undefined,
         async () => this.allocate(name, undefined, (v) => this.writeNewKey(name, v, r.record.bits, r.record.labels ?? {}, kid)),
@@ -311,7 +312,7 @@ class VaultDriver implements KeyManagerDriver {
   async retireKey(id: string): Promise<void> {
     const { name, version } = this.idOrAudit("retire", id);
     const kid = `${name}:${version}`;
-    return this.audited("retire", kid, async () => {
+    return this.audit.run("retire", kid, async () => {
       for (let attempt = 1; ; attempt++) {
         const r = await this.readRecord(name, version, `read key ${kid}`, kid);
         if (!r) throw this.notFound(kid, "retire it");
@@ -336,7 +337,7 @@ class VaultDriver implements KeyManagerDriver {
   async destroyKey(id: string): Promise<void> {
     const { name, version } = this.idOrAudit("destroy", id);
     const kid = `${name}:${version}`;
-    return this.audited("destroy", kid, async () => {
+    return this.audit.run("destroy", kid, async () => {
       const r = await this.readRecord(name, version, `read key ${kid}`, kid);
       if (r && r.record.state !== "destroyed") {
         // Every KV version of the record (each holds the wrapped key) goes, then the tombstone.
@@ -538,7 +539,7 @@ class VaultDriver implements KeyManagerDriver {
         const err = this.networkError(e, r);
         const again = err.code === "transient" && (r.idempotent || err.unsent) && attempt < ATTEMPTS && !this.conn.signal?.aborted;
         if (!again) throw err;
-        await sleep(200 * attempt * attempt, this.conn.signal);
+        await sleep(200 * attempt * attempt, this.conn.signal, "Vault");
         continue;
       }
       const body = Buffer.from(res.data ?? new ArrayBuffer(0));
@@ -558,11 +559,11 @@ class VaultDriver implements KeyManagerDriver {
       // one (two rotations of one key at once): nothing of it was committed, so any request may be
       // sent again.
       if (res.status === 500 && /transaction commit failed/i.test(vaultErrors(answer)) && attempt < COMMIT_ATTEMPTS) {
-        await sleep(20 * attempt + Math.floor(Math.random() * 50), this.conn.signal);
+        await sleep(20 * attempt + Math.floor(Math.random() * 50), this.conn.signal, "Vault");
         continue;
       }
       if ((res.status === 503 || res.status === 502 || res.status === 429) && r.idempotent && attempt < ATTEMPTS) {
-        await sleep(Math.min(retryAfterMs(answer.headers["retry-after"]) ?? 500 * attempt, 5000), this.conn.signal);
+        await sleep(Math.min(retryAfterMs(answer.headers["retry-after"]) ?? 500 * attempt, 5000), this.conn.signal, "Vault");
         continue;
       }
       return answer;
@@ -649,35 +650,18 @@ class VaultDriver implements KeyManagerDriver {
   // -------------------------------------------------------------------------------------------
   // Audit
 
-  private event(operation: KeyOperation, keyId: string | undefined, outcome: KeyAuditEvent["outcome"], reason?: string): void {
-    if (!this.conn.onAudit) return;
-    const e: KeyAuditEvent = { at: new Date().toISOString(), operation, project: this.project, outcome, backend: `${VAULT_FAMILY} ${this.root}` };
-    if (keyId !== undefined) e.keyId = keyId;
-    if (reason !== undefined) e.reason = reason;
-    try {
-      this.conn.onAudit(e);
-    } catch {
-      // The sink is the caller's; a failing sink must not turn a done operation into a failure.
-    }
-  }
+  private auditLog?: KeyAudit;
 
-  private async audited<T>(operation: KeyOperation, keyId: string | undefined, fn: () => Promise<T>, idOf?: (r: T) => string): Promise<T> {
-    try {
-      const r = await fn();
-      this.event(operation, idOf ? idOf(r) : keyId, "ok");
-      return r;
-    } catch (e) {
-      const denied = isBaremetalError(e) && e.code === "auth";
-      this.event(operation, keyId, denied ? "denied" : "failed", isBaremetalError(e) ? e.message : messageOf(e));
-      throw e;
-    }
+  /** The connection's audit trail (shared reporting: ../key-audit.ts). */
+  private get audit(): KeyAudit {
+    return (this.auditLog ??= new KeyAudit(this.conn.onAudit, this.project, `${VAULT_FAMILY} ${this.root}`));
   }
 
   private idOrAudit(operation: KeyOperation, id: string): { name: string; version: number } {
     try {
       return parseKeyId(id);
     } catch (e) {
-      this.event(operation, typeof id === "string" ? id.slice(0, 300) : undefined, "failed", (e as Error).message);
+      this.audit.event(operation, typeof id === "string" ? id.slice(0, 300) : undefined, "failed", (e as Error).message);
       throw e;
     }
   }
@@ -760,42 +744,3 @@ function isoTime(t: string | undefined): string | undefined {
   return Number.isNaN(d.getTime()) ? undefined : d.toISOString();
 }
 
-function retryAfterMs(h: unknown): number | undefined {
-  if (typeof h !== "string") return undefined;
-  const n = Number(h);
-  if (Number.isFinite(n) && n >= 0) return n * 1000;
-  const d = Date.parse(h);
-  return Number.isNaN(d) ? undefined : Math.max(0, d - Date.now());
-}
-
-const seconds = (ms: number | undefined) => (ms === undefined ? undefined : Math.ceil(ms / 1000));
-
-function errorCode(e: unknown): string | undefined {
-  let cur: unknown = e;
-  for (let i = 0; i < 4 && typeof cur === "object" && cur !== null; i++) {
-    const c = (cur as { code?: unknown }).code;
-    if (typeof c === "string" && c !== "ERR_NETWORK" && c !== "ERR_BAD_REQUEST") return c;
-    cur = (cur as { cause?: unknown }).cause;
-  }
-  return undefined;
-}
-
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new BaremetalError("cancelled", "cancelled"));
-    const t = setTimeout(done, ms);
-    function done() {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }
-    function onAbort() {
-      clearTimeout(t);
-      reject(new BaremetalError("cancelled", "cancelled while waiting for Vault"));
-    }
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
-}
