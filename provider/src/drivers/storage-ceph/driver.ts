@@ -31,18 +31,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import type { ExportInfo, ExportRequest, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
-import { Mode, Op, TgtErr, TgtError, TgtManagement, type TgtTarget } from "../storage-file/tgt";
+import { CHAP_SECRET_RE, CHAP_USER_RE, describeTgtExport, EXPORT_LUN, INITIATOR_RE, IQN_PREFIX_RE, Mode, Op, TgtErr, TgtError, type TgtExportInfo, TgtManagement, type TgtTarget } from "../storage-file/tgt";
 import { asBaremetal, checkCephKey, parseCephAddress, RbdRunner, type RbdRunnerOptions } from "./rbd";
 
 const NAME_RE = /^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$/;
 const SECTOR = 512;
-/** RFC 3720 3.2.6.3 names (iqn. lowercase, eui., naa.). */
-const INITIATOR_RE = /^(?:iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.:_-]+)?|eui\.[0-9A-F]{16}|naa\.[0-9A-F]{16}(?:[0-9A-F]{16})?)$/;
-const IQN_PREFIX_RE = /^iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.-]+)?$/;
-const CHAP_USER_RE = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$/;
-/** RFC 7143 12.1.3: at least 96 bits; printable ASCII without spaces or commas (tgtd splits its requests on commas). */
-const CHAP_SECRET_RE = /^[\x21-\x2b\x2d-\x7e]{12,255}$/;
-export const EXPORT_LUN = 1;
 export const IMAGE_FEATURES = "layering,exclusive-lock,object-map,fast-diff,deep-flatten";
 
 export interface CephStorageOptions extends RbdRunnerOptions {
@@ -52,11 +45,7 @@ export interface CephStorageOptions extends RbdRunnerOptions {
 }
 
 /** An export as tgtd has it now, with what differs from what this driver sets up. */
-export interface CephExportInfo extends ExportInfo {
-  tid: number;
-  sessions: string[];
-  problems: string[];
-}
+export type CephExportInfo = TgtExportInfo;
 
 interface RbdInfo {
   name: string;
@@ -575,33 +564,7 @@ export class CephStorageDriver implements StorageDriver {
   }
 
   private describe(name: string, t: TgtTarget): CephExportInfo {
-    const problems: string[] = [];
-    const spec = this.spec(name);
-    const lun = t.luns.find((l) => l.backingStorePath === spec);
-    if (t.name !== this.targetIqn(name)) problems.push(`target name ${t.name}, expected ${this.targetIqn(name)}`);
-    if (!lun) problems.push(`no LUN is backed by ${spec}`);
-    else {
-      if (lun.lun !== EXPORT_LUN) problems.push(`the volume is LUN ${lun.lun}, expected ${EXPORT_LUN}`);
-      if (lun.backingStoreType !== "rbd") problems.push(`backing-store type ${lun.backingStoreType}, expected rbd`);
-    }
-    if (t.state !== "ready") problems.push(`target state ${t.state}`);
-    const names = t.acl.filter((a) => INITIATOR_RE.test(a));
-    const addresses = t.acl.filter((a) => !INITIATOR_RE.test(a));
-    if (names.length !== 1) problems.push(names.length ? `${names.length} initiators allowed: ${names.join(", ")}` : "no initiator allowed (ACL empty)");
-    if (addresses.length) problems.push(`address ACL entries let initiators in by address: ${addresses.join(", ")}`);
-    if (!t.incomingAccounts.length) problems.push("no CHAP account bound: tgt accepts logins without CHAP");
-    if (t.incomingAccounts.length > 1) problems.push(`${t.incomingAccounts.length} CHAP accounts bound: ${t.incomingAccounts.join(", ")}`);
-    return {
-      volume: name,
-      portal: this.portal ?? "",
-      targetIqn: t.name,
-      lun: lun?.lun ?? EXPORT_LUN,
-      initiatorIqn: names[0] ?? "",
-      chapUser: t.incomingAccounts[0] ?? "",
-      tid: t.tid,
-      sessions: t.sessions,
-      problems,
-    };
+    return describeTgtExport(t, { volume: name, targetIqn: this.targetIqn(name), backingPath: this.spec(name), backingType: "rbd", portal: this.portal });
   }
 
   async unexportVolume(volume: string): Promise<void> {

@@ -37,21 +37,14 @@ import * as path from "node:path";
 import { promisify } from "node:util";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import type { ExportInfo, ExportRequest, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
-import { Mode, Op, TgtErr, TgtError, TgtManagement, TgtTarget } from "./tgt";
+import { CHAP_SECRET_RE, CHAP_USER_RE, describeTgtExport, EXPORT_LUN, INITIATOR_RE, IQN_PREFIX_RE, Mode, Op, TgtErr, TgtError, type TgtExportInfo, TgtManagement, TgtTarget } from "./tgt";
 
 const execFileP = promisify(execFile);
 
 const NAME_RE = /^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$/;
 const POOL_RE = /^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,62})$/;
-/** RFC 3720 3.2.6.3 names (iqn. lowercase as stringprep leaves it, eui., naa.). */
-const INITIATOR_RE = /^(?:iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.:_-]+)?|eui\.[0-9A-F]{16}|naa\.[0-9A-F]{16}(?:[0-9A-F]{16})?)$/;
-const IQN_PREFIX_RE = /^iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.-]+)?$/;
-const CHAP_USER_RE = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$/;
-/** RFC 7143 12.1.3: CHAP secrets of at least 96 bits; printable ASCII so every initiator can be given it. */
-const CHAP_SECRET_RE = /^[\x21-\x7e]{12,255}$/;
 const SECTOR = 512;
 const DEFAULT_IQN_PREFIX = "iqn.2025-01.lab.baremetal";
-export const EXPORT_LUN = 1;
 
 interface VolumeMeta {
   parent?: string;
@@ -63,13 +56,7 @@ interface SnapshotMeta {
 }
 
 /** An export as tgtd has it now, with what differs from what this driver sets up. */
-export interface FileExportInfo extends ExportInfo {
-  tid: number;
-  /** Initiators logged in now (tgt I_T nexuses). */
-  sessions: string[];
-  /** Deviations from the export this driver makes (extra ACL entries, no CHAP account, ...). */
-  problems: string[];
-}
+export type FileExportInfo = TgtExportInfo;
 
 export interface FileStorageOptions {
   /** tgtd's management socket; default: iscsi.controlPort and $TGT_IPC_SOCKET, as tgtadm finds it. */
@@ -581,7 +568,7 @@ export class FileStorageDriver implements StorageDriver {
       throw validationError("chapUser", `${JSON.stringify(req.chapUser)} is not a CHAP user name: 1-64 letters, digits, '.', '_', ':', '@', '-'`);
     }
     if (typeof req.chapSecret !== "string" || !CHAP_SECRET_RE.test(req.chapSecret)) {
-      throw validationError("chapSecret", "the CHAP secret must be 12 to 255 printable ASCII characters without spaces (RFC 7143 asks for at least 96 bits)");
+      throw validationError("chapSecret", "the CHAP secret must be 12 to 255 printable ASCII characters without spaces or commas (RFC 7143 asks for at least 96 bits)");
     }
     const { initiatorIqn, chapUser, chapSecret } = req;
     this.requireTgt();
@@ -689,33 +676,7 @@ export class FileStorageDriver implements StorageDriver {
   }
 
   private describe(name: string, t: TgtTarget): FileExportInfo {
-    const problems: string[] = [];
-    const file = this.volFile(name);
-    const lun = t.luns.find((l) => l.backingStorePath === file);
-    if (t.name !== this.targetIqn(name)) problems.push(`target name ${t.name}, expected ${this.targetIqn(name)}`);
-    if (!lun) problems.push(`no LUN is backed by ${file}`);
-    else {
-      if (lun.lun !== EXPORT_LUN) problems.push(`the volume is LUN ${lun.lun}, expected ${EXPORT_LUN}`);
-      if (lun.backingStoreType !== "rdwr") problems.push(`backing-store type ${lun.backingStoreType}, expected rdwr`);
-    }
-    if (t.state !== "ready") problems.push(`target state ${t.state}`);
-    const names = t.acl.filter((a) => INITIATOR_RE.test(a));
-    const addresses = t.acl.filter((a) => !INITIATOR_RE.test(a));
-    if (names.length !== 1) problems.push(names.length ? `${names.length} initiators allowed: ${names.join(", ")}` : "no initiator allowed (ACL empty)");
-    if (addresses.length) problems.push(`address ACL entries let initiators in by address: ${addresses.join(", ")}`);
-    if (!t.incomingAccounts.length) problems.push("no CHAP account bound: tgt accepts logins without CHAP");
-    if (t.incomingAccounts.length > 1) problems.push(`${t.incomingAccounts.length} CHAP accounts bound: ${t.incomingAccounts.join(", ")}`);
-    return {
-      volume: name,
-      portal: this.portal ?? "",
-      targetIqn: t.name,
-      lun: lun?.lun ?? EXPORT_LUN,
-      initiatorIqn: names[0] ?? "",
-      chapUser: t.incomingAccounts[0] ?? "",
-      tid: t.tid,
-      sessions: t.sessions,
-      problems,
-    };
+    return describeTgtExport(t, { volume: name, targetIqn: this.targetIqn(name), backingPath: this.volFile(name), backingType: "rdwr", portal: this.portal });
   }
 
   /** Deletes CHAP accounts, but never one that a target other than `gone` still uses. */

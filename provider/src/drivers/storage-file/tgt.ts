@@ -19,6 +19,7 @@
  */
 import * as net from "node:net";
 import { BaremetalError } from "../../core/errors";
+import type { ExportInfo } from "../kinds/storage";
 
 export const enum Mode {
   System = 0,
@@ -321,4 +322,67 @@ export function parseTargets(text: string): TgtTarget[] {
     }
   }
   return targets;
+}
+
+// ---- exports as the storage drivers make them ----------------------------------------------------
+
+/** RFC 3720 3.2.6.3 initiator names (iqn. lowercase as stringprep leaves it, eui., naa.). */
+export const INITIATOR_RE = /^(?:iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.:_-]+)?|eui\.[0-9A-F]{16}|naa\.[0-9A-F]{16}(?:[0-9A-F]{16})?)$/;
+
+/** Target-name prefixes of our exports (`iqn.YYYY-MM.reversed.domain[:name]`, lowercase). */
+export const IQN_PREFIX_RE = /^iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.-]+)?$/;
+export const CHAP_USER_RE = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$/;
+/**
+ * RFC 7143 12.1.3: CHAP secrets of at least 96 bits; printable ASCII without spaces or commas:
+ * tgtd's requests are comma-separated `key=value` pairs, so a comma would cut the secret short.
+ */
+export const CHAP_SECRET_RE = /^[\x21-\x2b\x2d-\x7e]{12,255}$/;
+
+/** The LUN every export of ours uses. */
+export const EXPORT_LUN = 1;
+
+/** An export as tgtd has it now, with what differs from the export the storage drivers make. */
+export interface TgtExportInfo extends ExportInfo {
+  tid: number;
+  /** Initiators logged in now (tgt I_T nexuses). */
+  sessions: string[];
+  /** Deviations from the export the driver makes (extra ACL entries, no CHAP account, ...). */
+  problems: string[];
+}
+
+/**
+ * Reads one of our exports back from tgtd's target: one LUN (EXPORT_LUN) backed by `backingPath`
+ * with `backingType`, the target named `targetIqn`, exactly one initiator name and one CHAP account
+ * bound, no address ACL; every deviation is listed in `problems` (drift).
+ */
+export function describeTgtExport(
+  t: TgtTarget,
+  want: { volume: string; targetIqn: string; backingPath: string; backingType: string; portal: string | undefined },
+): TgtExportInfo {
+  const problems: string[] = [];
+  const lun = t.luns.find((l) => l.backingStorePath === want.backingPath);
+  if (t.name !== want.targetIqn) problems.push(`target name ${t.name}, expected ${want.targetIqn}`);
+  if (!lun) problems.push(`no LUN is backed by ${want.backingPath}`);
+  else {
+    if (lun.lun !== EXPORT_LUN) problems.push(`the volume is LUN ${lun.lun}, expected ${EXPORT_LUN}`);
+    if (lun.backingStoreType !== want.backingType) problems.push(`backing-store type ${lun.backingStoreType}, expected ${want.backingType}`);
+  }
+  if (t.state !== "ready") problems.push(`target state ${t.state}`);
+  const names = t.acl.filter((a) => INITIATOR_RE.test(a));
+  const addresses = t.acl.filter((a) => !INITIATOR_RE.test(a));
+  if (names.length !== 1) problems.push(names.length ? `${names.length} initiators allowed: ${names.join(", ")}` : "no initiator allowed (ACL empty)");
+  if (addresses.length) problems.push(`address ACL entries let initiators in by address: ${addresses.join(", ")}`);
+  if (!t.incomingAccounts.length) problems.push("no CHAP account bound: tgt accepts logins without CHAP");
+  if (t.incomingAccounts.length > 1) problems.push(`${t.incomingAccounts.length} CHAP accounts bound: ${t.incomingAccounts.join(", ")}`);
+  return {
+    volume: want.volume,
+    portal: want.portal ?? "",
+    targetIqn: t.name,
+    lun: lun?.lun ?? EXPORT_LUN,
+    initiatorIqn: names[0] ?? "",
+    chapUser: t.incomingAccounts[0] ?? "",
+    tid: t.tid,
+    sessions: t.sessions,
+    problems,
+  };
 }
