@@ -104,6 +104,7 @@ describe("ceph volumes cloned from a golden image and exported over iSCSI, throu
     expect((await tgt.readCapacity({ ...login, secret: `${out.chapSecret}x` })).ok).toBe(false);
     expect(JSON.stringify(await tenant.exportStack())).not.toContain(ceph.clientKey);
     await tenant.pulumi(["preview", "--expect-no-changes"]);
+    await tenant.pulumi(["refresh", "--yes", "--skip-preview", "--expect-no-changes"]); // reading back finds what was made
   });
 
   it("destroy removes the export and the clone, and leaves the golden image", async () => {

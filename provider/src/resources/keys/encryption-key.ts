@@ -12,7 +12,7 @@ import { authorize } from "../../core/auth";
 import { BaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { KeyManagerSettings } from "../../core/keymanager-config";
-import type { OperationContext, Props, ProviderContext, ResourceDefinition } from "../../core/resource";
+import type { OperationContext, Props, ProviderContext, ReadResult, ResourceDefinition } from "../../core/resource";
 import { isUnknown } from "../../core/values";
 import type { KeyManagerDriver, ManagedKey } from "../../drivers/kinds/keymanager";
 import { keyManagerDriverFor } from "../../drivers/keymanagers";
@@ -85,6 +85,21 @@ export async function withKeyManager<T>(ctx: ProviderContext, name: string, use:
   }
 }
 
+/** The key as the key manager has it: the declared inputs on refresh, the key's own on import. */
+async function readKey(ctx: OperationContext, id: string, name: string, stored: Props | undefined, state: Props | undefined): Promise<ReadResult | undefined> {
+  return withKeyManager(
+    ctx,
+    name,
+    async (driver, settings) => {
+      const key = await driver.describeKey(id);
+      if (!key || key.state === "destroyed") return undefined;
+      const inputs: Props = stored ?? { keyManager: name, name: key.name, bits: key.bits };
+      return { id, inputs, outputs: { ...(state ?? {}), ...outputsOf(inputs, key, settings.driver) } };
+    },
+    ctx.signal,
+  );
+}
+
 function outputsOf(props: Props, key: ManagedKey, family: string): Props {
   return { ...props, keyId: key.id, project: key.project, family, state: key.state, ...(key.createdAt ? { createdAt: key.createdAt } : {}) };
 }
@@ -128,30 +143,18 @@ export const encryptionKeyResource: ResourceDefinition = {
   },
 
   async read(ctx, id, stored, state) {
-    if (!stored && Object.keys(ctx.config.keyManagers).length > 1) {
-      // Import by id alone: the key manager that knows the id (one refusing it as another project's refuses the import).
-      for (const name of Object.keys(ctx.config.keyManagers)) {
-        const found = await encryptionKeyResource.read(ctx, id, { keyManager: name }, state).catch((e) => {
-          if (e instanceof BaremetalError && (e.code === "not-found" || e.code === "validation")) return undefined;
-          throw e;
-        });
-        if (found) return { ...found, inputs: { ...found.inputs, keyManager: name } };
-      }
-      return undefined;
+    if (stored) return readKey(ctx, id, keyManagerName(ctx, stored), stored, state);
+    // Import by id alone: the key manager that knows the id (one refusing it as another project's refuses the import).
+    const names = Object.keys(ctx.config.keyManagers);
+    if (names.length <= 1) return readKey(ctx, id, keyManagerName(ctx, {}), undefined, state);
+    for (const name of names) {
+      const found = await readKey(ctx, id, name, undefined, state).catch((e) => {
+        if (e instanceof BaremetalError && (e.code === "not-found" || e.code === "validation")) return undefined;
+        throw e;
+      });
+      if (found) return found;
     }
-    const declared: Props = stored ?? {};
-    const name = keyManagerName(ctx, declared);
-    return withKeyManager(
-      ctx,
-      name,
-      async (driver, settings) => {
-        const key = await driver.describeKey(id);
-        if (!key || key.state === "destroyed") return undefined;
-        const inputs: Props = stored && stored.name !== undefined ? stored : { ...(stored ?? {}), keyManager: name, name: key.name, bits: key.bits };
-        return { id, inputs, outputs: { ...(state ?? {}), ...outputsOf(inputs, key, settings.driver) } };
-      },
-      ctx.signal,
-    );
+    return undefined;
   },
 
   async update(_ctx, _id, _olds, news, oldState) {

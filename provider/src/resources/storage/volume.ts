@@ -210,12 +210,13 @@ export const volumeResource: ResourceDefinition = {
         if (!v) return undefined;
         const inputs: Props = { ...declared, sizeGib: Math.ceil(v.sizeBytes / GIB) };
         let luksInfo: { uuid: string; keyslots: number } | undefined;
-        if (declared.encryption || (await luks.isLuks(await storage.path(id)))) {
+        // Encryption at the source exists on file volumes only (refused at preview elsewhere).
+        if (storage.family === "file") {
           const file = await storage.path(id);
           if (await luks.isLuks(file)) {
             const d = await luks.dump(file);
             luksInfo = { uuid: d.uuid, keyslots: d.keyslots.length };
-          } else {
+          } else if (declared.encryption) {
             ctx.warn(`volume ${id} is declared encrypted but holds no LUKS header`);
           }
         }
