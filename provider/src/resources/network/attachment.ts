@@ -14,7 +14,7 @@
 import { authorize } from "../../core/auth";
 import { BaremetalError, isBaremetalError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
-import type { OperationContext, Props, ProviderContext, ResourceDefinition } from "../../core/resource";
+import type { OperationContext, Props, ResourceDefinition } from "../../core/resource";
 import { isUnknown } from "../../core/values";
 import { samePortConfig } from "../../drivers/kinds/switch";
 import type { AddressRecord, AttachmentRecord, Inventory } from "../../inventory/types";
@@ -63,7 +63,7 @@ const outputs = {
   },
 } as const satisfies Fields;
 
-async function targets(ctx: ProviderContext, inventory: Inventory, portId: unknown, networkId: unknown) {
+async function targets(inventory: Inventory, portId: unknown, networkId: unknown) {
   const port = typeof portId === "string" ? await inventory.getPort(portId) : undefined;
   const node = port ? await inventory.getNode(port.nodeId) : undefined;
   const network = typeof networkId === "string" ? await inventory.getNetwork(networkId) : undefined;
@@ -71,8 +71,8 @@ async function targets(ctx: ProviderContext, inventory: Inventory, portId: unkno
 }
 
 /** Checks the rules (see the header) and returns what the attachment needs. */
-async function admitted(ctx: ProviderContext, inventory: Inventory, props: Props) {
-  const { port, node, network } = await targets(ctx, inventory, props.portId, props.networkId);
+async function admitted(inventory: Inventory, props: Props) {
+  const { port, node, network } = await targets(inventory, props.portId, props.networkId);
   if (!port) throw new BaremetalError("validation", `no port '${props.portId}'; pass a Port's portId`, { property: "portId" });
   if (!network) throw new BaremetalError("validation", `no network '${props.networkId}'; pass a TenantNetwork's networkId`, { property: "networkId" });
   if (!node?.allocationId) {
@@ -139,7 +139,7 @@ function outputsOf(props: Props, a: AttachmentRecord, ipAddresses: Props[]): Pro
 }
 
 async function attachAndSync(ctx: OperationContext, inventory: Inventory, id: string, props: Props): Promise<Props> {
-  const { port } = await admitted(ctx, inventory, props);
+  const { port } = await admitted(inventory, props);
   const attachment = await inventory.attach({ id, portId: port.id, networkId: props.networkId as string, mode: props.mode as "access" | "trunk", native: props.native as boolean });
   let ipAddresses: Props[];
   try {
@@ -169,7 +169,7 @@ export const networkAttachmentResource: ResourceDefinition = {
   async authorize(ctx, change, props, state) {
     if (ctx.caller.operator) return;
     const inventory = await ctx.inventory();
-    const { node, network } = await targets(ctx, inventory, state?.portId ?? props.portId, isUnknown(props.networkId) ? state?.networkId : props.networkId);
+    const { node, network } = await targets(inventory, state?.portId ?? props.portId, isUnknown(props.networkId) ? state?.networkId : props.networkId);
     authorize(ctx.policy, ctx.caller, change === "delete" ? "baremetal:node:vif:detach" : "baremetal:node:vif:attach", { "node.owner": node?.owner, "node.lessee": node?.lessee });
     if (network) authorize(ctx.policy, ctx.caller, "baremetal:network:attach", { "network.owner": network.owner });
   },
@@ -223,7 +223,7 @@ export const networkAttachmentResource: ResourceDefinition = {
         return { ...oldState, ...news, networkId: current.networkId };
       }
       // A move: out of the old network and into the new one, then ONE sync writes the switch port.
-      await admitted(ctx, inventory, news); // refused moves are refused before the old attachment is touched
+      await admitted(inventory, news); // refused moves are refused before the old attachment is touched
       const oldAddresses = current ? await addressesOf(inventory, current.networkId, id) : [];
       if (current) {
         await releaseAttachmentAddresses(inventory, current.networkId, id);
@@ -244,7 +244,7 @@ export const networkAttachmentResource: ResourceDefinition = {
     });
   },
 
-  async delete(ctx, id, props) {
+  async delete(ctx, id) {
     const inventory = await ctx.inventory();
     const a = await inventory.getAttachment(id);
     if (!a) return; // released with its allocation, or never made
@@ -253,6 +253,5 @@ export const networkAttachmentResource: ResourceDefinition = {
       await inventory.detach(id);
       await applyPlans(ctx, await planNodePorts(ctx, inventory, a.nodeId));
     });
-    void props;
   },
 };

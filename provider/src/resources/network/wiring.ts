@@ -15,12 +15,12 @@
  * detaches every attachment and syncs BEFORE the claim is released (see `isolateForRelease`).
  */
 import { randomUUID } from "node:crypto";
-import { BaremetalError, isBaremetalError } from "../../core/errors";
+import { isBaremetalError } from "../../core/errors";
 import type { FabricConfig } from "../../core/fabric-config";
 import type { OperationContext, ProviderContext } from "../../core/resource";
 import type { SwitchPortChange, SwitchPortConfig } from "../../drivers/kinds/switch";
 import type { AttachmentRecord, Inventory, NetworkRecord, NodeRecord, PortRecord } from "../../inventory/types";
-import { ensureFabricPool, fabricNamed, type ResolvedSwitch, switchesOf, switchNamed, withSwitch } from "./fabric";
+import { ensureFabricPool, fabricNamed, infrastructureVlans, type ResolvedSwitch, switchesOf, switchNamed, withSwitch } from "./fabric";
 
 export const PROVISIONING_STATES: ReadonlySet<string> = new Set(["deploying", "deploy failed", "cleaning", "clean failed"]);
 
@@ -225,7 +225,7 @@ export async function removeVlanFromFabric(ctx: ProviderContext, fabricName: str
 export async function releaseIdleTrunks(ctx: ProviderContext, inventory: Inventory, fabricName: string, signal?: AbortSignal): Promise<void> {
   if ((await inventory.listNetworks({ fabric: fabricName })).length) return;
   const fabric = fabricNamed(ctx, fabricName, "fabric");
-  const infra = new Set([fabric.provisioningVlan, fabric.quarantineVlan]);
+  const infra = new Set(infrastructureVlans(fabric));
   for (const sw of switchesOf(ctx, fabricName)) {
     await withSwitch(
       ctx,
@@ -258,8 +258,4 @@ export async function fabricVlanDrift(ctx: ProviderContext, fabricName: string, 
     });
   }
   return problems;
-}
-
-export function networkGone(e: unknown): boolean {
-  return e instanceof BaremetalError && e.code === "not-found";
 }
