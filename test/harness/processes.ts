@@ -74,3 +74,14 @@ export function tail(text: string, lines = 40): string {
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 }
+
+/**
+ * `describe` for tests that need a third-party peer installed (Ceph, tgtd, PyKMIP, ...). Where it is
+ * missing on a developer's machine the block is skipped and `why` printed; under CI (`CI` set) it
+ * is never skipped, so a missing install step fails the run instead of passing it silently.
+ */
+export function describeWithPeer(peer: { ok: boolean; why?: string }, what: string): jest.Describe {
+  if (peer.ok || process.env.CI) return describe;
+  console.warn(`${what} skipped: ${peer.why ?? "a peer is missing"}; run scripts/bootstrap.sh`);
+  return describe.skip;
+}

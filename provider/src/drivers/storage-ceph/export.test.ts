@@ -13,15 +13,15 @@ import { isBaremetalError } from "../../core/errors";
 import { cephAvailable, CephInstance, startCeph } from "../../../../test/harness/ceph";
 import { IscsiLogin, startTgt, tgtAvailable, TgtInstance } from "../../../../test/harness/tgt";
 import { CephStorageDriver } from "./driver";
+import { describeWithPeer } from "../../../../test/harness/processes";
 
 const MiB = 1024 * 1024;
 const ceph0 = cephAvailable();
 const tgt0 = tgtAvailable();
 const bsRbd = fs.existsSync("/usr/lib/tgt/backing-store/bs_rbd.so");
 const why = !ceph0.ok ? ceph0.why : !tgt0.ok ? tgt0.why : !bsRbd ? "tgt's rbd backing store (Debian tgt-rbd) is not installed" : undefined;
-// Skipped only where the machine cannot run Ceph or tgtd with bs_rbd (the reason is printed).
-const describeIt = why ? describe.skip : describe;
-if (why) console.warn(`storage-ceph export.test.ts skipped: ${why}`);
+// Skipped only where the machine cannot run Ceph or tgtd with bs_rbd, and never under CI.
+const describeIt = describeWithPeer({ ok: !why, why }, "storage-ceph export.test.ts");
 
 const N1 = "iqn.2025-01.lab.baremetal:node1";
 const N2 = "iqn.2025-01.lab.baremetal:node2";

@@ -16,14 +16,14 @@ import { isBaremetalError } from "../../core/errors";
 import { cephAvailable, CephInstance, startCeph } from "../../../../test/harness/ceph";
 import { CephStorageDriver } from "./driver";
 import { formatLuks2, LUKS2_HEADER_BYTES, readHead } from "./luks";
+import { describeWithPeer } from "../../../../test/harness/processes";
 
 const MiB = 1024 * 1024;
 const avail = cephAvailable();
 const haveTools = ["/usr/sbin/cryptsetup", "/sbin/cryptsetup"].some((p) => fs.existsSync(p)) && fs.existsSync("/usr/bin/qemu-io");
 const why = !avail.ok ? avail.why : !haveTools ? "cryptsetup or qemu-io missing (Debian cryptsetup-bin, qemu-utils, qemu-block-extra)" : undefined;
-// Skipped only where Ceph, cryptsetup or qemu-io are not installed (the reason is printed).
-const describeIt = why ? describe.skip : describe;
-if (why) console.warn(`storage-ceph luks.test.ts skipped: ${why}`);
+// Skipped only where Ceph, cryptsetup or qemu-io are not installed, and never under CI.
+const describeIt = describeWithPeer({ ok: !why, why }, "storage-ceph luks.test.ts");
 
 function run(file: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) =>

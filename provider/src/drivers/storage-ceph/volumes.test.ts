@@ -10,15 +10,14 @@
  */
 import { isBaremetalError } from "../../core/errors";
 import { cephAvailable, CephInstance, startCeph } from "../../../../test/harness/ceph";
-import { freePort } from "../../../../test/harness/processes";
+import { freePort, describeWithPeer } from "../../../../test/harness/processes";
 import { CephStorageDriver } from "./driver";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const avail = cephAvailable();
-// Skipped only where the machine has no Ceph binaries (the reason is printed).
-const describeCeph = avail.ok ? describe : describe.skip;
-if (!avail.ok) console.warn(`storage-ceph volumes.test.ts skipped: ${avail.why}`);
+// Skipped only where the machine has no Ceph binaries, and never under CI.
+const describeCeph = describeWithPeer(avail, "storage-ceph volumes.test.ts");
 
 async function failure(p: Promise<unknown>): Promise<{ code: string; message: string; unsent: boolean }> {
   try {

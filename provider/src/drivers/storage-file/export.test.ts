@@ -12,12 +12,12 @@ import * as path from "node:path";
 import { isBaremetalError } from "../../core/errors";
 import { startTgt, tgtAvailable, TgtInstance, IscsiLogin } from "../../../../test/harness/tgt";
 import { FileStorageDriver } from "./driver";
+import { describeWithPeer } from "../../../../test/harness/processes";
 
 const MiB = 1024 * 1024;
 const avail = tgtAvailable();
-// Skipped only where the machine cannot run tgtd (not root, packages missing): the reason is printed.
-const describeTgt = avail.ok ? describe : describe.skip;
-if (!avail.ok) console.warn(`export.test.ts skipped: ${avail.why}`);
+// Skipped only where the machine cannot run tgtd (not root, packages missing), and never under CI.
+const describeTgt = describeWithPeer(avail, "storage-file export.test.ts");
 
 const N1 = "iqn.2025-01.lab.baremetal:node1";
 const N2 = "iqn.2025-01.lab.baremetal:node2";
