@@ -53,6 +53,22 @@ export interface ExportInfo {
   chapUser: string;
 }
 
+/**
+ * A LUKS2 header session on a volume the encryption layer cannot reach as a local file (RBD):
+ * cryptsetup works on `file`, a local copy of the volume's header, and `commit` writes what changed
+ * back to the volume in a crash-safe order (see storage-ceph/header.ts).
+ */
+export interface HeaderAccess {
+  /** A local 0600 file, in a private directory, holding the header (zeros when `isLuks` is false). */
+  readonly file: string;
+  /** Whether the volume held a LUKS header when opened (or since the last commit). */
+  readonly isLuks: boolean;
+  /** Writes the changes made to `file` to the volume; `headersFirst` for a keyslot removal. */
+  commit(opts?: { headersFirst?: boolean }): Promise<void>;
+  /** Removes the local copy (uncommitted changes are dropped). */
+  close(): Promise<void>;
+}
+
 /** How to reach a storage backend. */
 export interface StorageConnection {
   /** Family-specific: `ceph://mon-host:6789/pool?id=client-name`, `file:///var/lib/baremetal/volumes`. */
@@ -84,5 +100,10 @@ export interface StorageDriver {
   unexportVolume(volume: string): Promise<void>;
   /** Local access for the encryption layer (see the header). */
   path(volume: string): Promise<string>;
+  /**
+   * Where `path` is no file cryptsetup can write (RBD): a header session instead. Backends whose
+   * `path` is a local file do not implement it.
+   */
+  luksHeader?(volume: string): Promise<HeaderAccess>;
   close(): Promise<void>;
 }

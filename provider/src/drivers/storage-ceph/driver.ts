@@ -30,8 +30,9 @@ import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
-import type { ExportInfo, ExportRequest, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
+import type { ExportInfo, ExportRequest, HeaderAccess, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
 import { CHAP_SECRET_RE, CHAP_USER_RE, describeTgtExport, EXPORT_LUN, INITIATOR_RE, IQN_PREFIX_RE, Mode, Op, TgtErr, TgtError, type TgtExportInfo, TgtManagement, type TgtTarget } from "../storage-file/tgt";
+import { openHeader } from "./header";
 import { asBaremetal, checkCephKey, parseCephAddress, RbdRunner, type RbdRunnerOptions } from "./rbd";
 
 const NAME_RE = /^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$/;
@@ -342,6 +343,13 @@ export class CephStorageDriver implements StorageDriver {
     checkName("volume", volume);
     if (!(await this.info(volume))) throw new BaremetalError("not-found", `volume ${this.spec(volume)} does not exist`);
     return `rbd:${this.spec(volume)}:id=${this.clientId}:conf=${this.rbd.files().conf}`;
+  }
+
+  /** A LUKS2 header session on the volume (header.ts). */
+  async luksHeader(volume: string): Promise<HeaderAccess> {
+    checkName("volume", volume);
+    if (!(await this.info(volume))) throw new BaremetalError("not-found", `volume ${this.spec(volume)} does not exist`);
+    return openHeader(this, volume);
   }
 
   // ---- snapshots -----------------------------------------------------------------------------

@@ -201,12 +201,15 @@ export class RbdRunner {
     });
   }
 
-  /** Starts `rbd ARGS` as the client with its stdout as a stream (e.g. `export ... -`); stderr is collected. */
-  spawn(args: string[]): { child: ChildProcess; stderr: () => string } {
+  /**
+   * Starts `rbd ARGS` as the client with its stdout as a stream (e.g. `export ... -`), and its
+   * stdin as one when `stdin` (e.g. `import-diff - ...`); stderr is collected.
+   */
+  spawn(args: string[], opts: { stdin?: boolean } = {}): { child: ChildProcess; stderr: () => string } {
     const f = this.files();
     const child = spawn(this.rbdBin, ["-c", f.conf, "--id", this.address.clientId, "--keyring", f.keyring, ...args], {
       env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C", LC_ALL: "C", HOME: f.dir },
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: [opts.stdin ? "pipe" : "ignore", "pipe", "pipe"],
     });
     let err = "";
     child.stderr?.on("data", (d: Buffer) => (err = (err + d.toString()).slice(-16384)));
