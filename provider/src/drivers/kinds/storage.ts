@@ -69,6 +69,26 @@ export interface HeaderAccess {
   close(): Promise<void>;
 }
 
+/**
+ * A piece of a volume's content (backups): `data` at `offset`, or `length` bytes that are zeros
+ * (`zero`: a range discarded or zeroed, which a restore must zero too).
+ */
+export type Extent = { offset: number; data: Buffer } | { offset: number; length: number; zero: true };
+
+export interface ReadExtentsOptions {
+  /** Read this snapshot of the volume (default: the volume as it is now; consistent only when nobody writes to it). */
+  snapshot?: string;
+  /**
+   * An earlier snapshot of the same volume: only what changed since it (Ceph: `rbd export-diff
+   * --from-snap`). Backends that cannot tell what changed return everything (the engine then
+   * skips what it already has by content).
+   */
+  since?: string;
+  /** No extent longer than this (default 4 MiB); extents never cross a multiple of it either. */
+  maxBytes?: number;
+  signal?: AbortSignal;
+}
+
 /** How to reach a storage backend. */
 export interface StorageConnection {
   /** Family-specific: `ceph://mon-host:6789/pool?id=client-name`, `file:///var/lib/baremetal/volumes`. */
@@ -105,5 +125,16 @@ export interface StorageDriver {
    * `path` is a local file do not implement it.
    */
   luksHeader?(volume: string): Promise<HeaderAccess>;
+  /**
+   * The content of a volume (or of a snapshot), as extents in increasing offset order, streamed
+   * with backpressure (memory stays bounded whatever the size). Ranges never written (holes, RBD
+   * objects that do not exist) may be left out: they read as zeros. A backend that honours
+   * `since` says so in `readsChangesOnly`.
+   */
+  readExtents?(volume: string, opts?: ReadExtentsOptions): AsyncIterable<Extent>;
+  /** Whether `readExtents` with `since` returns only the changes (true for Ceph). */
+  readonly readsChangesOnly?: boolean;
+  /** Writes extents into an existing volume large enough for them (a restore); streams. */
+  writeExtents?(volume: string, extents: AsyncIterable<Extent>, signal?: AbortSignal): Promise<{ bytesWritten: number }>;
   close(): Promise<void>;
 }
