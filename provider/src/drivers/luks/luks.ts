@@ -161,6 +161,28 @@ function pbkdfArgs(o: PbkdfOptions, property = "pbkdf"): string[] {
   return a;
 }
 
+/**
+ * cryptsetup reports a full filesystem only as a failed write ("Device wipe error, offset N",
+ * "Cannot wipe header on device"): when its write failed and the file's filesystem has less room
+ * than the header needs, the error says so and what to do.
+ */
+async function whenFull(e: unknown, file: string, what: string): Promise<unknown> {
+  if (!isBaremetalError(e) || e.code !== "backend" || !/wipe error|cannot wipe|write error|cannot write|no space left/i.test(e.details.join("\n"))) return e;
+  let free: number;
+  try {
+    const st = await fs.statfs(path.dirname(file));
+    free = st.bavail * st.bsize;
+  } catch {
+    return e;
+  }
+  if (free >= HEADER_BYTES) return e;
+  return new BaremetalError(
+    "backend",
+    `${what}: the filesystem holding the volume is full (${(free / 1048576).toFixed(1)} MiB free; a LUKS2 header writes ${HEADER_BYTES / 1048576} MiB): free space on it or use another storage backend, then run again`,
+    { messageId: e.messageId, details: e.details, cause: e },
+  );
+}
+
 export class Luks {
   private readonly opts: LuksOptions;
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -237,7 +259,11 @@ export class Luks {
       if (!o.overwrite && (await this.isLuks(file))) {
         throw new BaremetalError("conflict", `${what}: the file already holds a LUKS header; formatting again would destroy its data (pass overwrite to do so)`);
       }
-      await runCryptsetup(this.opts, args, { what, stdinKey: key, timeoutMs: this.timeoutMs });
+      try {
+        await runCryptsetup(this.opts, args, { what, stdinKey: key, timeoutMs: this.timeoutMs });
+      } catch (e) {
+        throw await whenFull(e, file, what);
+      }
       return this.dumpUnlocked(file);
     });
   }

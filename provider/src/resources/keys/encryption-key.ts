@@ -9,7 +9,7 @@
  * keys in their own project. Delete destroys the key (crypto-shredding whatever it encrypted).
  */
 import { authorize } from "../../core/auth";
-import { BaremetalError, validationError } from "../../core/errors";
+import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { KeyManagerSettings } from "../../core/keymanager-config";
 import type { OperationContext, Props, ProviderContext, ReadResult, ResourceDefinition } from "../../core/resource";
@@ -59,30 +59,79 @@ export function keyManagerName(ctx: ProviderContext, props: Props, property = "k
   throw validationError(property, known.length ? `the provider has ${known.length} key managers (${known.join(", ")}); name one` : "the provider has no keyManagers configured; set baremetal:keyManagers");
 }
 
-/** Opens the named key manager as the caller's project, runs `use`, closes it. */
-export async function withKeyManager<T>(ctx: ProviderContext, name: string, use: (driver: KeyManagerDriver, settings: KeyManagerSettings) => Promise<T>, signal?: AbortSignal): Promise<T> {
+/**
+ * Opens the named key manager as the caller's project, runs `use`, closes it. A driver's error
+ * about its connection names the provider setting to fix; `keyProperty` is the input that holds the
+ * key's id (e.g. a Volume's `encryption.keyId`), named instead of the driver's `id`.
+ */
+export async function withKeyManager<T>(
+  ctx: ProviderContext,
+  name: string,
+  use: (driver: KeyManagerDriver, settings: KeyManagerSettings) => Promise<T>,
+  signal?: AbortSignal,
+  opts: { keyProperty?: string } = {},
+): Promise<T> {
   const settings = ctx.config.keyManagers[name];
   const creds = Object.prototype.hasOwnProperty.call(ctx.config.keyManagerCredentials, name) ? ctx.config.keyManagerCredentials[name] : {};
-  const driver = keyManagerDriverFor(
-    settings.driver,
-    {
-      address: settings.address,
-      project: projectOf(ctx),
-      verifyTls: settings.verifyTls,
-      caBundle: settings.caBundle,
-      token: creds.token,
-      clientCertificate: creds.clientCertificate,
-      clientKey: creds.clientKey,
-      masterKey: creds.masterKey,
-      signal,
-    },
-    `keyManagers.${name}.driver`,
-  );
+  let driver: KeyManagerDriver;
+  try {
+    driver = keyManagerDriverFor(
+      settings.driver,
+      {
+        address: settings.address,
+        project: projectOf(ctx),
+        verifyTls: settings.verifyTls,
+        caBundle: settings.caBundle,
+        token: creds.token,
+        clientCertificate: creds.clientCertificate,
+        clientKey: creds.clientKey,
+        masterKey: creds.masterKey,
+        signal,
+      },
+      `keyManagers.${name}.driver`,
+    );
+  } catch (e) {
+    throw inProviderTerms(e, name, opts.keyProperty);
+  }
   try {
     return await use(driver, settings);
+  } catch (e) {
+    throw inProviderTerms(e, name, opts.keyProperty);
   } finally {
     await driver.close().catch(() => undefined);
   }
+}
+
+/** Where a driver's connection setting lives in the provider's configuration. */
+const SETTING_OF: Record<string, (name: string) => string> = {
+  address: (n) => `keyManagers.${n}.address`,
+  verifyTls: (n) => `keyManagers.${n}.verifyTls`,
+  caBundle: (n) => `keyManagers.${n}.caBundle`,
+  project: () => "project",
+  token: (n) => `keyManagerCredentials.${n}.token`,
+  clientCertificate: (n) => `keyManagerCredentials.${n}.clientCertificate`,
+  clientKey: (n) => `keyManagerCredentials.${n}.clientKey`,
+  masterKey: (n) => `keyManagerCredentials.${n}.masterKey`,
+};
+
+/**
+ * A driver's error about its connection (`address`, `token`, ...) names the provider setting to fix
+ * (`keyManagers.<name>.address`, `keyManagerCredentials.<name>.token`): a user never sees the
+ * driver's own parameter names. An error about the key (`id`) names `keyProperty` when given.
+ */
+function inProviderTerms(e: unknown, name: string, keyProperty?: string): unknown {
+  if (!isBaremetalError(e) || !e.property) return e;
+  const property = e.property === "id" ? keyProperty : Object.prototype.hasOwnProperty.call(SETTING_OF, e.property) ? SETTING_OF[e.property](name) : undefined;
+  if (!property) return e;
+  return new BaremetalError(e.code, e.message, {
+    property,
+    httpStatus: e.httpStatus,
+    messageId: e.messageId,
+    details: e.details,
+    retryAfterSeconds: e.retryAfterSeconds,
+    unsent: e.unsent,
+    cause: e,
+  });
 }
 
 /** The key as the key manager has it: the declared inputs on refresh, the key's own on import. */
