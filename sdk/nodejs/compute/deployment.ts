@@ -2,6 +2,8 @@
 // *** Do not edit by hand unless you're certain you know what you are doing! ***
 
 import * as pulumi from "@pulumi/pulumi";
+import * as inputs from "../types/input";
+import * as outputs from "../types/output";
 import * as utilities from "../utilities";
 
 /**
@@ -90,6 +92,10 @@ export class Deployment extends pulumi.CustomResource {
      * User data for the deployed system (e.g. a `#cloud-config` document), delivered on its config drive.
      */
     public readonly userData!: pulumi.Output<string | undefined>;
+    /**
+     * Volumes the deployed system logs in to, delivered on its config drive (`openstack/*&#47;vendor_data2.json`, as `{"baremetal": {"volumes": [{volumeId, portal, targetIqn, lun, initiatorIqn, chapUser, chapSecret, luks: {keyId, keyManager, key}}]}}`, `key` being the key material in base64). Each key is fetched from its key manager at deploy time as the caller's project: a key the project may not read fails the deploy before the node is touched. Secret as a whole (CHAP secrets). A change republishes the config drive and swaps the virtual media in place (no redeploy); the running system sees the new drive when it reads it again (e.g. at its next boot).
+     */
+    public readonly volumes!: pulumi.Output<outputs.compute.DeploymentVolume[] | undefined>;
 
     /**
      * Create a Deployment resource with the given unique name, arguments, and options.
@@ -117,6 +123,7 @@ export class Deployment extends pulumi.CustomResource {
             resourceInputs["networkData"] = args ? args.networkData : undefined;
             resourceInputs["sshPublicKeys"] = args ? args.sshPublicKeys : undefined;
             resourceInputs["userData"] = args?.userData ? pulumi.secret(args.userData) : undefined;
+            resourceInputs["volumes"] = args?.volumes ? pulumi.secret(args.volumes) : undefined;
             resourceInputs["configDriveUrl"] = undefined /*out*/;
             resourceInputs["deployedAt"] = undefined /*out*/;
             resourceInputs["lastError"] = undefined /*out*/;
@@ -137,9 +144,10 @@ export class Deployment extends pulumi.CustomResource {
             resourceInputs["provisionState"] = undefined /*out*/;
             resourceInputs["sshPublicKeys"] = undefined /*out*/;
             resourceInputs["userData"] = undefined /*out*/;
+            resourceInputs["volumes"] = undefined /*out*/;
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
-        const secretOpts = { additionalSecretOutputs: ["configDriveUrl", "userData"] };
+        const secretOpts = { additionalSecretOutputs: ["configDriveUrl", "userData", "volumes"] };
         opts = pulumi.mergeOptions(opts, secretOpts);
         const replaceOnChanges = { replaceOnChanges: ["allocationId", "bootInterface", "hostname", "imageChecksum", "imageUrl", "metaData.*", "networkData", "sshPublicKeys.*", "userData"] };
         opts = pulumi.mergeOptions(opts, replaceOnChanges);
@@ -187,4 +195,8 @@ export interface DeploymentArgs {
      * User data for the deployed system (e.g. a `#cloud-config` document), delivered on its config drive.
      */
     userData?: pulumi.Input<string>;
+    /**
+     * Volumes the deployed system logs in to, delivered on its config drive (`openstack/*&#47;vendor_data2.json`, as `{"baremetal": {"volumes": [{volumeId, portal, targetIqn, lun, initiatorIqn, chapUser, chapSecret, luks: {keyId, keyManager, key}}]}}`, `key` being the key material in base64). Each key is fetched from its key manager at deploy time as the caller's project: a key the project may not read fails the deploy before the node is touched. Secret as a whole (CHAP secrets). A change republishes the config drive and swaps the virtual media in place (no redeploy); the running system sees the new drive when it reads it again (e.g. at its next boot).
+     */
+    volumes?: pulumi.Input<pulumi.Input<inputs.compute.DeploymentVolumeArgs>[]>;
 }

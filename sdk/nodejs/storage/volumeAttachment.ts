@@ -2,6 +2,8 @@
 // *** Do not edit by hand unless you're certain you know what you are doing! ***
 
 import * as pulumi from "@pulumi/pulumi";
+import * as inputs from "../types/input";
+import * as outputs from "../types/output";
 import * as utilities from "../utilities";
 
 /**
@@ -51,6 +53,10 @@ export class VolumeAttachment extends pulumi.CustomResource {
      */
     public /*out*/ readonly chapUser!: pulumi.Output<string>;
     /**
+     * Everything the node needs to log in to the volume, as one object (secret: it holds the CHAP secret): pass it to a Deployment's `volumes`, which delivers it, with the volume's LUKS key, on the node's config drive.
+     */
+    public /*out*/ readonly connection!: pulumi.Output<outputs.storage.VolumeConnection>;
+    /**
      * The only initiator the target accepts.
      */
     public readonly initiatorIqn!: pulumi.Output<string>;
@@ -98,6 +104,7 @@ export class VolumeAttachment extends pulumi.CustomResource {
             resourceInputs["volumeId"] = args ? args.volumeId : undefined;
             resourceInputs["chapSecret"] = undefined /*out*/;
             resourceInputs["chapUser"] = undefined /*out*/;
+            resourceInputs["connection"] = undefined /*out*/;
             resourceInputs["lun"] = undefined /*out*/;
             resourceInputs["nodeId"] = undefined /*out*/;
             resourceInputs["portal"] = undefined /*out*/;
@@ -107,6 +114,7 @@ export class VolumeAttachment extends pulumi.CustomResource {
             resourceInputs["backend"] = undefined /*out*/;
             resourceInputs["chapSecret"] = undefined /*out*/;
             resourceInputs["chapUser"] = undefined /*out*/;
+            resourceInputs["connection"] = undefined /*out*/;
             resourceInputs["initiatorIqn"] = undefined /*out*/;
             resourceInputs["lun"] = undefined /*out*/;
             resourceInputs["nodeId"] = undefined /*out*/;
@@ -115,7 +123,7 @@ export class VolumeAttachment extends pulumi.CustomResource {
             resourceInputs["volumeId"] = undefined /*out*/;
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
-        const secretOpts = { additionalSecretOutputs: ["chapSecret"] };
+        const secretOpts = { additionalSecretOutputs: ["chapSecret", "connection"] };
         opts = pulumi.mergeOptions(opts, secretOpts);
         const replaceOnChanges = { replaceOnChanges: ["allocationId", "backend", "volumeId"] };
         opts = pulumi.mergeOptions(opts, replaceOnChanges);

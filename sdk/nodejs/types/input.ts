@@ -38,6 +38,24 @@ export namespace compute {
         verifyTls?: pulumi.Input<boolean>;
     }
 
+    /**
+     * A volume for the deployed system: where to log in, and the key that unlocks it.
+     */
+    export interface DeploymentVolumeArgs {
+        /**
+         * The VolumeAttachment's `connection` (it must be exported to this deployment's node, and be a volume of the caller's project).
+         */
+        connection: pulumi.Input<inputs.storage.VolumeConnectionArgs>;
+        /**
+         * The EncryptionKey (its `keyId`) that unlocks the volume's LUKS2 keyslot; leave out for an unencrypted volume. After a KeyRotationPolicy rotates the volume's key, point this at the new key (best: the policy's `currentKeys[volumeId]`, which follows every rotation): the next `up` republishes the config drive with the new key and swaps it in place (no redeploy).
+         */
+        keyId?: pulumi.Input<string>;
+        /**
+         * The key manager holding `keyId` (default: the only one).
+         */
+        keyManager?: pulumi.Input<string>;
+    }
+
 }
 
 export namespace keys {
@@ -291,6 +309,44 @@ export namespace storage {
          * Ceph: the client's key.
          */
         key?: pulumi.Input<string>;
+    }
+
+    /**
+     * Everything the node needs to log in to the volume, as one object (secret: it holds the CHAP secret): pass it to a Deployment's `volumes`, which delivers it, with the volume's LUKS key, on the node's config drive.
+     */
+    export interface VolumeConnectionArgs {
+        /**
+         * CHAP secret (the whole connection object is secret).
+         */
+        chapSecret: pulumi.Input<string>;
+        /**
+         * CHAP user.
+         */
+        chapUser: pulumi.Input<string>;
+        /**
+         * The initiator name the node must log in with.
+         */
+        initiatorIqn: pulumi.Input<string>;
+        /**
+         * The LUN.
+         */
+        lun: pulumi.Input<number>;
+        /**
+         * The node the volume is exported to (only its initiator may log in).
+         */
+        nodeId: pulumi.Input<string>;
+        /**
+         * The iSCSI portal (`host:port`).
+         */
+        portal: pulumi.Input<string>;
+        /**
+         * The iSCSI target.
+         */
+        targetIqn: pulumi.Input<string>;
+        /**
+         * The volume (a Volume's `volumeId`).
+         */
+        volumeId: pulumi.Input<string>;
     }
 
     /**

@@ -61,6 +61,24 @@ export namespace compute {
     }
 
     /**
+     * A volume for the deployed system: where to log in, and the key that unlocks it.
+     */
+    export interface DeploymentVolume {
+        /**
+         * The VolumeAttachment's `connection` (it must be exported to this deployment's node, and be a volume of the caller's project).
+         */
+        connection: outputs.storage.VolumeConnection;
+        /**
+         * The EncryptionKey (its `keyId`) that unlocks the volume's LUKS2 keyslot; leave out for an unencrypted volume. After a KeyRotationPolicy rotates the volume's key, point this at the new key (best: the policy's `currentKeys[volumeId]`, which follows every rotation): the next `up` republishes the config drive with the new key and swaps it in place (no redeploy).
+         */
+        keyId?: string;
+        /**
+         * The key manager holding `keyId` (default: the only one).
+         */
+        keyManager?: string;
+    }
+
+    /**
      * A node as the inventory knows it.
      */
     export interface NodeSummary {
@@ -408,6 +426,44 @@ export namespace storage {
          * Ceph: the client's key.
          */
         key?: string;
+    }
+
+    /**
+     * Everything the node needs to log in to the volume, as one object (secret: it holds the CHAP secret): pass it to a Deployment's `volumes`, which delivers it, with the volume's LUKS key, on the node's config drive.
+     */
+    export interface VolumeConnection {
+        /**
+         * CHAP secret (the whole connection object is secret).
+         */
+        chapSecret: string;
+        /**
+         * CHAP user.
+         */
+        chapUser: string;
+        /**
+         * The initiator name the node must log in with.
+         */
+        initiatorIqn: string;
+        /**
+         * The LUN.
+         */
+        lun: number;
+        /**
+         * The node the volume is exported to (only its initiator may log in).
+         */
+        nodeId: string;
+        /**
+         * The iSCSI portal (`host:port`).
+         */
+        portal: string;
+        /**
+         * The iSCSI target.
+         */
+        targetIqn: string;
+        /**
+         * The volume (a Volume's `volumeId`).
+         */
+        volumeId: string;
     }
 
     /**

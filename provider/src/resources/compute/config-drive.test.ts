@@ -8,7 +8,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { buildConfigDrive, type ConfigDriveInput } from "./config-drive";
+import { buildConfigDrive, type ConfigDriveInput, configDriveFiles } from "./config-drive";
 
 const ENV = { ...process.env, LANG: "C.UTF-8", LC_ALL: "C.UTF-8", PATH: `${process.env.PATH}:/usr/sbin:/sbin` };
 
@@ -122,6 +122,37 @@ describe("buildConfigDrive, read back by blkid, xorriso and isoinfo", () => {
       "/openstack/latest/meta_data.json",
     ]);
     expect(run("isoinfo", ["-R", "-i", minimal, "-x", "/openstack/latest/meta_data.json"])).toBe('{"uuid":"u-1"}');
+  });
+});
+
+describe("vendor_data2.json (the volumes a Deployment delivers)", () => {
+  let dir: string;
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("is written next to meta_data.json in both version directories, keys sorted, read back by xorriso", () => {
+    dir = mkdtempSync(join(tmpdir(), "config-drive-vd2-"));
+    const vendor = { baremetal: { volumes: [{ volumeId: "project-a--db", lun: 1, luks: { keyManager: "barbican", keyId: "k-1", key: "AAEC" } }] } };
+    const iso = join(dir, "vd2.iso");
+    writeFileSync(iso, buildConfigDrive({ uuid: "u-2", vendorData2: vendor }));
+    const listing = run("isoinfo", ["-J", "-f", "-i", iso]).trim().split("\n").sort();
+    expect(listing).toEqual(expect.arrayContaining(["/openstack/2012-08-10/vendor_data2.json", "/openstack/latest/vendor_data2.json"]));
+    const out = join(dir, "x");
+    run("xorriso", ["-osirrox", "on", "-indev", iso, "-extract", "/openstack", out]);
+    for (const v of ["latest", "2012-08-10"]) {
+      const text = readFileSync(join(out, v, "vendor_data2.json"), "utf8");
+      expect(JSON.parse(text)).toEqual(vendor);
+      expect(text).toBe('{"baremetal":{"volumes":[{"luks":{"key":"AAEC","keyId":"k-1","keyManager":"barbican"},"lun":1,"volumeId":"project-a--db"}]}}');
+    }
+    execFileSync("chmod", ["-R", "u+w", dir]);
+  });
+
+  it("is left out when not given, and refuses a namespace that is not an object", () => {
+    expect(Object.keys(configDriveFiles({ uuid: "u" }))).toEqual(["meta_data.json"]);
+    expect(() => configDriveFiles({ uuid: "u", vendorData2: { baremetal: [1] as unknown as Record<string, unknown> } })).toThrow(
+      expect.objectContaining({ code: "validation", property: "vendorData2.baremetal" }),
+    );
   });
 });
 

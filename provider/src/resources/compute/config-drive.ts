@@ -7,6 +7,11 @@
  *   meta_data.json      uuid (cloud-init's instance-id), hostname and name, public_keys, metaData
  *   user_data           when userData is given, as is
  *   network_data.json   when networkData is given
+ *   vendor_data2.json   when vendorData2 is given: the "dynamic" vendor data of Nova's metadata
+ *                       service (one object per vendor namespace); cloud-init reads it from the
+ *                       same version directory as the rest, keeps it out of user data, and
+ *                       leaves namespaces it does not know to the image's own agents. Ours is
+ *                       `baremetal` (the volumes a Deployment delivers, with their LUKS keys).
  *
  * The dated directory is the one openstacksdk's configdrive builder (which Ironic's tooling
  * uses) writes next to `latest`. cloud-init takes the newest version it knows that the drive has
@@ -31,6 +36,8 @@ export interface ConfigDriveInput {
   metaData?: Record<string, unknown>;
   /** Key name to OpenSSH public key (meta_data.json `public_keys`). */
   publicKeys?: Record<string, string>;
+  /** vendor_data2.json: vendor namespace -> its object (e.g. `{ baremetal: { volumes: [...] } }`). */
+  vendorData2?: Record<string, unknown>;
 }
 
 export const CONFIG_DRIVE_LABEL = "config-2";
@@ -48,13 +55,19 @@ export function buildConfigDrive(input: ConfigDriveInput): Buffer {
 
 /** The files of one version directory, by name. */
 export function configDriveFiles(input: ConfigDriveInput): Record<string, Buffer> {
-  const { uuid, hostname, userData, networkData, metaData, publicKeys } = input;
+  const { uuid, hostname, userData, networkData, metaData, publicKeys, vendorData2 } = input;
   if (typeof uuid !== "string" || uuid.trim() === "") throw validationError("uuid", "uuid must be a non-empty string (cloud-init's instance-id)");
   if (hostname !== undefined && (typeof hostname !== "string" || !HOSTNAME.test(hostname))) {
     throw validationError("hostname", `hostname ${JSON.stringify(hostname)} is not a host name: dot-separated labels of letters, digits and "-"`);
   }
   if (userData !== undefined && typeof userData !== "string") throw validationError("userData", "userData must be a string");
   if (metaData !== undefined && !isObject(metaData)) throw validationError("metaData", "metaData must be an object");
+  if (vendorData2 !== undefined) {
+    if (!isObject(vendorData2)) throw validationError("vendorData2", "vendorData2 must map vendor namespaces to objects");
+    for (const [ns, v] of Object.entries(vendorData2)) {
+      if (!isObject(v)) throw validationError(`vendorData2.${ns}`, `vendorData2.${ns} must be an object (one per vendor namespace)`);
+    }
+  }
   if (publicKeys !== undefined) {
     if (!isObject(publicKeys)) throw validationError("publicKeys", "publicKeys must map key names to public keys");
     for (const [name, key] of Object.entries(publicKeys)) {
@@ -74,6 +87,7 @@ export function configDriveFiles(input: ConfigDriveInput): Record<string, Buffer
   const files: Record<string, Buffer> = { "meta_data.json": json(meta, "metaData") };
   if (userData !== undefined) files.user_data = Buffer.from(userData, "utf8");
   if (networkData !== undefined) files["network_data.json"] = json(parseNetworkData(networkData), "networkData");
+  if (vendorData2 !== undefined) files["vendor_data2.json"] = json(vendorData2, "vendorData2");
   return files;
 }
 

@@ -12,11 +12,19 @@
  * `available` and stays allocated (destroying the Allocation returns it to the pool). A node
  * whose deploy failed is recorded (`deploy failed` with `lastError`), and the next `up` tries the
  * deploy again. Every step is idempotent, and the node's operation lock keeps two runs apart.
+ *
+ * Volumes (`volumes`): the iSCSI connection of each VolumeAttachment and, for an encrypted volume,
+ * its LUKS key go to the node on its config drive (`vendor_data2.json`, namespace `baremetal`),
+ * never to the storage host. The key material is fetched from the key manager at deploy time AS
+ * THE CALLER's project, so a tenant can only deliver keys its project may read; a refused key fails
+ * the deploy before the node is touched. Changing `volumes` on an active deployment republishes
+ * the config drive (a new image, the old one deleted from the image store) and swaps the virtual
+ * media in place: the installed system is not redeployed.
  */
 import { createHash } from "node:crypto";
-import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
+import { BaremetalError, describeError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
-import { isUnknown } from "../../core/values";
+import { deepEqual, isUnknown } from "../../core/values";
 import { type OperationContext, PartialCreateError, type Props, type ProviderContext, type ResourceDefinition } from "../../core/resource";
 import { imageStore } from "../../drivers/image-store";
 import type { BmcDriver } from "../../drivers/kinds/bmc";
@@ -26,6 +34,9 @@ import { syncNodePorts } from "../network/wiring";
 import { allocatedNode, authorizeOnAllocatedNode } from "./allocation";
 import { buildConfigDrive, type ConfigDriveInput, configDriveFiles } from "./config-drive";
 import { parseNodeId, rethrowAttributed, sleep, withDriver } from "./node";
+import { keyManagerName, withKeyManager } from "../keys/encryption-key";
+import { requireOwnVolume } from "../storage/volume";
+import { VOLUME_CONNECTION_TYPE, volumeConnectionFields } from "../storage/volume-attachment";
 
 const inputs = {
   allocationId: {
@@ -74,6 +85,33 @@ const inputs = {
     values: { type: "string", description: "An OpenSSH public key." },
     replaceOnChange: true,
     description: "SSH public keys by name, for the deployed system's default user (config drive `public_keys`).",
+  },
+  volumes: {
+    type: "array",
+    secret: true,
+    description:
+      "Volumes the deployed system logs in to, delivered on its config drive (`openstack/*/vendor_data2.json`, as `{\"baremetal\": {\"volumes\": [{volumeId, portal, targetIqn, lun, initiatorIqn, chapUser, chapSecret, luks: {keyId, keyManager, key}}]}}`, `key` being the key material in base64). Each key is fetched from its key manager at deploy time as the caller's project: a key the project may not read fails the deploy before the node is touched. Secret as a whole (CHAP secrets). A change republishes the config drive and swaps the virtual media in place (no redeploy); the running system sees the new drive when it reads it again (e.g. at its next boot).",
+    items: {
+      type: "object",
+      typeToken: "baremetal:compute:DeploymentVolume",
+      description: "A volume for the deployed system: where to log in, and the key that unlocks it.",
+      properties: {
+        connection: {
+          type: "object",
+          typeToken: VOLUME_CONNECTION_TYPE,
+          required: true,
+          description: "The VolumeAttachment's `connection` (it must be exported to this deployment's node, and be a volume of the caller's project).",
+          properties: volumeConnectionFields,
+        },
+        keyId: {
+          type: "string",
+          minLength: 1,
+          description:
+            "The EncryptionKey (its `keyId`) that unlocks the volume's LUKS2 keyslot; leave out for an unencrypted volume. After a KeyRotationPolicy rotates the volume's key, point this at the new key (best: the policy's `currentKeys[volumeId]`, which follows every rotation): the next `up` republishes the config drive with the new key and swaps it in place (no redeploy).",
+        },
+        keyManager: { type: "string", minLength: 1, description: "The key manager holding `keyId` (default: the only one)." },
+      },
+    },
   },
   bootInterface: {
     type: "string",
@@ -130,14 +168,101 @@ async function waitForPower(ctx: OperationContext, driver: BmcDriver, systemId: 
   }
 }
 
-const CONFIG_DRIVE_INPUTS = ["userData", "networkData", "metaData", "hostname", "sshPublicKeys"] as const;
+const CONFIG_DRIVE_INPUTS = ["userData", "networkData", "metaData", "hostname", "sshPublicKeys", "volumes"] as const;
 
 const containsUnknown = (v: unknown): boolean => isUnknown(v) || (typeof v === "object" && v !== null && Object.values(v).some(containsUnknown));
 
+type DeploymentVolume = { connection: Record<string, unknown>; keyId?: string; keyManager?: string };
+
+const volumesOf = (props: Props): DeploymentVolume[] => (Array.isArray(props.volumes) ? (props.volumes as DeploymentVolume[]) : []);
+
+/**
+ * vendor_data2.json's `baremetal` namespace: each volume's connection and, where it has a key, the
+ * key material (base64) from `keys` (same index). Without `keys` (preview) the material is left out.
+ */
+function volumesVendorData(ctx: ProviderContext, props: Props, keys?: (Buffer | undefined)[]): Record<string, unknown> {
+  const volumes = volumesOf(props).map((v, i) => {
+    const c = v.connection;
+    const entry: Record<string, unknown> = {
+      volumeId: c.volumeId,
+      portal: c.portal,
+      targetIqn: c.targetIqn,
+      lun: c.lun,
+      initiatorIqn: c.initiatorIqn,
+      chapUser: c.chapUser,
+      chapSecret: c.chapSecret,
+    };
+    if (v.keyId !== undefined) {
+      const luks: Record<string, unknown> = { keyId: v.keyId, keyManager: keyManagerName(ctx, v, `volumes[${i}].keyManager`) };
+      const key = keys?.[i];
+      if (key) luks.key = key.toString("base64");
+      entry.luks = luks;
+    }
+    return entry;
+  });
+  return { baremetal: { volumes } };
+}
+
+/**
+ * The volumes' own rules, as far as they are known: each connection is a volume of the caller's
+ * project (`auth` otherwise), exported to `nodeId` when that is known, and a key manager is named
+ * only with a key and names a configured one. Throws naming `volumes[i]...`.
+ */
+function checkVolumes(ctx: ProviderContext, props: Props, nodeId?: string): void {
+  volumesOf(props).forEach((v, i) => {
+    if (isUnknown(v) || !v) return;
+    const c = v.connection;
+    if (c && !isUnknown(c)) {
+      if (typeof c.volumeId === "string") requireOwnVolume(ctx, c.volumeId, `volumes[${i}].connection.volumeId`);
+      if (nodeId !== undefined && typeof c.nodeId === "string" && c.nodeId !== nodeId) {
+        throw validationError(
+          `volumes[${i}].connection.nodeId`,
+          `volumes[${i}] is exported to node ${c.nodeId}, not to this deployment's node ${nodeId}; attach the volume to this deployment's allocation (a VolumeAttachment with its allocationId) and pass that attachment's connection`,
+        );
+      }
+    }
+    if (v.keyManager !== undefined && !isUnknown(v.keyManager)) {
+      if (v.keyId === undefined) throw validationError(`volumes[${i}].keyManager`, `volumes[${i}].keyManager is set without a keyId; give the EncryptionKey's keyId too, or drop keyManager`);
+      keyManagerName(ctx, v, `volumes[${i}].keyManager`);
+    } else if (v.keyId !== undefined && !isUnknown(v.keyId)) keyManagerName(ctx, v, `volumes[${i}].keyManager`);
+  });
+}
+
+/**
+ * The key material of each volume that has a key, fetched as the caller's project (the key manager
+ * refuses another project's key). Runs before anything on the node is touched; a failure names
+ * `volumes[i].keyId`. The caller zeroes the buffers.
+ */
+async function fetchVolumeKeys(ctx: OperationContext, props: Props): Promise<(Buffer | undefined)[]> {
+  const keys: (Buffer | undefined)[] = [];
+  try {
+    for (const [i, v] of volumesOf(props).entries()) {
+      if (v.keyId === undefined) {
+        keys.push(undefined);
+        continue;
+      }
+      const property = `volumes[${i}].keyId`;
+      const km = keyManagerName(ctx, v, `volumes[${i}].keyManager`);
+      try {
+        keys.push(await withKeyManager(ctx, km, (d) => d.getKeyMaterial(v.keyId as string), ctx.signal));
+      } catch (e) {
+        if (!isBaremetalError(e)) throw e;
+        const why = e.code === "auth" ? `; only a key of project ${ctx.caller.projectId ?? "(operator)"} can be delivered to its nodes` : "";
+        throw new BaremetalError(e.code, `key ${v.keyId} in ${km}: ${e.message}${why}`, { property, httpStatus: e.httpStatus, cause: e });
+      }
+    }
+    return keys;
+  } catch (e) {
+    for (const k of keys) k?.fill(0);
+    throw e;
+  }
+}
+
 /** What goes on the config drive, or undefined when the deployment asks for none. */
-function configDriveInput(props: Props, uuid: string): ConfigDriveInput | undefined {
+function configDriveInput(ctx: ProviderContext, props: Props, uuid: string, keys?: (Buffer | undefined)[]): ConfigDriveInput | undefined {
   if (!CONFIG_DRIVE_INPUTS.some((k) => props[k] !== undefined)) return undefined;
   const input: ConfigDriveInput = { uuid };
+  if (props.volumes !== undefined) input.vendorData2 = volumesVendorData(ctx, props, keys);
   if (props.userData !== undefined) input.userData = props.userData as string;
   if (props.networkData !== undefined) input.networkData = props.networkData;
   if (props.metaData !== undefined) input.metaData = props.metaData as Record<string, string>;
@@ -152,16 +277,68 @@ function configDriveName(allocationId: string, image: Buffer): string {
 }
 
 /** Builds the config drive and puts it in the image store; returns the URL the BMC fetches. */
-async function publishConfigDrive(ctx: OperationContext, props: Props, nodeId: string): Promise<string | undefined> {
+async function publishConfigDrive(ctx: OperationContext, props: Props, nodeId: string, keys?: (Buffer | undefined)[]): Promise<string | undefined> {
   const allocationId = props.allocationId as string;
-  const input = configDriveInput(props, allocationId.replace(/^alloc-/, ""));
+  const input = configDriveInput(ctx, props, allocationId.replace(/^alloc-/, ""), keys);
   if (!input) return undefined;
   // Without networkData of its own, the node is told the addresses of its network attachments.
   if (input.networkData === undefined) input.networkData = await networkDataFor(await ctx.inventory(), nodeId);
-  if (!ctx.config.imageStoreUrl) throw new BaremetalError("validation", noImageStore, { property: "userData" });
+  if (!ctx.config.imageStoreUrl) throw new BaremetalError("validation", noImageStore, { property: CONFIG_DRIVE_INPUTS.find((k) => props[k] !== undefined) ?? "userData" });
   const image = buildConfigDrive(input);
-  ctx.progress(`publishing the config drive (${image.length} bytes) to the image store`);
-  return imageStore(ctx.config.imageStoreUrl, { signal: ctx.signal }).put(configDriveName(allocationId, image), image);
+  try {
+    ctx.progress(`publishing the config drive (${image.length} bytes) to the image store`);
+    return await imageStore(ctx.config.imageStoreUrl, { signal: ctx.signal }).put(configDriveName(allocationId, image), image);
+  } finally {
+    if (input.vendorData2) image.fill(0); // it holds key material
+  }
+}
+
+/** The state's outputs (no inputs): what an update keeps while the inputs come from the program. */
+function outputsOnly(state: Props): Props {
+  return Object.fromEntries(Object.entries(state).filter(([k]) => !(k in inputs)));
+}
+
+/**
+ * An active deployment whose `volumes` changed: the new config drive goes to the image store, the
+ * BMC swaps it into the drive that holds the old one, and the old image is deleted. Keys are
+ * fetched first (nothing is touched when one is refused); a failed swap deletes the new image.
+ */
+async function redeliverConfigDrive(ctx: OperationContext, id: string, news: Props, oldState: Props): Promise<Props> {
+  const inventory = await ctx.inventory();
+  const node = await allocatedNode(inventory, news.allocationId as string);
+  if (node.id !== id) throw new BaremetalError("conflict", `allocation ${news.allocationId as string} now holds node ${node.id}, not ${id}; run \`pulumi refresh\``);
+  checkVolumes(ctx, news, node.id);
+  const keys = await fetchVolumeKeys(ctx, news);
+  try {
+    return await withNodeLock(ctx, inventory, node.id, "config drive", async () => {
+      const { address, systemId } = parseNodeId(node.id);
+      const oldUrl = oldState.configDriveUrl as string | undefined;
+      const url = await publishConfigDrive(ctx, news, node.id, keys);
+      const drive = ((news.bootInterface as string | undefined) ?? "virtual-media") === "virtual-media" ? "removable" : "cd";
+      const what = drive === "cd" ? "CD" : "USB stick";
+      try {
+        await withDriver(ctx, { address }, async (driver) => {
+          if (url) {
+            ctx.progress(`swapping the config drive in the virtual ${what}`);
+            await driver.insertVirtualMedia(systemId, url, drive);
+          } else if (oldUrl) {
+            ctx.progress(`ejecting the config drive from the virtual ${what}`);
+            await driver.ejectVirtualMedia(systemId, drive);
+          }
+        }).catch(rethrowAttributed);
+      } catch (e) {
+        if (url && url !== oldUrl) await removeConfigDrive(ctx, { configDriveUrl: url }).catch(() => undefined);
+        throw e;
+      }
+      if (oldUrl && oldUrl !== url) await removeConfigDrive(ctx, oldState);
+      const out: Props = { ...outputsOnly(oldState), ...news };
+      if (url) out.configDriveUrl = url;
+      else delete out.configDriveUrl;
+      return out;
+    });
+  } finally {
+    for (const k of keys) k?.fill(0);
+  }
 }
 
 /** Deletes the deployment's config drive from the image store (its user data must not outlive it). */
@@ -176,7 +353,7 @@ async function removeConfigDrive(ctx: OperationContext, state: Props | undefined
 }
 
 const noImageStore =
-  "a config drive (userData, networkData, metaData, hostname or sshPublicKeys) needs an image store the BMC can fetch it from: set the provider's imageStoreUrl (an http(s) server that accepts PUT)";
+  "a config drive (userData, networkData, metaData, hostname, sshPublicKeys or volumes) needs an image store the BMC can fetch it from: set the provider's imageStoreUrl (an http(s) server that accepts PUT)";
 
 async function deploy(ctx: OperationContext, driver: BmcDriver, systemId: string, props: Props, configDriveUrl?: string): Promise<void> {
   const how = (props.bootInterface as string | undefined) ?? "virtual-media";
@@ -245,6 +422,39 @@ async function eraseDisks(ctx: OperationContext, driver: BmcDriver, systemId: st
   }
 }
 
+/** The deploy proper, under the node's lock (the volumes' keys already fetched). */
+async function deployWith(
+  ctx: OperationContext,
+  inventory: Inventory,
+  props: Props,
+  nodeId: string,
+  address: string,
+  systemId: string,
+  keys: (Buffer | undefined)[],
+): Promise<{ id: string; outputs: Props }> {
+  return withNodeLock(ctx, inventory, nodeId, "deploy", async () => {
+    await inventory.setProvisionState(nodeId, "deploying");
+    let configDriveUrl: string | undefined;
+    try {
+      // On the provisioning network before the installer boots.
+      await syncNodePorts(ctx, inventory, nodeId);
+      configDriveUrl = await publishConfigDrive(ctx, props, nodeId, keys);
+      await withDriver(ctx, { address }, (driver) => deploy(ctx, driver, systemId, props, configDriveUrl).catch(rethrowAttributed));
+    } catch (e) {
+      const why = describeError(e);
+      await inventory.setProvisionState(nodeId, "deploy failed", why);
+      // Recorded with its error: the next `up` deploys again (update), or replaces as declared.
+      const recorded = { ...props, nodeId, provisionState: "deploy failed", lastError: why, ...(configDriveUrl ? { configDriveUrl } : {}) };
+      throw new PartialCreateError(nodeId, recorded, [why]);
+    }
+    await inventory.setProvisionState(nodeId, "active");
+    // Into its tenant networks only once active.
+    await syncNodePorts(ctx, inventory, nodeId);
+    const outputs = { ...props, nodeId, provisionState: "active", deployedAt: new Date().toISOString(), ...(configDriveUrl ? { configDriveUrl } : {}) };
+    return { id: nodeId, outputs };
+  });
+}
+
 export const deploymentResource: ResourceDefinition = {
   token: "baremetal:compute:Deployment",
   description:
@@ -253,15 +463,26 @@ export const deploymentResource: ResourceDefinition = {
   outputs,
   defaultTimeoutSeconds: 1800,
 
-  check(props, ctx) {
-    // The config drive's inputs are checked as the drive is built (the same code), at preview.
-    const input = configDriveInput(props, "preview");
-    if (!input) return [];
-    if (!ctx.config.imageStoreUrl) {
-      return [{ property: CONFIG_DRIVE_INPUTS.find((k) => props[k] !== undefined) ?? "userData", reason: noImageStore }];
+  async check(props, ctx) {
+    // The volumes: the caller's own, on this deployment's node (where known), known key managers.
+    try {
+      let nodeId: string | undefined;
+      if (typeof props.allocationId === "string" && Array.isArray(props.volumes)) {
+        const allocation = await (await ctx.inventory()).getAllocation(props.allocationId);
+        if (allocation?.state === "active") nodeId = allocation.nodeId;
+      }
+      if (!isUnknown(props.volumes)) checkVolumes(ctx, props, nodeId);
+    } catch (e) {
+      if (isBaremetalError(e) && e.property) return [{ property: e.property, reason: e.message }];
+      throw e;
     }
+    // The config drive's inputs are checked as the drive is built (the same code), at preview.
+    const given = CONFIG_DRIVE_INPUTS.find((k) => props[k] !== undefined);
+    if (!given) return [];
+    if (!ctx.config.imageStoreUrl) return [{ property: given, reason: noImageStore }];
     // Values unknown until apply (outputs of other resources) are checked when the drive is built.
     if (CONFIG_DRIVE_INPUTS.some((k) => containsUnknown(props[k]))) return [];
+    const input = configDriveInput(ctx, props, "preview")!;
     try {
       configDriveFiles(input);
     } catch (e) {
@@ -281,27 +502,14 @@ export const deploymentResource: ResourceDefinition = {
     const inventory = await ctx.inventory();
     const node = await allocatedNode(inventory, props.allocationId as string);
     const { address, systemId } = parseNodeId(node.id);
-    return withNodeLock(ctx, inventory, node.id, "deploy", async () => {
-      await inventory.setProvisionState(node.id, "deploying");
-      let configDriveUrl: string | undefined;
-      try {
-        // On the provisioning network before the installer boots.
-        await syncNodePorts(ctx, inventory, node.id);
-        configDriveUrl = await publishConfigDrive(ctx, props, node.id);
-        await withDriver(ctx, { address }, (driver) => deploy(ctx, driver, systemId, props, configDriveUrl).catch(rethrowAttributed));
-      } catch (e) {
-        const why = describeError(e);
-        await inventory.setProvisionState(node.id, "deploy failed", why);
-        // Recorded with its error: the next `up` deploys again (update), or replaces as declared.
-        const recorded = { ...props, nodeId: node.id, provisionState: "deploy failed", lastError: why, ...(configDriveUrl ? { configDriveUrl } : {}) };
-        throw new PartialCreateError(node.id, recorded, [why]);
-      }
-      await inventory.setProvisionState(node.id, "active");
-      // Into its tenant networks only once active.
-      await syncNodePorts(ctx, inventory, node.id);
-      const outputs = { ...props, nodeId: node.id, provisionState: "active", deployedAt: new Date().toISOString(), ...(configDriveUrl ? { configDriveUrl } : {}) };
-      return { id: node.id, outputs };
-    });
+    // The volumes and their keys before anything else: a refused key leaves the node untouched.
+    checkVolumes(ctx, props, node.id);
+    const keys = await fetchVolumeKeys(ctx, props);
+    try {
+      return await deployWith(ctx, inventory, props, node.id, address, systemId, keys);
+    } finally {
+      for (const k of keys) k?.fill(0);
+    }
   },
 
   async read(ctx, id, stored, state) {
@@ -319,10 +527,16 @@ export const deploymentResource: ResourceDefinition = {
     };
   },
 
-  async update(ctx, id, _olds, news, oldState) {
-    // Nothing changes in place (every input replaces); an update is the retry of a failed deploy.
-    if (oldState.provisionState === "active") return { ...oldState, ...news };
+  async update(ctx, id, olds, news, oldState) {
+    // Only `volumes` changes in place (the config drive is republished and swapped); every other
+    // input replaces, so otherwise an update is the retry of a failed deploy.
+    if (oldState.provisionState === "active") {
+      if (deepEqual(olds.volumes, news.volumes)) return { ...outputsOnly(oldState), ...news };
+      return redeliverConfigDrive(ctx, id, news, oldState);
+    }
     const created = await deploymentResource.create(ctx, news);
+    // The failed attempt's config drive, when the retry published another one.
+    if (oldState.configDriveUrl && oldState.configDriveUrl !== created.outputs.configDriveUrl) await removeConfigDrive(ctx, oldState);
     return { ...created.outputs, nodeId: id };
   },
 

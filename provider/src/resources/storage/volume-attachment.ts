@@ -26,6 +26,25 @@ const inputs = {
   },
 } as const satisfies Fields;
 
+/**
+ * What a node needs to log in to its volume, as one object: handed to a Deployment's `volumes`
+ * (which writes it, with the LUKS key, onto the node's config drive). Exported for deployment.ts.
+ * The object is secret as a whole (it holds the CHAP secret); its members are not marked one by
+ * one, so the engine never sees a secret nested in a secret.
+ */
+export const volumeConnectionFields = {
+  volumeId: { type: "string", required: true, minLength: 1, description: "The volume (a Volume's `volumeId`)." },
+  nodeId: { type: "string", required: true, minLength: 1, description: "The node the volume is exported to (only its initiator may log in)." },
+  portal: { type: "string", required: true, minLength: 1, description: "The iSCSI portal (`host:port`)." },
+  targetIqn: { type: "string", required: true, minLength: 1, description: "The iSCSI target." },
+  lun: { type: "integer", required: true, minimum: 0, description: "The LUN." },
+  initiatorIqn: { type: "string", required: true, minLength: 1, description: "The initiator name the node must log in with." },
+  chapUser: { type: "string", required: true, minLength: 1, description: "CHAP user." },
+  chapSecret: { type: "string", required: true, minLength: 1, description: "CHAP secret (the whole connection object is secret)." },
+} as const satisfies Fields;
+
+export const VOLUME_CONNECTION_TYPE = "baremetal:storage:VolumeConnection";
+
 const outputs = {
   nodeId: { type: "string", required: true, stable: true, description: "The node the volume is exported to." },
   portal: { type: "string", required: true, description: "The iSCSI portal (`host:port`)." },
@@ -34,12 +53,39 @@ const outputs = {
   initiatorIqn: { type: "string", required: true, stable: true, description: "The only initiator the target accepts." },
   chapUser: { type: "string", required: true, stable: true, description: "CHAP user of this attachment." },
   chapSecret: { type: "string", required: true, secret: true, stable: true, description: "CHAP secret of this attachment (secret)." },
+  connection: {
+    type: "object",
+    typeToken: VOLUME_CONNECTION_TYPE,
+    required: true,
+    secret: true,
+    description:
+      "Everything the node needs to log in to the volume, as one object (secret: it holds the CHAP secret): pass it to a Deployment's `volumes`, which delivers it, with the volume's LUKS key, on the node's config drive.",
+    properties: volumeConnectionFields,
+  },
 } as const satisfies Fields;
 
 const defaultInitiator = (nodeId: string) => `iqn.2026-11.io.pulumi-baremetal:node-${createHash("sha256").update(nodeId).digest("hex").slice(0, 16)}`;
 
 function outputsOf(props: Props, nodeId: string, e: ExportInfo, secret: string): Props {
-  return { ...props, nodeId, portal: e.portal, targetIqn: e.targetIqn, lun: e.lun, initiatorIqn: e.initiatorIqn, chapUser: e.chapUser, chapSecret: secret };
+  return withConnection({ ...props, nodeId, portal: e.portal, targetIqn: e.targetIqn, lun: e.lun, initiatorIqn: e.initiatorIqn, chapUser: e.chapUser, chapSecret: secret });
+}
+
+/** The flat outputs gathered into `connection` (left out while the CHAP secret is unknown, e.g. on import). */
+function withConnection(o: Props): Props {
+  const out: Props = { ...o };
+  delete out.connection;
+  if (typeof o.chapSecret !== "string" || typeof o.volumeId !== "string") return out;
+  out.connection = {
+    volumeId: o.volumeId,
+    nodeId: o.nodeId,
+    portal: o.portal,
+    targetIqn: o.targetIqn,
+    lun: o.lun,
+    initiatorIqn: o.initiatorIqn,
+    chapUser: o.chapUser,
+    chapSecret: o.chapSecret,
+  };
+  return out;
 }
 
 export const volumeAttachmentResource: ResourceDefinition = {
@@ -79,7 +125,7 @@ export const volumeAttachmentResource: ResourceDefinition = {
     const initiator = (state?.initiatorIqn as string | undefined) ?? id.slice(id.indexOf("@") + 1);
     const e = exports.find((x) => x.initiatorIqn === initiator && (!state?.chapUser || x.chapUser === state.chapUser));
     if (!e) return undefined; // unexported (or re-keyed) behind our back: up exports again
-    return { id, inputs: stored ?? { volumeId, allocationId: state?.allocationId ?? "", initiatorIqn: initiator }, outputs: { ...(state ?? {}), portal: e.portal, targetIqn: e.targetIqn, lun: e.lun } };
+    return { id, inputs: stored ?? { volumeId, allocationId: state?.allocationId ?? "", initiatorIqn: initiator }, outputs: withConnection({ ...(state ?? {}), portal: e.portal, targetIqn: e.targetIqn, lun: e.lun }) };
   },
 
   async update(_ctx, _id, _olds, news, oldState) {
