@@ -23,15 +23,18 @@
  *   (bs_rbd connects to the cluster when the LUN is made and keeps the key in memory). CHAP
  *   secrets go over tgtd's management socket (../storage-file/tgt.ts), never a command line.
  * - path(): an `rbd:POOL/VOLUME:id=CLIENT:conf=FILE` spec (qemu-img/qemu-io understand it; the
- *   conf names the keyring), valid until close(). For LUKS2 at the source see luks.ts
- *   (`rbd encryption format`, and reading the header back for cryptsetup).
+ *   conf names the keyring), valid until close(). For LUKS2 at the source: luksHeader()
+ *   (header.ts: cryptsetup on a local copy of the header, written back with `rbd import-diff`),
+ *   and luks.ts (`rbd encryption format`, reading the header back for cryptsetup).
  */
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
-import type { ExportInfo, ExportRequest, HeaderAccess, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
+import type { ExportInfo, ExportRequest, Extent, HeaderAccess, ReadExtentsOptions, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
+import { anySignal } from "../storage-file/extents";
 import { CHAP_SECRET_RE, CHAP_USER_RE, describeTgtExport, EXPORT_LUN, INITIATOR_RE, IQN_PREFIX_RE, Mode, Op, TgtErr, TgtError, type TgtExportInfo, TgtManagement, type TgtTarget } from "../storage-file/tgt";
+import { readCephExtents, writeCephExtents } from "./extents";
 import { openHeader } from "./header";
 import { asBaremetal, checkCephKey, parseCephAddress, RbdRunner, type RbdRunnerOptions } from "./rbd";
 
@@ -350,6 +353,19 @@ export class CephStorageDriver implements StorageDriver {
     checkName("volume", volume);
     if (!(await this.info(volume))) throw new BaremetalError("not-found", `volume ${this.spec(volume)} does not exist`);
     return openHeader(this, volume);
+  }
+
+  /** Only what changed since `opts.since` (rbd export-diff --from-snap). */
+  readonly readsChangesOnly = true;
+
+  /** The volume's (or a snapshot's) content, or its changes since a snapshot, as extents (extents.ts). */
+  readExtents(volume: string, opts?: ReadExtentsOptions): AsyncIterable<Extent> {
+    return readCephExtents(this, volume, opts, this.signal);
+  }
+
+  /** Writes extents into an existing volume with rbd import-diff (extents.ts). */
+  writeExtents(volume: string, extents: AsyncIterable<Extent>, signal?: AbortSignal): Promise<{ bytesWritten: number }> {
+    return writeCephExtents(this, volume, extents, anySignal(signal, this.signal));
   }
 
   // ---- snapshots -----------------------------------------------------------------------------

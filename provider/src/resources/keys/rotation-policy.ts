@@ -13,12 +13,13 @@
  * Every step is appended to `auditTrail` (time, volume, keys, step), material never.
  */
 import { authorize } from "../../core/auth";
-import { validationError } from "../../core/errors";
+import { BaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { OperationContext, Props, ResourceDefinition } from "../../core/resource";
+import { isUnknown } from "../../core/values";
 import type { KeyManagerDriver, ManagedKey } from "../../drivers/kinds/keymanager";
 import { Luks } from "../../drivers/luks";
-import { backendName, requireOwnVolume, withStorage } from "../storage/volume";
+import { backendName, requireOwnVolume, withLuksHeader, withStorage } from "../storage/volume";
 import { keyManagerName, projectOf, withKeyManager } from "./encryption-key";
 
 const PERIOD = /^(\d+)(s|m|h|d)$/;
@@ -118,18 +119,24 @@ async function rotateVolume(ctx: OperationContext, v: VolumeRef, currentKey: str
           ctx,
           backendName(ctx, { ...v }, "volumes.backend"),
           async (storage) => {
-            const file = await storage.path(v.volumeId);
-            await luks.rotateKeyslot(file, oldKey, newKey, {
-              ...(props.unlockTimeMs !== undefined ? { iterTimeMs: props.unlockTimeMs as number } : {}),
-              signal: ctx.signal,
-              onCheckpoint: (c) => {
-                const step = c.step === "added" ? "keyslot-added" : c.step === "removed" ? "keyslot-removed" : "verified";
-                audit({ volumeId: v.volumeId, step, keyId: next!.id, detail: `keyslot ${c.newSlot}; old key opens: ${c.opens.old}, new key opens: ${c.opens.new}` });
-                ctx.progress(`volume ${v.volumeId}: ${step}`);
-                crashPoint(c.step);
-              },
-            });
+            if (props.reencrypt && storage.luksHeader) throw reencryptRefused(v.volumeId, storage.family);
+            await withLuksHeader(storage, v.volumeId, (file, commit) =>
+              luks.rotateKeyslot(file, oldKey, newKey, {
+                ...(props.unlockTimeMs !== undefined ? { iterTimeMs: props.unlockTimeMs as number } : {}),
+                signal: ctx.signal,
+                onCheckpoint: async (c) => {
+                  // On the volume before it is recorded (a header session writes it back now;
+                  // a removal names no keyslot whose material is gone).
+                  await commit({ headersFirst: c.step !== "added" });
+                  const step = c.step === "added" ? "keyslot-added" : c.step === "removed" ? "keyslot-removed" : "verified";
+                  audit({ volumeId: v.volumeId, step, keyId: next!.id, detail: `keyslot ${c.newSlot}; old key opens: ${c.opens.old}, new key opens: ${c.opens.new}` });
+                  ctx.progress(`volume ${v.volumeId}: ${step}`);
+                  crashPoint(c.step);
+                },
+              }),
+            );
             if (props.reencrypt) {
+              const file = await storage.path(v.volumeId);
               await luks.reencrypt(file, newKey, {
                 onProgress: (p) => ctx.progress(`volume ${v.volumeId}: re-encrypting, ${Math.floor((100 * p.bytesDone) / Math.max(1, p.bytesTotal))}%`),
                 signal: ctx.signal,
@@ -152,6 +159,14 @@ async function rotateVolume(ctx: OperationContext, v: VolumeRef, currentKey: str
   );
 }
 
+/** Re-encryption rewrites every sector: it needs the volume as a local file (not an RBD image). */
+function reencryptRefused(volumeId: string, family: string) {
+  return validationError(
+    "reencrypt",
+    `volume ${volumeId} is on a ${family} backend, where only keyslots can be rotated in place (the header is rewritten, not the data); re-encrypting it means a new volume: make one keyed by a new EncryptionKey and copy the data, or set reencrypt to false`,
+  );
+}
+
 function isDue(state: Props, now = Date.now()): boolean {
   return typeof state.nextRotationDue === "string" && Date.parse(state.nextRotationDue) <= now;
 }
@@ -164,9 +179,23 @@ export const keyRotationPolicyResource: ResourceDefinition = {
   outputs,
   defaultTimeoutSeconds: 3600,
 
-  check(props) {
+  check(props, ctx) {
     if (typeof props.cryptoperiod === "string" && PERIOD.test(props.cryptoperiod) && periodMs(props.cryptoperiod) < 1000) {
       return [{ property: "cryptoperiod", reason: "cryptoperiod must be at least 1s" }];
+    }
+    if (props.reencrypt === true && Array.isArray(props.volumes)) {
+      for (const v of props.volumes as Props[]) {
+        if (isUnknown(v) || isUnknown(v.backend) || isUnknown(v.volumeId)) continue;
+        let backend: string;
+        try {
+          backend = backendName(ctx, { ...v }, "volumes.backend");
+        } catch (e) {
+          if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+          throw e;
+        }
+        const family = ctx.config.storageBackends[backend].driver;
+        if (family !== "file") return [{ property: "reencrypt", reason: reencryptRefused(String(v.volumeId), family).message }];
+      }
     }
     return [];
   },

@@ -3,7 +3,10 @@
  * a copy-on-write clone of a golden image's snapshot, optionally encrypted AT THE SOURCE: the
  * provider writes a LUKS2 header (aes-xts-plain64, a random 512-bit volume key) whose keyslot is
  * unlocked by a key from the project's key manager (an EncryptionKey), so the backend only ever
- * holds ciphertext and the node unlocks the volume with the key delivered to it.
+ * holds ciphertext and the node unlocks the volume with the key delivered to it. On a file
+ * backend cryptsetup works on the volume's file; on Ceph on a local copy of the header that is
+ * written back to the RBD image (withLuksHeader, storage-ceph/header.ts). A clone of a plaintext
+ * golden image is not encrypted (refused, the clone removed): its data would stay plaintext.
  *
  * Ownership: the backend name is `<project>--<name>`; a caller of another project can neither
  * read, resize, attach nor delete it (an `auth` error naming the volume), and can only encrypt
@@ -102,6 +105,22 @@ export function requireOwnVolume(ctx: ProviderContext, volumeId: string, propert
 
 const luks = new Luks();
 
+/**
+ * Runs `fn` on a file cryptsetup can work on for the volume's LUKS header, with `commit` to make
+ * the changes made to it the volume's: the volume itself where the backend gives a local file
+ * (commit does nothing), else a header session (RBD: storage-ceph/header.ts; uncommitted changes
+ * are dropped).
+ */
+export async function withLuksHeader<T>(storage: StorageDriver, id: string, fn: (file: string, commit: (o?: { headersFirst?: boolean }) => Promise<void>) => Promise<T>): Promise<T> {
+  if (!storage.luksHeader) return fn(await storage.path(id), async () => undefined);
+  const session = await storage.luksHeader(id);
+  try {
+    return await fn(session.file, (o) => session.commit(o));
+  } finally {
+    await session.close();
+  }
+}
+
 function outputsOf(props: Props, project: string, v: VolumeInfo, luksInfo?: { uuid: string; keyslots: number }): Props {
   return {
     ...props,
@@ -129,13 +148,7 @@ export const volumeResource: ResourceDefinition = {
   check(props, ctx) {
     try {
       const enc = props.encryption as Props | undefined;
-      if (!isUnknown(props.backend)) {
-        const backend = backendName(ctx, props);
-        const family = ctx.config.storageBackends[backend].driver;
-        if (enc && family !== "file") {
-          return [{ property: "encryption", reason: `encryption at the source is not yet supported on ${family} volumes (backend ${backend}); remove encryption or use a file backend` }];
-        }
-      }
+      if (!isUnknown(props.backend)) backendName(ctx, props);
       if (enc && !isUnknown(enc) && !isUnknown(enc.keyManager)) keyManagerName(ctx, enc, "encryption.keyManager");
     } catch (e) {
       if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
@@ -162,9 +175,6 @@ export const volumeResource: ResourceDefinition = {
         backend,
         async (storage) => {
           const sizeBytes = (props.sizeGib as number) * GIB;
-          if (key && storage.family !== "file") {
-            throw validationError("encryption", `encryption at the source is not yet supported on ${storage.family} volumes (only on file volumes); remove encryption or use a file backend`);
-          }
           const existing = await storage.getVolume(id);
           const v =
             existing ??
@@ -174,20 +184,37 @@ export const volumeResource: ResourceDefinition = {
           ctx.progress(`volume ${v.pool}/${v.name}: ${Math.round(v.sizeBytes / GIB)} GiB${v.parent ? ` cloned from ${v.parent}` : ""}`);
           if (!key) return { id, outputs: outputsOf(props, project, v) };
 
+          let plainClone = false;
           try {
-            const file = await storage.path(id);
-            const dump = (await luks.isLuks(file))
-              ? await luks.dump(file)
-              : await luks.format(file, key, {
-                  cipher: enc!.cipher as string,
-                  keySize: enc!.keySize as 256 | 512,
-                  ...(enc!.unlockTimeMs !== undefined ? { iterTimeMs: enc!.unlockTimeMs as number } : {}),
-                  label: id.slice(0, 47),
-                });
-            if (!(await luks.testKey(file, key))) throw new BaremetalError("conflict", `volume ${id} holds a LUKS header the key ${enc!.keyId} does not open`);
+            const dump = await withLuksHeader(storage, id, async (file, commit) => {
+              if (await luks.isLuks(file)) return luks.dump(file);
+              if (props.sourceSnapshot) {
+                plainClone = true;
+                throw validationError(
+                  "sourceSnapshot",
+                  `${props.sourceSnapshot} holds no LUKS2 header: a clone of a plaintext image cannot be encrypted at the source (its data would stay plaintext on the backend and read as noise through LUKS); clone an encrypted golden image keyed by this key, or make an empty encrypted volume and write the image through it`,
+                );
+              }
+              const d = await luks.format(file, key, {
+                cipher: enc!.cipher as string,
+                keySize: enc!.keySize as 256 | 512,
+                ...(enc!.unlockTimeMs !== undefined ? { iterTimeMs: enc!.unlockTimeMs as number } : {}),
+                label: id.slice(0, 47),
+              });
+              await commit();
+              return d;
+            });
+            if (!(await withLuksHeader(storage, id, (file) => luks.testKey(file, key)))) {
+              throw new BaremetalError("conflict", `volume ${id} holds a LUKS header the key ${enc!.keyId} does not open`, { property: "encryption.keyId" });
+            }
             ctx.progress(`volume ${id}: LUKS2 ${dump.cipher} (${dump.keyBits}-bit volume key) written at the source`);
             return { id, outputs: outputsOf(props, project, v, { uuid: dump.uuid, keyslots: dump.keyslots.length }) };
           } catch (e) {
+            if (plainClone && !existing) {
+              // Nothing of ours is in it yet: the clone goes, and the create fails cleanly.
+              await storage.deleteVolume(id);
+              throw e;
+            }
             throw new PartialCreateError(id, outputsOf(props, project, v), [`volume ${id} was made but not encrypted: ${describeError(e)}`]);
           }
         },
@@ -210,15 +237,13 @@ export const volumeResource: ResourceDefinition = {
         if (!v) return undefined;
         const inputs: Props = { ...declared, sizeGib: Math.ceil(v.sizeBytes / GIB) };
         let luksInfo: { uuid: string; keyslots: number } | undefined;
-        // Encryption at the source exists on file volumes only (refused at preview elsewhere).
-        if (storage.family === "file") {
-          const file = await storage.path(id);
-          if (await luks.isLuks(file)) {
+        if (declared.encryption || state?.luksUuid || !stored) {
+          luksInfo = await withLuksHeader(storage, id, async (file) => {
+            if (!(await luks.isLuks(file))) return undefined;
             const d = await luks.dump(file);
-            luksInfo = { uuid: d.uuid, keyslots: d.keyslots.length };
-          } else if (declared.encryption) {
-            ctx.warn(`volume ${id} is declared encrypted but holds no LUKS header`);
-          }
+            return { uuid: d.uuid, keyslots: d.keyslots.length };
+          });
+          if (!luksInfo) ctx.warn(`volume ${id} is declared encrypted but holds no LUKS header`);
         }
         return { id, inputs, outputs: { ...(state ?? {}), ...outputsOf(inputs, project, v, luksInfo) } };
       },
