@@ -10,7 +10,8 @@ import { createKmipDriver } from "../../provider/src/drivers/kmip/driver";
 import type { KeyManagerDriver } from "../../provider/src/drivers/kinds/keymanager";
 import { type BarbicanInstance, startBarbican } from "../harness/barbican";
 import { type KmipServerInstance, startKmipServer } from "../harness/kmip";
-import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
+import { type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
+import { tenantStack } from "../harness/storage-stack";
 
 jest.setTimeout(300_000);
 
@@ -43,16 +44,11 @@ describe("encryption keys in Barbican and KMIP, by tenant members, through the e
   beforeAll(async () => {
     [barbican, kmip] = await Promise.all([startBarbican(), startKmipServer({ identities: ["project-a", "project-b"] })]);
     for (const project of ["project-a", "project-b"]) {
-      const p = await newProject(`keys-${project}`, PROGRAM);
-      stacks[project] = p;
-      await p.setConfig("baremetal:inventoryUrl", `sqlite://${p.dir}/inventory.db`, true);
-      await p.setConfig("baremetal:project", project);
-      await p.setConfig("baremetal:roles", JSON.stringify(["member"]));
-      await p.setConfig(
-        "baremetal:keyManagers",
-        JSON.stringify({ barbican: { driver: "barbican", address: barbican.url }, kmip: { driver: "kmip", address: `kmip://127.0.0.1:${kmip.port}`, caBundle: kmip.ca } }),
-      );
-      await p.setConfig("baremetal:keyManagerCredentials", JSON.stringify({ kmip: { clientCertificate: kmip.clients[project].cert, clientKey: kmip.clients[project].key } }), true);
+      stacks[project] = await tenantStack(`keys-${project}`, PROGRAM, {
+        project,
+        keyManagers: { barbican: { driver: "barbican", address: barbican.url }, kmip: { driver: "kmip", address: `kmip://127.0.0.1:${kmip.port}`, caBundle: kmip.ca } },
+        keyManagerCredentials: { kmip: { clientCertificate: kmip.clients[project].cert, clientKey: kmip.clients[project].key } },
+      });
     }
   });
 

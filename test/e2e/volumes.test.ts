@@ -12,17 +12,11 @@ import { createBarbicanDriver } from "../../provider/src/drivers/barbican";
 import { Luks } from "../../provider/src/drivers/luks";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { type BarbicanInstance, startBarbican } from "../harness/barbican";
-import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
+import { type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
+import { fileBackend, type OperatorStack, operatorStack, tenantStack } from "../harness/storage-stack";
 import { startTgt, type TgtInstance } from "../harness/tgt";
 
 jest.setTimeout(600_000);
-
-const OPERATOR = `
-import * as pulumi from "@pulumi/pulumi";
-${SDK_IMPORT}
-const config = new pulumi.Config();
-export const nodeId = new baremetal.compute.Node("n0", { bmc: { address: config.require("bmcAddress"), systemId: config.require("systemId") }, owner: "operator-proj", lessee: "project-a" }).id;
-`;
 
 const TENANT = `
 import * as pulumi from "@pulumi/pulumi";
@@ -52,40 +46,29 @@ describe("encrypted volumes exported over iSCSI, through the engine (real Barbic
   let barbican: BarbicanInstance;
   let tgt: TgtInstance;
   let dir: string;
-  let operator: PulumiProject;
+  let operator: OperatorStack;
   const tenants: Record<string, PulumiProject> = {};
   const luks = new Luks();
 
   beforeAll(async () => {
     [barbican, tgt, lab] = await Promise.all([startBarbican(), startTgt(), startLab({ flavor: "generic", systems: 1, bootSeconds: 0 })]);
     dir = fs.mkdtempSync("/tmp/volumes-e2e-");
-    operator = await newProject("vol-operator", OPERATOR);
-    const inventoryUrl = `sqlite://${operator.dir}/inventory.db`;
-    for (const [k, v] of Object.entries(lab.info.providerConfig)) await operator.setConfig(k, String(v), lab.info.secretConfig.includes(k));
-    await operator.setConfig("baremetal:inventoryUrl", inventoryUrl, true);
-    await operator.setConfig("bmcAddress", lab.info.nodes[0].address);
-    await operator.setConfig("systemId", lab.info.nodes[0].systemId);
-    await operator.pulumi(["up", "--yes", "--skip-preview"]);
-    const { nodeId } = (await operator.outputs()) as { nodeId: string };
+    operator = await operatorStack("vol-operator", lab, { nodes: 1, lessee: "project-a" });
     for (const project of ["project-a", "project-b"]) {
-      const p = await newProject(`vol-${project}`, TENANT);
-      tenants[project] = p;
-      for (const [k, v] of Object.entries(lab.info.providerConfig)) await p.setConfig(k, String(v), lab.info.secretConfig.includes(k));
-      await p.setConfig("baremetal:inventoryUrl", inventoryUrl, true);
-      await p.setConfig("baremetal:project", project);
-      await p.setConfig("baremetal:roles", JSON.stringify(["member"]));
-      await p.setConfig("baremetal:keyManagers", JSON.stringify({ barbican: { driver: "barbican", address: barbican.url } }));
-      await p.setConfig(
-        "baremetal:storageBackends",
-        JSON.stringify({ lab: { driver: "file", address: `file://${dir}`, iscsi: { portal: tgt.portal, controlPort: tgt.controlPort, socketPath: tgt.socketPath } } }),
-      );
-      await p.setConfig("nodeId", nodeId);
+      tenants[project] = await tenantStack(`vol-${project}`, TENANT, {
+        project,
+        inventoryUrl: operator.inventoryUrl,
+        lab,
+        keyManagers: { barbican: { driver: "barbican", address: barbican.url } },
+        storageBackends: { lab: fileBackend(dir, tgt) },
+        config: { nodeId: operator.nodeIds[0] },
+      });
     }
   });
 
   afterAll(async () => {
-    for (const p of [...Object.values(tenants), operator]) await p?.pulumi(["destroy", "--yes", "--skip-preview"], { allowFail: true });
-    for (const p of [...Object.values(tenants), operator]) p?.remove();
+    for (const p of [...Object.values(tenants), operator?.project]) await p?.pulumi(["destroy", "--yes", "--skip-preview"], { allowFail: true });
+    for (const p of [...Object.values(tenants), operator?.project]) p?.remove();
     await Promise.all([barbican?.stop(), tgt?.stop(), lab?.stop()]);
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
