@@ -36,7 +36,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { promisify } from "node:util";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
-import type { ExportInfo, ExportRequest, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
+import type { ExportInfo, ExportRequest, Extent, ReadExtentsOptions, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
+import { anySignal, readFileExtents, writeFileExtents } from "./extents";
 import { CHAP_SECRET_RE, CHAP_USER_RE, describeTgtExport, EXPORT_LUN, INITIATOR_RE, IQN_PREFIX_RE, Mode, Op, TgtErr, TgtError, type TgtExportInfo, TgtManagement, TgtTarget } from "./tgt";
 
 const execFileP = promisify(execFile);
@@ -450,6 +451,26 @@ export class FileStorageDriver implements StorageDriver {
     const p = this.volFile(volume);
     if (!(await exists(p))) throw notFound(`volume ${this.pool}/${volume} does not exist`);
     return p;
+  }
+
+  // ---- extents (backups) ---------------------------------------------------------------------
+
+  /** A sparse file has no record of changes: `since` is ignored (extents.ts). */
+  readonly readsChangesOnly = false;
+
+  /** The volume's (or a snapshot's) non-zero blocks as extents (extents.ts). */
+  async *readExtents(volume: string, opts: ReadExtentsOptions = {}): AsyncGenerator<Extent> {
+    checkName("volume", volume);
+    if (opts.snapshot !== undefined) checkName("snapshot", opts.snapshot, "a snapshot name");
+    const file = opts.snapshot !== undefined ? this.snapFile(volume, opts.snapshot) : this.volFile(volume);
+    const what = `${opts.snapshot !== undefined ? "snapshot" : "volume"} ${this.pool}/${volume}${opts.snapshot !== undefined ? `@${opts.snapshot}` : ""}`;
+    yield* readFileExtents({ file, what }, { ...opts, signal: anySignal(opts.signal, this.signal) });
+  }
+
+  /** Writes extents into an existing volume at their offsets, then fsync (extents.ts). */
+  async writeExtents(volume: string, extents: AsyncIterable<Extent>, signal?: AbortSignal): Promise<{ bytesWritten: number }> {
+    checkName("volume", volume);
+    return writeFileExtents({ file: this.volFile(volume), what: `volume ${this.pool}/${volume}` }, extents, anySignal(signal, this.signal));
   }
 
   // ---- snapshots -----------------------------------------------------------------------------
