@@ -31,8 +31,10 @@ import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
-import type { ExportInfo, ExportRequest, HeaderAccess, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
+import type { ExportInfo, ExportRequest, Extent, HeaderAccess, ReadExtentsOptions, SnapshotInfo, StorageConnection, StorageDriver, VolumeInfo } from "../kinds/storage";
+import { anySignal } from "../storage-file/extents";
 import { CHAP_SECRET_RE, CHAP_USER_RE, describeTgtExport, EXPORT_LUN, INITIATOR_RE, IQN_PREFIX_RE, Mode, Op, TgtErr, TgtError, type TgtExportInfo, TgtManagement, type TgtTarget } from "../storage-file/tgt";
+import { readCephExtents, writeCephExtents } from "./extents";
 import { openHeader } from "./header";
 import { asBaremetal, checkCephKey, parseCephAddress, RbdRunner, type RbdRunnerOptions } from "./rbd";
 
@@ -351,6 +353,19 @@ export class CephStorageDriver implements StorageDriver {
     checkName("volume", volume);
     if (!(await this.info(volume))) throw new BaremetalError("not-found", `volume ${this.spec(volume)} does not exist`);
     return openHeader(this, volume);
+  }
+
+  /** Only what changed since `opts.since` (rbd export-diff --from-snap). */
+  readonly readsChangesOnly = true;
+
+  /** The volume's (or a snapshot's) content, or its changes since a snapshot, as extents (extents.ts). */
+  readExtents(volume: string, opts?: ReadExtentsOptions): AsyncIterable<Extent> {
+    return readCephExtents(this, volume, opts, this.signal);
+  }
+
+  /** Writes extents into an existing volume with rbd import-diff (extents.ts). */
+  writeExtents(volume: string, extents: AsyncIterable<Extent>, signal?: AbortSignal): Promise<{ bytesWritten: number }> {
+    return writeCephExtents(this, volume, extents, anySignal(signal, this.signal));
   }
 
   // ---- snapshots -----------------------------------------------------------------------------
