@@ -248,7 +248,7 @@ async function fetchVolumeKeys(ctx: OperationContext, props: Props): Promise<(Bu
       } catch (e) {
         if (!isBaremetalError(e)) throw e;
         const why = e.code === "auth" ? `; only a key of project ${ctx.caller.projectId ?? "(operator)"} can be delivered to its nodes` : "";
-        throw new BaremetalError(e.code, `key ${v.keyId} in ${km}: ${e.message}${why}`, { property, httpStatus: e.httpStatus, cause: e });
+        throw new BaremetalError(e.code, `key manager ${km}: ${e.message}${why}`, { property, httpStatus: e.httpStatus, cause: e });
       }
     }
     return keys;
