@@ -22,6 +22,7 @@ import { type Luks2Volume, openLuks2, type ReadAt, readLuks2Header } from "../..
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { type BarbicanInstance, startBarbican } from "../harness/barbican";
 import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
+import { fileReader, type IscsiNodeView, iscsiNode, scanFile } from "../harness/iscsi-node";
 import { type IscsiLogin, startTgt, type TgtInstance } from "../harness/tgt";
 
 jest.setTimeout(300_000);
@@ -51,24 +52,6 @@ export const luksUuid = volume.luksUuid;
 export const { portal, targetIqn, lun, initiatorIqn, chapUser, chapSecret } = att;
 `;
 
-/** Parses qemu-io's `read -v` dump ("%08x:  xx xx ... ascii") of `length` bytes read at `offset`. */
-function parseDump(stdout: string, offset: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let got = 0;
-  for (const line of stdout.split("\n")) {
-    const m = /^([0-9a-f]{8,16}):\s+((?:[0-9a-f]{2} ){1,16})/.exec(line);
-    if (!m) continue;
-    const at = parseInt(m[1], 16) - offset;
-    if (at !== got) throw new Error(`qemu-io dump: expected offset ${offset + got}, got line for ${offset + at}`);
-    const want = Math.min(16, length - got);
-    const bytes = m[2].trim().split(" ").slice(0, want);
-    if (bytes.length !== want) throw new Error(`qemu-io dump: short line at ${offset + at}`);
-    for (const h of bytes) out[got++] = parseInt(h, 16);
-  }
-  if (got !== length) throw new Error(`qemu-io dump: ${got} of ${length} bytes`);
-  return out;
-}
-
 describe("data path: a node's userspace LUKS2 view over iSCSI (real Barbican, tgt, cryptsetup, through the engine)", () => {
   let lab: Lab;
   let barbican: BarbicanInstance;
@@ -83,46 +66,10 @@ describe("data path: a node's userspace LUKS2 view over iSCSI (real Barbican, tg
   let key: Buffer;
   const luks = new Luks();
   const handles: Luks2Volume[] = [];
-  const iscsiStats = { reads: 0, readBytes: 0, readMs: 0, writes: 0, writeBytes: 0, writeMs: 0 };
-
-  /** The node's raw access to the LUN: qemu-io (libiscsi) with the attachment's initiator name and CHAP. */
-  const iscsiRead: ReadAt = async (offset, length) => {
-    const t = Date.now();
-    const r = await tgt.qemuIo(login, [`read -v ${offset} ${length}`], { timeoutMs: 60_000 });
-    if (r.code !== 0 || !r.stdout.includes(`read ${length}/${length} bytes at offset ${offset}`)) {
-      throw new Error(`iSCSI read of ${length} bytes at ${offset} failed (${r.code}): ${r.stderr.trim() || r.stdout.slice(-300)}`);
-    }
-    const b = parseDump(r.stdout, offset, length);
-    iscsiStats.reads++;
-    iscsiStats.readBytes += length;
-    iscsiStats.readMs += Date.now() - t;
-    return b;
-  };
-  const iscsiWrite = async (offset: number, data: Buffer) => {
-    const t = Date.now();
-    const src = path.join(work, `write-${crypto.randomBytes(4).toString("hex")}`);
-    fs.writeFileSync(src, data, { mode: 0o600 });
-    try {
-      const r = await tgt.qemuIo(login, [`write -s ${src} ${offset} ${data.length}`], { timeoutMs: 60_000 });
-      if (r.code !== 0 || !r.stdout.includes(`wrote ${data.length}/${data.length} bytes at offset ${offset}`)) {
-        throw new Error(`iSCSI write of ${data.length} bytes at ${offset} failed (${r.code}): ${r.stderr.trim() || r.stdout.slice(-300)}`);
-      }
-    } finally {
-      fs.rmSync(src, { force: true });
-    }
-    iscsiStats.writes++;
-    iscsiStats.writeBytes += data.length;
-    iscsiStats.writeMs += Date.now() - t;
-  };
-  const fileRead: ReadAt = async (offset, length) => {
-    const fd = fs.openSync(file, "r");
-    try {
-      const b = Buffer.alloc(length);
-      return b.subarray(0, fs.readSync(fd, b, 0, length, offset));
-    } finally {
-      fs.closeSync(fd);
-    }
-  };
+  let node: IscsiNodeView;
+  let fileRead: ReadAt;
+  const iscsiRead: ReadAt = (offset, length) => node.read(offset, length);
+  const iscsiWrite = (offset: number, data: Buffer) => node.write(offset, data);
   const open = async (read: ReadAt, k: Buffer) => {
     const v = await openLuks2(read, k);
     handles.push(v);
@@ -169,6 +116,8 @@ describe("data path: a node's userspace LUKS2 view over iSCSI (real Barbican, tg
     out = (await tenant.outputs()) as typeof out;
     login = { target: out.targetIqn, lun: out.lun, initiator: out.initiatorIqn, user: out.chapUser, secret: out.chapSecret };
     file = path.join(dir, `${out.volumeId}.img`);
+    node = iscsiNode(tgt, login, work);
+    fileRead = fileReader(file);
     // the key as the node receives it: fetched from Barbican as the owning project
     key = await createBarbicanDriver({ address: barbican.url, project: "project-a" }).getKeyMaterial(out.keyId);
     console.log(`data-path e2e set up in ${Date.now() - t0} ms (Barbican, tgt, lab, two stacks up)`);
@@ -205,7 +154,7 @@ describe("data path: a node's userspace LUKS2 view over iSCSI (real Barbican, tg
     vk.fill(0);
     console.log(
       `unlock over iSCSI: keyslot ${v.keyslot} argon2id (time ${slot.iterations ?? slot.time}, ${slot.memoryKiB} KiB, ${slot.cpus} lanes) derived in ${v.kdfMs} ms; ` +
-        `sector ${v.segment.sectorSize} bytes; ${iscsiStats.reads} iSCSI reads so far`,
+        `sector ${v.segment.sectorSize} bytes; ${node.stats.reads} iSCSI reads so far`,
     );
   });
 
@@ -252,36 +201,11 @@ describe("data path: a node's userspace LUKS2 view over iSCSI (real Barbican, tg
 
     // The whole backing file, searched: no sentence, no block of the pattern, at any alignment.
     const needles = [Buffer.from(SENTENCE), Buffer.from(SENTENCE.slice(0, 24)), Buffer.from(TAG), Buffer.from("~".repeat(64))];
-    const size = fs.statSync(file).size;
+    const { size, scanned, nonZeroChunks, hits, ms: scanMs } = scanFile(file, needles);
     expect(size).toBe(1024 ** 3);
-    const chunk = 16 * MiB;
-    const overlap = 4096;
-    const zero = Buffer.alloc(chunk + overlap);
-    const buf = Buffer.alloc(chunk + overlap);
-    const fd = fs.openSync(file, "r");
-    let scanned = 0;
-    let nonZeroChunks = 0;
-    const hits: string[] = [];
-    const t0 = Date.now();
-    try {
-      for (let at = 0; at < size; at += chunk) {
-        const n = fs.readSync(fd, buf, 0, Math.min(chunk + overlap, size - at), at);
-        scanned += Math.min(chunk, n);
-        const view = buf.subarray(0, n);
-        if (view.equals(zero.subarray(0, n))) continue;
-        nonZeroChunks++;
-        for (const needle of needles) {
-          const i = view.indexOf(needle);
-          if (i >= 0) hits.push(`${JSON.stringify(needle.toString("latin1").slice(0, 20))} at ${at + i}`);
-        }
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
     expect(scanned).toBe(size);
     expect(hits).toEqual([]);
     expect(nonZeroChunks).toBeGreaterThanOrEqual(3); // the header and both writes were seen by the scan
-    const scanMs = Date.now() - t0;
 
     // the backing file's own bytes decrypt to the plaintext (the storage host holds its ciphertext)
     const fromFile = await open(fileRead, key);
@@ -307,7 +231,7 @@ describe("data path: a node's userspace LUKS2 view over iSCSI (real Barbican, tg
     console.log(
       [
         `node wrote ${WHERE.length} x ${mb(plaintext.length)} MiB through the userspace LUKS2 view; userspace AES-XTS ${((4 * plaintext.length) / MiB / (encMs / 1000)).toFixed(0)} MiB/s (2 encryptions + 2 decryptions of 1 MiB, cold: the unit test measures 64 MiB)`,
-        `iSCSI via qemu-io: ${iscsiStats.writes} writes ${mb(iscsiStats.writeBytes)} MiB in ${iscsiStats.writeMs} ms; ${iscsiStats.reads} reads ${mb(iscsiStats.readBytes)} MiB in ${iscsiStats.readMs} ms (hex dumps)`,
+        `iSCSI via qemu-io: ${node.stats.writes} writes ${mb(node.stats.writeBytes)} MiB in ${node.stats.writeMs} ms; ${node.stats.reads} reads ${mb(node.stats.readBytes)} MiB in ${node.stats.readMs} ms (hex dumps)`,
         `backing file scanned in full (${mb(size)} MiB, ${nonZeroChunks} non-zero 16 MiB chunks) in ${scanMs} ms: no plaintext`,
       ].join("\n"),
     );
