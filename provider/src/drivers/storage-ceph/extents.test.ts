@@ -349,6 +349,37 @@ describeCeph("RBD volume extents against Ceph 16 (export-diff / import-diff, qem
     }
   }, 120000);
 
+  test("read rate: a full read through the parser against rbd export-diff into /dev/null, same snapshot, same run", async () => {
+    const raw = () =>
+      new Promise<number>((resolve, reject) => {
+        const t = process.hrtime.bigint();
+        const child = spawn("rbd", ["-c", ceph.confPath, "export-diff", "--no-progress", "volumes/src@s2", "-"], { stdio: ["ignore", fs.openSync("/dev/null", "w"), "ignore"] });
+        child.once("close", (code) => (code === 0 ? resolve(Number(process.hrtime.bigint() - t) / 1e9) : reject(new Error(`rbd export-diff: ${code}`))));
+      });
+    const ours = async () => {
+      const t = process.hrtime.bigint();
+      let n = 0;
+      for await (const e of drv.readExtents!("src", { snapshot: "s2" })) {
+        n += lengthOf(e);
+        releaseExtent(e);
+      }
+      expect(n).toBeGreaterThan(100 * MiB);
+      return Number(process.hrtime.bigint() - t) / 1e9;
+    };
+    await raw(); // warm both the OSD's cache and the client
+    const r1 = await raw();
+    const o1 = await ours();
+    const r2 = await raw();
+    const o2 = await ours();
+    const rate = (s: number) => Math.round(SIZE / MiB / s);
+    figures.push(`full read of ${SIZE / MiB} MiB: rbd export-diff > /dev/null ${rate(r1)}, ${rate(r2)} MB/s; readExtents ${rate(o1)}, ${rate(o2)} MB/s`);
+    // Not yet at the raw rate: each 64 KiB chunk Node reads from the pipe is a fresh buffer, and
+    // in a process with jest's large heap V8 pays a full GC per 64 MiB of them (about 0.25x here;
+    // the same parser over a pipe in a small process: 536 MB/s against 603 MB/s for the bare
+    // stream). This only catches a collapse; the figure is printed.
+    expect((r1 + r2) / (o1 + o2)).toBeGreaterThan(0.1);
+  }, 120000);
+
   test("errors: a missing volume, snapshot or since-snapshot is not-found; bad names and maxBytes are validation", async () => {
     expect(errCode(await failure(collect(drv.readExtents!("nope"))))).toBe("not-found");
     expect(errCode(await failure(collect(drv.readExtents!("src", { snapshot: "nope" }))))).toBe("not-found");
