@@ -240,12 +240,17 @@ export class S3Client {
   private networkError(e: unknown, req: S3Request): BaremetalError {
     if (e instanceof BaremetalError) return e;
     if (req.signal?.aborted || (e as { name?: string })?.name === "AbortError") return new BaremetalError("cancelled", `cancelled during ${req.what} at ${this.description}`, { cause: e });
-    if (e instanceof Timeout) return new BaremetalError("timeout", `${req.what} at ${this.description}: ${e.message}; check the store's health or raise requestTimeoutMs`, { cause: e });
+    if (e instanceof Timeout)
+      return new BaremetalError(
+        "timeout",
+        `${req.what} at ${this.description}: ${e.message}; check the store's health or raise requestTimeoutMs${this.endpoint.tls ? " (a store that serves plain HTTP never finishes the TLS handshake: then add tls=false to the address)" : ""}`,
+        { cause: e },
+      );
     const code = errorCode(e) ?? "";
     if (TLS_CODES.test(code))
       return new BaremetalError("tls", `TLS with ${this.description} failed (${code}); give its CA as caBundle (PEM), connect by a name its certificate lists, or set verifyTls: false`, { property: "address", cause: e });
     if (/EPROTO|wrong version number|packet length too long/i.test(code + " " + messageOf(e)))
-      return new BaremetalError("tls", `TLS with ${this.description} failed (${messageOf(e)}): is the store serving plain HTTP? Then add tls=false to the address`, { property: "address", cause: e });
+      return new BaremetalError("tls", `TLS with ${this.description} failed (${messageOf(e)}): if the store serves plain HTTP, add tls=false to the address`, { property: "address", cause: e });
     const unsent = UNSENT.has(code);
     return new BaremetalError("transient", `cannot reach the backup target ${this.description} (${code || messageOf(e)}) during ${req.what}: check that the store runs and the address is right`, { unsent, cause: e });
   }

@@ -199,6 +199,8 @@ export class S3BackupTarget implements BackupTargetDriver {
       await this.abortUpload(full, uploadId).catch(() => undefined);
       throw e;
     }
+    // radosgw (16) answers CompleteMultipartUpload with an empty ETag: ask for it.
+    if (!etag) etag = (await this.head(key).catch(() => undefined))?.etag;
     return { key, sizeBytes: total(), etag };
   }
 
