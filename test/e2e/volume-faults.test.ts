@@ -152,8 +152,8 @@ describe("encrypted volumes: bad input and faults through the engine (real Barbi
       expect(await barbicanAs("project-b").describeKey(foreignKey)).toMatchObject({ project: "project-b", state: "active" });
     });
 
-    // The key manager's error names the driver's parameter (`id`), not the Volume's input.
-    it.skip("needs the key manager's refusal re-attributed to encryption.keyId in volume.ts (pending): the error names encryption.keyId", async () => {
+    // The key manager's refusal is attributed to the Volume's input, not the driver's parameter.
+    it("a key manager's refusal names encryption.keyId", async () => {
       await p.setConfig("keyRef", randomUUID());
       const r = await p.pulumi(UP, { allowFail: true });
       expect(r.code).not.toBe(0);
@@ -273,9 +273,9 @@ describe("encrypted volumes: bad input and faults through the engine (real Barbi
       fs.rmSync(filler());
     });
 
-    // The engine retries a resource with init errors as an UPDATE with unchanged inputs, and
-    // Volume.update only resizes: today the up succeeds and leaves the volume unencrypted.
-    it.skip("needs Volume.update to finish a partial encrypted create in volume.ts (pending): after freeing space the next up encrypts it; destroy leaves nothing", async () => {
+    // The engine retries a resource with init errors as an UPDATE with unchanged inputs:
+    // Volume.update finishes the encryption.
+    it("after freeing space the next up encrypts the partially created volume; destroy leaves nothing", async () => {
       fill();
       const p = await barbicanTenant("full-retry", KEYED_PROGRAM, mnt, { storageBackends: { small: fileBackend(mnt) }, config: { volumes: JSON.stringify(["db"]) } });
       expect((await p.pulumi(UP, { allowFail: true })).code).not.toBe(0);

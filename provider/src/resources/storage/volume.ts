@@ -21,6 +21,7 @@ import { isUnknown } from "../../core/values";
 import type { StorageDriver, VolumeInfo } from "../../drivers/kinds/storage";
 import { Luks } from "../../drivers/luks";
 import { storageDriverFor } from "../../drivers/storages";
+import { openBackup, parseBackupId } from "../backup/backup";
 import { keyManagerName, projectOf, withKeyManager } from "../keys/encryption-key";
 
 const GIB = 1024 ** 3;
@@ -49,6 +50,18 @@ const inputs = {
   },
   sizeGib: { type: "integer", required: true, minimum: 1, maximum: 1048576, description: "Size in GiB; growing it resizes the volume in place (shrinking is refused)." },
   sourceSnapshot: { type: "string", replaceOnChange: true, description: "A golden image to clone, as `pool/volume@snapshot` (copy-on-write where the backend can)." },
+  sourceBackup: {
+    type: "object",
+    typeToken: "baremetal:storage:VolumeSourceBackup",
+    replaceOnChange: true,
+    description: "Restore a backup of one of the project's volumes into this new one (verified cell by cell against the backup's checksums).",
+    properties: {
+      backupId: { type: "string", required: true, minLength: 1, description: "A Backup's `backupId` (`<volumeId>/<id>`)." },
+      target: { type: "string", description: "The backup target holding it (default: the only one)." },
+      keyId: { type: "string", description: "The key its data key is wrapped with (backups of volumes not encrypted at the source)." },
+      keyManager: { type: "string", description: "The key manager holding keyId (default: the only one)." },
+    },
+  },
   encryption: {
     type: "object",
     typeToken: "baremetal:storage:VolumeEncryption",
@@ -134,7 +147,46 @@ function outputsOf(props: Props, project: string, v: VolumeInfo, luksInfo?: { uu
 
 async function keyMaterial(ctx: ProviderContext, enc: Props, signal?: AbortSignal): Promise<Buffer> {
   const km = keyManagerName(ctx, enc, "encryption.keyManager");
-  return withKeyManager(ctx, km, (d) => d.getKeyMaterial(enc.keyId as string), signal);
+  return withKeyManager(ctx, km, (d) => d.getKeyMaterial(enc.keyId as string), signal, { keyProperty: "encryption.keyId" });
+}
+
+/**
+ * Writes the LUKS2 header at the source (unless the volume already has one), and checks that
+ * `key` opens it. Refuses a clone of a plaintext image (`plainClone` set: the caller removes what
+ * it made). Used by create, and by update to finish a create that stopped before encrypting.
+ */
+async function encryptAtSource(
+  ctx: OperationContext,
+  storage: StorageDriver,
+  id: string,
+  props: Props,
+  key: Buffer,
+  flags: { plainClone?: boolean } = {},
+): Promise<{ uuid: string; keyslots: number }> {
+  const enc = props.encryption as Props;
+  const dump = await withLuksHeader(storage, id, async (file, commit) => {
+    if (await luks.isLuks(file)) return luks.dump(file);
+    if (props.sourceSnapshot) {
+      flags.plainClone = true;
+      throw validationError(
+        "sourceSnapshot",
+        `${props.sourceSnapshot} holds no LUKS2 header: a clone of a plaintext image cannot be encrypted at the source (its data would stay plaintext on the backend and read as noise through LUKS); clone an encrypted golden image keyed by this key, or make an empty encrypted volume and write the image through it`,
+      );
+    }
+    const d = await luks.format(file, key, {
+      cipher: enc.cipher as string,
+      keySize: enc.keySize as 256 | 512,
+      ...(enc.unlockTimeMs !== undefined ? { iterTimeMs: enc.unlockTimeMs as number } : {}),
+      label: id.slice(0, 47),
+    });
+    await commit();
+    return d;
+  });
+  if (!(await withLuksHeader(storage, id, (file) => luks.testKey(file, key)))) {
+    throw new BaremetalError("conflict", `volume ${id} holds a LUKS header the key ${enc.keyId} does not open`, { property: "encryption.keyId" });
+  }
+  ctx.progress(`volume ${id}: LUKS2 ${dump.cipher} (${dump.keyBits}-bit volume key) written at the source`);
+  return { uuid: dump.uuid, keyslots: dump.keyslots.length };
 }
 
 export const volumeResource: ResourceDefinition = {
@@ -149,6 +201,11 @@ export const volumeResource: ResourceDefinition = {
     try {
       const enc = props.encryption as Props | undefined;
       if (!isUnknown(props.backend)) backendName(ctx, props);
+      if (props.sourceSnapshot !== undefined && props.sourceBackup !== undefined) {
+        return [{ property: "sourceBackup", reason: "a volume is made from a snapshot or from a backup, not both: drop sourceSnapshot or sourceBackup" }];
+      }
+      const sb = props.sourceBackup as Props | undefined;
+      if (sb && !isUnknown(sb) && typeof sb.backupId === "string") requireOwnVolume(ctx, parseBackupId(sb.backupId, "sourceBackup.backupId").volumeId, "sourceBackup.backupId");
       if (enc && !isUnknown(enc) && !isUnknown(enc.keyManager)) keyManagerName(ctx, enc, "encryption.keyManager");
     } catch (e) {
       if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
@@ -176,41 +233,29 @@ export const volumeResource: ResourceDefinition = {
         async (storage) => {
           const sizeBytes = (props.sizeGib as number) * GIB;
           const existing = await storage.getVolume(id);
+          const restore = props.sourceBackup ? await openBackup(ctx, props.sourceBackup as Props, sizeBytes, !!enc) : undefined;
           const v =
             existing ??
             (props.sourceSnapshot
               ? await storage.cloneVolume({ name: id, from: props.sourceSnapshot as string, sizeBytes })
               : await storage.createVolume({ name: id, sizeBytes }));
           ctx.progress(`volume ${v.pool}/${v.name}: ${Math.round(v.sizeBytes / GIB)} GiB${v.parent ? ` cloned from ${v.parent}` : ""}`);
+          if (restore) {
+            try {
+              await restore(storage, id);
+            } catch (e) {
+              // All or nothing: a volume half restored is no use to anyone.
+              await storage.deleteVolume(id).catch(() => undefined);
+              throw e;
+            }
+          }
           if (!key) return { id, outputs: outputsOf(props, project, v) };
 
-          let plainClone = false;
+          const flags: { plainClone?: boolean } = {};
           try {
-            const dump = await withLuksHeader(storage, id, async (file, commit) => {
-              if (await luks.isLuks(file)) return luks.dump(file);
-              if (props.sourceSnapshot) {
-                plainClone = true;
-                throw validationError(
-                  "sourceSnapshot",
-                  `${props.sourceSnapshot} holds no LUKS2 header: a clone of a plaintext image cannot be encrypted at the source (its data would stay plaintext on the backend and read as noise through LUKS); clone an encrypted golden image keyed by this key, or make an empty encrypted volume and write the image through it`,
-                );
-              }
-              const d = await luks.format(file, key, {
-                cipher: enc!.cipher as string,
-                keySize: enc!.keySize as 256 | 512,
-                ...(enc!.unlockTimeMs !== undefined ? { iterTimeMs: enc!.unlockTimeMs as number } : {}),
-                label: id.slice(0, 47),
-              });
-              await commit();
-              return d;
-            });
-            if (!(await withLuksHeader(storage, id, (file) => luks.testKey(file, key)))) {
-              throw new BaremetalError("conflict", `volume ${id} holds a LUKS header the key ${enc!.keyId} does not open`, { property: "encryption.keyId" });
-            }
-            ctx.progress(`volume ${id}: LUKS2 ${dump.cipher} (${dump.keyBits}-bit volume key) written at the source`);
-            return { id, outputs: outputsOf(props, project, v, { uuid: dump.uuid, keyslots: dump.keyslots.length }) };
+            return { id, outputs: outputsOf(props, project, v, await encryptAtSource(ctx, storage, id, props, key, flags)) };
           } catch (e) {
-            if (plainClone && !existing) {
+            if (flags.plainClone && !existing) {
               // Nothing of ours is in it yet: the clone goes, and the create fails cleanly.
               await storage.deleteVolume(id);
               throw e;
@@ -257,16 +302,24 @@ export const volumeResource: ResourceDefinition = {
       throw validationError("sizeGib", `volumes only grow: ${olds.sizeGib} GiB cannot become ${news.sizeGib} GiB; make a new volume and copy the data`);
     }
     const backend = backendName(ctx, news);
-    return withStorage(
-      ctx,
-      backend,
-      async (storage) => {
-        const v = (news.sizeGib as number) !== (olds.sizeGib as number) ? await storage.resizeVolume(id, (news.sizeGib as number) * GIB) : await storage.getVolume(id);
-        if (!v) throw new BaremetalError("not-found", `volume ${id} is gone from the backend; run \`pulumi refresh\``);
-        return { ...oldState, ...news, sizeBytes: v.sizeBytes };
-      },
-      ctx.signal,
-    );
+    // A create that stopped before encrypting (a partial create) is retried as an update: finish it.
+    const enc = news.encryption as Props | undefined;
+    const key = enc && oldState.luksUuid === undefined ? await keyMaterial(ctx, enc, ctx.signal) : undefined;
+    try {
+      return await withStorage(
+        ctx,
+        backend,
+        async (storage) => {
+          const v = (news.sizeGib as number) !== (olds.sizeGib as number) ? await storage.resizeVolume(id, (news.sizeGib as number) * GIB) : await storage.getVolume(id);
+          if (!v) throw new BaremetalError("not-found", `volume ${id} is gone from the backend; run \`pulumi refresh\``);
+          const luksInfo = key ? await encryptAtSource(ctx, storage, id, news, key) : undefined;
+          return { ...oldState, ...news, sizeBytes: v.sizeBytes, ...(luksInfo ? { luksUuid: luksInfo.uuid, keyslots: luksInfo.keyslots } : {}) };
+        },
+        ctx.signal,
+      );
+    } finally {
+      key?.fill(0);
+    }
   },
 
   async delete(ctx, id, props) {
