@@ -12,6 +12,7 @@ utilities.lazyLoad(exports, ["Provider"], () => require("./provider"));
 
 
 // Export sub-modules:
+import * as backup from "./backup";
 import * as compute from "./compute";
 import * as config from "./config";
 import * as keys from "./keys";
@@ -20,6 +21,7 @@ import * as storage from "./storage";
 import * as types from "./types";
 
 export {
+    backup,
     compute,
     config,
     keys,

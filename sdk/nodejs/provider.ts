@@ -36,6 +36,8 @@ export class Provider extends pulumi.ProviderResource {
         let resourceInputs: pulumi.Inputs = {};
         opts = opts || {};
         {
+            resourceInputs["backupTargetCredentials"] = pulumi.output(args?.backupTargetCredentials ? pulumi.secret(args.backupTargetCredentials) : undefined).apply(JSON.stringify);
+            resourceInputs["backupTargets"] = pulumi.output(args ? args.backupTargets : undefined).apply(JSON.stringify);
             resourceInputs["bmcCaBundle"] = (args ? args.bmcCaBundle : undefined) ?? utilities.getEnv("BAREMETAL_BMC_CA_BUNDLE");
             resourceInputs["bmcGlobalMaxConcurrency"] = pulumi.output((args ? args.bmcGlobalMaxConcurrency : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_GLOBAL_MAX_CONCURRENCY") || 64)).apply(JSON.stringify);
             resourceInputs["bmcMaxConcurrency"] = pulumi.output((args ? args.bmcMaxConcurrency : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_MAX_CONCURRENCY") || 4)).apply(JSON.stringify);
@@ -65,6 +67,14 @@ export class Provider extends pulumi.ProviderResource {
  * The set of arguments for constructing a Provider resource.
  */
 export interface ProviderArgs {
+    /**
+     * Credentials of the backup targets, by name (secret JSON).
+     */
+    backupTargetCredentials?: pulumi.Input<{[key: string]: pulumi.Input<inputs.backup.BackupTargetCredentialsArgs>}>;
+    /**
+     * The backup targets by name (JSON).
+     */
+    backupTargets?: pulumi.Input<{[key: string]: pulumi.Input<inputs.backup.BackupTargetSettingsArgs>}>;
     /**
      * PEM certificates (the text, or a path to a file) trusted for BMC TLS in addition to the system's roots.
      */

@@ -82,6 +82,7 @@ export interface BackupStats {
   /** Bytes stored in the target by this backup (ciphertext, chunk bodies). */
   bytesStored: number;
   chunksStored: number;
+  /** Distinct chunks its cells share with earlier backups. */
   chunksReused: number;
   /** Non-zero bytes the backup stands for (cells with content x their length). */
   bytesUsed: number;
@@ -303,6 +304,8 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
   const known = new Map<string, Cell>((parent?.cells ?? []).map((c) => [c[1], c]));
   const stats: BackupStats = { bytesRead: 0, bytesStored: 0, chunksStored: 0, chunksReused: 0, bytesUsed: 0, ms: 0 };
   const pool = new Pool(req.concurrency ?? 4);
+  /** Chunk ids this backup stored (the others its cells use are shared with earlier backups). */
+  const stored = new Set<string>();
   const cellCount = Math.ceil(info.sizeBytes / CELL_BYTES);
   const cellLength = (i: number) => Math.min(CELL_BYTES, info.sizeBytes - i * CELL_BYTES);
   const zero = Buffer.alloc(CELL_BYTES);
@@ -317,9 +320,9 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
     const had = known.get(id);
     if (had) {
       map.set(index, keys.mode === "envelope" ? [index, id, had[2]!] : [index, id]);
-      stats.chunksReused++;
       return;
     }
+    stored.add(id);
     const cellEntry: Cell = keys.mode === "envelope" ? [index, id, req.id] : [index, id];
     known.set(id, cellEntry);
     map.set(index, cellEntry);
@@ -387,6 +390,7 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
     for (const ref of used) encryption.keys[ref] = req.wrapper!.wrap(keys.deks.get(ref)!, `dek:${ref}`);
   }
   stats.bytesUsed = cells.reduce((n, c) => n + cellLength(c[0]), 0);
+  stats.chunksReused = new Set(cells.filter((c) => !stored.has(c[1])).map((c) => c[1])).size;
   stats.ms = Date.now() - t0;
   const manifest: Manifest = {
     format: MANIFEST_FORMAT,

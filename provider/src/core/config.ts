@@ -6,6 +6,8 @@
 import type { Fields } from "./fields";
 import { isUnknown } from "./values";
 import { fabricField, switchCredentialsField, type FabricConfig, type SwitchCredentials } from "./fabric-config";
+import type { BackupTargetCredentials, BackupTargetSettings } from "../drivers/backup-targets";
+import { backupTargetCredentialsField, backupTargetsField } from "./backup-config";
 import { storageBackendsField, storageCredentialsField, type StorageBackendSettings, type StorageCredentials } from "./storage-config";
 import { keyManagerCredentialsField, keyManagersField, type KeyManagerCredentials, type KeyManagerSettings } from "./keymanager-config";
 
@@ -75,6 +77,8 @@ export const configFields = {
   keyManagerCredentials: keyManagerCredentialsField,
   storageBackends: storageBackendsField,
   storageCredentials: storageCredentialsField,
+  backupTargets: backupTargetsField,
+  backupTargetCredentials: backupTargetCredentialsField,
   imageStoreUrl: {
     type: "string",
     secret: true,
@@ -129,6 +133,8 @@ export interface ProviderConfig {
   keyManagerCredentials: Record<string, KeyManagerCredentials>;
   storageBackends: Record<string, StorageBackendSettings>;
   storageCredentials: Record<string, StorageCredentials>;
+  backupTargets: Record<string, BackupTargetSettings>;
+  backupTargetCredentials: Record<string, BackupTargetCredentials>;
   imageStoreUrl?: string;
   inventoryUrl?: string;
   policyFile?: string;
@@ -190,6 +196,8 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     keyManagerCredentials: (v("keyManagerCredentials") as Record<string, KeyManagerCredentials> | undefined) ?? {},
     storageBackends: (v("storageBackends") as Record<string, StorageBackendSettings> | undefined) ?? {},
     storageCredentials: (v("storageCredentials") as Record<string, StorageCredentials> | undefined) ?? {},
+    backupTargets: (v("backupTargets") as Record<string, BackupTargetSettings> | undefined) ?? {},
+    backupTargetCredentials: (v("backupTargetCredentials") as Record<string, BackupTargetCredentials> | undefined) ?? {},
     imageStoreUrl: v("imageStoreUrl") as string | undefined,
     inventoryUrl: v("inventoryUrl") as string | undefined,
     policyFile: v("policyFile") as string | undefined,

@@ -81,6 +81,7 @@ export const OPERATIONS = [
   "baremetal:volume:delete",
   "baremetal:volume:attach",
   "baremetal:volume:detach",
+  "baremetal:volume:backup",
   "baremetal:allocation:get",
   "baremetal:allocation:list",
   "baremetal:allocation:list_all",
@@ -200,6 +201,8 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   "baremetal:volume:delete": "(rule:system_member) or (rule:volume_owner_member)",
   "baremetal:volume:attach": "(rule:system_member) or (rule:volume_owner_member)",
   "baremetal:volume:detach": "(rule:system_member) or (rule:volume_owner_member)",
+  // Not Ironic's (Cinder's backup:create): a project backs up its own volumes.
+  "baremetal:volume:backup": "(rule:system_member) or (rule:volume_owner_member)",
   "baremetal:allocation:get": "rule:allocation_reader",
   "baremetal:allocation:list": "rule:api_reader",
   "baremetal:allocation:list_all": "rule:system_reader",

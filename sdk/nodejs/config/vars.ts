@@ -10,6 +10,28 @@ declare var exports: any;
 const __config = new pulumi.Config("baremetal");
 
 /**
+ * Credentials of the backup targets, by name (secret JSON).
+ */
+export declare const backupTargetCredentials: {[key: string]: outputs.backup.BackupTargetCredentials} | undefined;
+Object.defineProperty(exports, "backupTargetCredentials", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.backup.BackupTargetCredentials}>("backupTargetCredentials");
+    },
+    enumerable: true,
+});
+
+/**
+ * The backup targets by name (JSON).
+ */
+export declare const backupTargets: {[key: string]: outputs.backup.BackupTargetSettings} | undefined;
+Object.defineProperty(exports, "backupTargets", {
+    get() {
+        return __config.getObject<{[key: string]: outputs.backup.BackupTargetSettings}>("backupTargets");
+    },
+    enumerable: true,
+});
+
+/**
  * PEM certificates (the text, or a path to a file) trusted for BMC TLS in addition to the system's roots.
  */
 export declare const bmcCaBundle: string | undefined;

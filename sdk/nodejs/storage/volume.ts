@@ -73,6 +73,10 @@ export class Volume extends pulumi.CustomResource {
      */
     public readonly sizeGib!: pulumi.Output<number>;
     /**
+     * Restore a backup of one of the project's volumes into this new one (verified cell by cell against the backup's checksums).
+     */
+    public readonly sourceBackup!: pulumi.Output<outputs.storage.VolumeSourceBackup | undefined>;
+    /**
      * A golden image to clone, as `pool/volume@snapshot` (copy-on-write where the backend can).
      */
     public readonly sourceSnapshot!: pulumi.Output<string | undefined>;
@@ -99,6 +103,7 @@ export class Volume extends pulumi.CustomResource {
             resourceInputs["encryption"] = args ? (args.encryption ? pulumi.output(args.encryption).apply(inputs.storage.volumeEncryptionArgsProvideDefaults) : undefined) : undefined;
             resourceInputs["name"] = args ? args.name : undefined;
             resourceInputs["sizeGib"] = args ? args.sizeGib : undefined;
+            resourceInputs["sourceBackup"] = args ? args.sourceBackup : undefined;
             resourceInputs["sourceSnapshot"] = args ? args.sourceSnapshot : undefined;
             resourceInputs["keyslots"] = undefined /*out*/;
             resourceInputs["luksUuid"] = undefined /*out*/;
@@ -116,11 +121,12 @@ export class Volume extends pulumi.CustomResource {
             resourceInputs["project"] = undefined /*out*/;
             resourceInputs["sizeBytes"] = undefined /*out*/;
             resourceInputs["sizeGib"] = undefined /*out*/;
+            resourceInputs["sourceBackup"] = undefined /*out*/;
             resourceInputs["sourceSnapshot"] = undefined /*out*/;
             resourceInputs["volumeId"] = undefined /*out*/;
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
-        const replaceOnChanges = { replaceOnChanges: ["backend", "encryption", "name", "sourceSnapshot"] };
+        const replaceOnChanges = { replaceOnChanges: ["backend", "encryption", "name", "sourceBackup", "sourceSnapshot"] };
         opts = pulumi.mergeOptions(opts, replaceOnChanges);
         super(Volume.__pulumiType, name, resourceInputs, opts);
     }
@@ -146,6 +152,10 @@ export interface VolumeArgs {
      * Size in GiB; growing it resizes the volume in place (shrinking is refused).
      */
     sizeGib: pulumi.Input<number>;
+    /**
+     * Restore a backup of one of the project's volumes into this new one (verified cell by cell against the backup's checksums).
+     */
+    sourceBackup?: pulumi.Input<inputs.storage.VolumeSourceBackupArgs>;
     /**
      * A golden image to clone, as `pool/volume@snapshot` (copy-on-write where the backend can).
      */

@@ -7,6 +7,56 @@ import * as outputs from "../types/output";
 
 import * as utilities from "../utilities";
 
+export namespace backup {
+    /**
+     * How to log in to one backup target.
+     */
+    export interface BackupTargetCredentialsArgs {
+        /**
+         * S3 access key id.
+         */
+        accessKeyId?: pulumi.Input<string>;
+        /**
+         * S3 secret access key.
+         */
+        secretAccessKey?: pulumi.Input<string>;
+    }
+
+    /**
+     * One backup target.
+     */
+    export interface BackupTargetSettingsArgs {
+        /**
+         * `s3://HOST[:PORT]/BUCKET[/PREFIX]?region=R&tls=true|false` or `file:///absolute/dir`.
+         */
+        address: pulumi.Input<string>;
+        /**
+         * PEM CA certificates to check the store's certificate against.
+         */
+        caBundle?: pulumi.Input<string>;
+        /**
+         * Requests in flight at once (default 4).
+         */
+        concurrency?: pulumi.Input<number>;
+        /**
+         * `s3` (any S3-compatible store with SigV4: Ceph radosgw, MinIO, AWS) or `file` (a directory: the lab). Default: the address's scheme. One of: `s3`, `file`.
+         */
+        driver?: pulumi.Input<string>;
+        /**
+         * Multipart part size in bytes (default 16 MiB).
+         */
+        partBytes?: pulumi.Input<number>;
+        /**
+         * Per-request timeout (default 60000).
+         */
+        requestTimeoutMs?: pulumi.Input<number>;
+        /**
+         * Check the store's TLS certificate (default true).
+         */
+        verifyTls?: pulumi.Input<boolean>;
+    }
+}
+
 export namespace compute {
     /**
      * How to reach the machine's BMC.
@@ -383,5 +433,27 @@ export namespace storage {
             cipher: (val.cipher) ?? "aes-xts-plain64",
             keySize: (val.keySize) ?? 512,
         };
+    }
+
+    /**
+     * Restore a backup of one of the project's volumes into this new one (verified cell by cell against the backup's checksums).
+     */
+    export interface VolumeSourceBackupArgs {
+        /**
+         * A Backup's `backupId` (`<volumeId>/<id>`).
+         */
+        backupId: pulumi.Input<string>;
+        /**
+         * The key its data key is wrapped with (backups of volumes not encrypted at the source).
+         */
+        keyId?: pulumi.Input<string>;
+        /**
+         * The key manager holding keyId (default: the only one).
+         */
+        keyManager?: pulumi.Input<string>;
+        /**
+         * The backup target holding it (default: the only one).
+         */
+        target?: pulumi.Input<string>;
     }
 }
