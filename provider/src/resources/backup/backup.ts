@@ -14,6 +14,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { authorize } from "../../core/auth";
+import { pickNamed } from "../../core/named";
 import { BaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { OperationContext, Props, ProviderContext, ResourceDefinition } from "../../core/resource";
@@ -56,18 +57,7 @@ const outputs = {
 } as const satisfies Fields;
 
 export function targetName(ctx: ProviderContext, props: Props, property = "target"): string {
-  const named = props.target as string | undefined;
-  const known = Object.keys(ctx.config.backupTargets);
-  if (named !== undefined && known.includes(named)) return named;
-  if (named === undefined && known.length === 1) return known[0];
-  throw validationError(
-    property,
-    known.length === 0
-      ? "the provider has no backupTargets configured; set baremetal:backupTargets"
-      : named !== undefined
-        ? `no backup target '${named}'; configured: ${known.join(", ")}`
-        : `the provider has ${known.length} backup targets (${known.join(", ")}); name one`,
-  );
+  return pickNamed(ctx.config.backupTargets, props.target as string | undefined, property, ["backup targets", "backup target"], "backupTargets");
 }
 
 export async function withTarget<T>(ctx: ProviderContext, name: string, use: (t: BackupTargetDriver) => Promise<T>, signal?: AbortSignal): Promise<T> {
@@ -124,7 +114,7 @@ function outputsOf(props: Props, project: string, volumeId: string, m: Manifest)
 /** Takes a backup of `volumeId` into `target` (shared with BackupPolicy). */
 export async function backupVolume(
   ctx: OperationContext,
-  req: { volumeId: string; backend: string; target: string; keyId?: string; keyManager?: string; incremental: boolean; property?: string },
+  req: { volumeId: string; backend: string; target: string; keyId?: string; keyManager?: string; incremental: boolean; property?: string; takenBy?: string },
 ): Promise<Manifest> {
   const prefix = prefixOf(req.volumeId);
   const id = `${new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")}-${randomBytes(3).toString("hex")}`;
@@ -158,6 +148,7 @@ export async function backupVolume(
             mode: encrypted ? "source" : "envelope",
             wrapper,
             parent,
+            ...(req.takenBy ? { takenBy: req.takenBy } : {}),
             signal: ctx.signal,
             // Test-only fault injection: the provider dies after storing the Nth chunk (proves an interrupted backup leaves nothing a restore could take).
             afterChunk: (n) => {

@@ -12,6 +12,7 @@ import { authorize } from "../../core/auth";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { KeyManagerSettings } from "../../core/keymanager-config";
+import { pickNamed } from "../../core/named";
 import type { OperationContext, Props, ProviderContext, ReadResult, ResourceDefinition } from "../../core/resource";
 import { isUnknown } from "../../core/values";
 import type { KeyManagerDriver, ManagedKey } from "../../drivers/kinds/keymanager";
@@ -47,16 +48,7 @@ export function projectOf(ctx: ProviderContext): string {
 }
 
 export function keyManagerName(ctx: ProviderContext, props: Props, property = "keyManager"): string {
-  const named = props.keyManager as string | undefined;
-  const known = Object.keys(ctx.config.keyManagers);
-  if (named !== undefined) {
-    if (!known.includes(named)) {
-      throw validationError(property, known.length ? `no key manager '${named}'; configured: ${known.join(", ")}` : "the provider has no keyManagers configured; set baremetal:keyManagers");
-    }
-    return named;
-  }
-  if (known.length === 1) return known[0];
-  throw validationError(property, known.length ? `the provider has ${known.length} key managers (${known.join(", ")}); name one` : "the provider has no keyManagers configured; set baremetal:keyManagers");
+  return pickNamed(ctx.config.keyManagers, props.keyManager as string | undefined, property, ["key managers", "key manager"], "keyManagers");
 }
 
 /**

@@ -13,6 +13,7 @@
  * with keys its own project may read (the key manager refuses the others).
  */
 import { authorize } from "../../core/auth";
+import { pickNamed } from "../../core/named";
 import { BaremetalError, describeError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
 import type { StorageBackendSettings } from "../../core/storage-config";
@@ -81,18 +82,7 @@ const outputs = {
 } as const satisfies Fields;
 
 export function backendName(ctx: ProviderContext, props: Props, property = "backend"): string {
-  const named = props.backend as string | undefined;
-  const known = Object.keys(ctx.config.storageBackends);
-  if (named !== undefined && known.includes(named)) return named;
-  if (named === undefined && known.length === 1) return known[0];
-  throw validationError(
-    property,
-    known.length === 0
-      ? "the provider has no storageBackends configured; set baremetal:storageBackends"
-      : named !== undefined
-        ? `no storage backend '${named}'; configured: ${known.join(", ")}`
-        : `the provider has ${known.length} storage backends (${known.join(", ")}); name one`,
-  );
+  return pickNamed(ctx.config.storageBackends, props.backend as string | undefined, property, ["storage backends", "storage backend"], "storageBackends");
 }
 
 export async function withStorage<T>(ctx: ProviderContext, name: string, use: (driver: StorageDriver, settings: StorageBackendSettings) => Promise<T>, signal?: AbortSignal): Promise<T> {
