@@ -42,6 +42,18 @@ for (const name of (config.get("backups") ?? "").split(",").filter(Boolean)) {
   const b = new baremetal.backup.Backup(name, { volumeId: name.startsWith("vault") ? vault.volumeId : db.volumeId, ...(name.startsWith("vault") ? {} : { keyId: key.keyId }) });
   module.exports[name] = { backupId: b.backupId, bytesStored: b.bytesStored, bytesRead: b.bytesRead, chunksStored: b.chunksStored, chunksReused: b.chunksReused, checksum: b.checksum, parent: b.parent, encryption: b.encryption };
 }
+if (config.get("policy")) {
+  const policy = new baremetal.backup.BackupPolicy("nightly", {
+    schedule: config.require("policy"),
+    retention: { last: 2 },
+    volumes: [{ volumeId: db.volumeId, keyId: key.keyId }],
+    backupNow: config.get("backupNow"),
+    deleteBackupsOnDestroy: true,
+  });
+  module.exports.policyBackups = policy.backups;
+  module.exports.lastPruned = policy.lastPruned;
+  module.exports.nextBackupDue = policy.nextBackupDue;
+}
 for (const r of (config.get("restores") ?? "").split(",").filter(Boolean)) {
   const [name, backupId] = r.split("=");
   const v = new baremetal.storage.Volume(name, { sizeGib: 1, sourceBackup: { backupId } });
@@ -242,6 +254,36 @@ describe("backups of volumes to radosgw, incremental, encrypted, restorable, thr
     expect(await sha("project-a--r3")).toBe(hashes.b3);
     await p.setConfig("restores", "");
     await up();
+  });
+
+  it("a BackupPolicy backs up when due, keeps what retention says (last 2) and prunes only its own backups", async () => {
+    type PolicyOut = { policyBackups: { backupId: string; createdAt: string }[]; lastPruned: string[]; nextBackupDue: string };
+    const manifests = async () => (await bucketKeys("project-a/volumes/project-a--db/backups/")).sort();
+    const resourceBackups = await manifests(); // b1, b2, b3 of the Backup resources
+    await p.setConfig("policy", "1h");
+    const first = (await up()) as unknown as PolicyOut;
+    expect(first.policyBackups).toHaveLength(1);
+    await p.pulumi(["preview", "--expect-no-changes"]); // not due for an hour
+    const seen = [first.policyBackups[0].backupId];
+    for (const n of [1, 2, 3]) {
+      await p.setConfig("backupNow", `run-${n}`);
+      const out = (await up()) as unknown as PolicyOut;
+      seen.push(out.policyBackups[out.policyBackups.length - 1].backupId);
+      expect(out.policyBackups.map((b) => b.backupId)).toEqual(seen.slice(-2));
+      expect(out.lastPruned).toEqual(n === 1 ? [] : [seen[n - 2]]);
+    }
+    // Exactly the resources' backups and the policy's last two remain in the bucket.
+    const left = await manifests();
+    expect(left).toEqual([...resourceBackups, ...seen.slice(-2).map((id) => `project-a/volumes/project-a--db/backups/${id.split("/")[1]}.json`)].sort());
+    // A short schedule falls due: preview shows the backup change.
+    await p.setConfig("policy", "5s");
+    await up();
+    await new Promise((r) => setTimeout(r, 6000));
+    const preview = await p.pulumi(["preview", "--diff"]);
+    expect(preview.stdout).toMatch(/backup/);
+    await p.setConfig("policy", "");
+    await up(); // destroys the policy: deleteBackupsOnDestroy
+    expect(await manifests()).toEqual(resourceBackups);
   });
 
   it("destroying the key that wraps the backups' data keys makes them unreadable (crypto-erase)", async () => {

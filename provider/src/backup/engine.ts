@@ -67,6 +67,8 @@ export interface Manifest {
   createdAt: string;
   /** The backup this one was taken relative to. */
   parent?: string;
+  /** Who took it (a BackupPolicy's id), for its retention to prune only its own backups. */
+  takenBy?: string;
   /** The source's snapshot this backup was read from (kept for the next incremental, where the backend has snapshots). */
   snapshot?: string;
   encryption: { mode: "source" } | EnvelopeInfo;
@@ -260,6 +262,8 @@ export interface BackupRequest {
   concurrency?: number;
   onProgress?: (p: { bytesRead: number; bytesStored: number; cells: number }) => void;
   signal?: AbortSignal;
+  /** Recorded in the manifest (see Manifest.takenBy). */
+  takenBy?: string;
   /** Test-only: called after each stored chunk (fault injection). */
   afterChunk?: (n: number) => void;
 }
@@ -400,6 +404,7 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
     cellBytes: CELL_BYTES,
     createdAt: new Date().toISOString(),
     ...(parent ? { parent: parent.id } : {}),
+    ...(req.takenBy ? { takenBy: req.takenBy } : {}),
     ...(snapshot ? { snapshot } : {}),
     encryption,
     cells,

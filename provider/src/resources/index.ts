@@ -3,6 +3,7 @@ import type { FunctionDefinition, ResourceDefinition } from "../core/resource";
 import { allocationResource } from "./compute/allocation";
 import { consoleAccessResource } from "./compute/console";
 import { backupResource } from "./backup/backup";
+import { backupPolicyResource } from "./backup/policy";
 import { deploymentResource } from "./compute/deployment";
 import { getNodesFunction } from "./compute/get-nodes";
 import { nodeResource } from "./compute/node";
@@ -14,7 +15,7 @@ import { tenantNetworkResource } from "./network/tenant-network";
 import { volumeResource } from "./storage/volume";
 import { volumeAttachmentResource } from "./storage/volume-attachment";
 
-export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource, volumeResource, volumeAttachmentResource, keyRotationPolicyResource, backupResource];
+export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource, volumeResource, volumeAttachmentResource, keyRotationPolicyResource, backupResource, backupPolicyResource];
 
 export const resourcesByToken: ReadonlyMap<string, ResourceDefinition> = new Map(resources.map((r) => [r.token, r]));
 

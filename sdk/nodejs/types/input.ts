@@ -9,6 +9,28 @@ import * as utilities from "../utilities";
 
 export namespace backup {
     /**
+     * A volume the policy backs up.
+     */
+    export interface BackedUpVolumeArgs {
+        /**
+         * Its storage backend (default: the only one).
+         */
+        backend?: pulumi.Input<string>;
+        /**
+         * For a volume not encrypted at the source: the EncryptionKey wrapping its backups' data keys.
+         */
+        keyId?: pulumi.Input<string>;
+        /**
+         * The key manager holding keyId (default: the only one).
+         */
+        keyManager?: pulumi.Input<string>;
+        /**
+         * A Volume (its `volumeId`) of the project.
+         */
+        volumeId: pulumi.Input<string>;
+    }
+
+    /**
      * How to log in to one backup target.
      */
     export interface BackupTargetCredentialsArgs {
@@ -54,6 +76,28 @@ export namespace backup {
          * Check the store's TLS certificate (default true).
          */
         verifyTls?: pulumi.Input<boolean>;
+    }
+
+    /**
+     * Which of the policy's backups to keep (default 7 daily + 4 weekly); the newest is always kept.
+     */
+    export interface RetentionArgs {
+        /**
+         * The newest backup of each of the newest N days with backups (UTC).
+         */
+        daily?: pulumi.Input<number>;
+        /**
+         * The newest N backups.
+         */
+        last?: pulumi.Input<number>;
+        /**
+         * ... of each of the newest N months.
+         */
+        monthly?: pulumi.Input<number>;
+        /**
+         * ... of each of the newest N ISO weeks.
+         */
+        weekly?: pulumi.Input<number>;
     }
 }
 

@@ -9,6 +9,28 @@ import * as utilities from "../utilities";
 
 export namespace backup {
     /**
+     * A volume the policy backs up.
+     */
+    export interface BackedUpVolume {
+        /**
+         * Its storage backend (default: the only one).
+         */
+        backend?: string;
+        /**
+         * For a volume not encrypted at the source: the EncryptionKey wrapping its backups' data keys.
+         */
+        keyId?: string;
+        /**
+         * The key manager holding keyId (default: the only one).
+         */
+        keyManager?: string;
+        /**
+         * A Volume (its `volumeId`) of the project.
+         */
+        volumeId: string;
+    }
+
+    /**
      * How to log in to one backup target.
      */
     export interface BackupTargetCredentials {
@@ -54,6 +76,62 @@ export namespace backup {
          * Check the store's TLS certificate (default true).
          */
         verifyTls?: boolean;
+    }
+
+    /**
+     * One kept backup.
+     */
+    export interface PolicyBackup {
+        /**
+         * `<volumeId>/<id>` (restore with a Volume's sourceBackup).
+         */
+        backupId: string;
+        /**
+         * Bytes it added to the target.
+         */
+        bytesStored: number;
+        /**
+         * `sha256:<hex>` of its cell map.
+         */
+        checksum: string;
+        /**
+         * When (ISO 8601).
+         */
+        createdAt: string;
+        /**
+         * `source` or `envelope`.
+         */
+        encryption: string;
+        /**
+         * The volume's size.
+         */
+        sizeBytes: number;
+        /**
+         * The volume.
+         */
+        volumeId: string;
+    }
+
+    /**
+     * Which of the policy's backups to keep (default 7 daily + 4 weekly); the newest is always kept.
+     */
+    export interface Retention {
+        /**
+         * The newest backup of each of the newest N days with backups (UTC).
+         */
+        daily?: number;
+        /**
+         * The newest N backups.
+         */
+        last?: number;
+        /**
+         * ... of each of the newest N months.
+         */
+        monthly?: number;
+        /**
+         * ... of each of the newest N ISO weeks.
+         */
+        weekly?: number;
     }
 
 }
