@@ -94,7 +94,7 @@ describe("facts through our client", () => {
       bootSourceOverrideEnabled: "Disabled",
       bootMode: "UEFI",
     });
-    expect(f1.allowedBootTargets).toEqual(["None", "Pxe", "Cd", "Usb", "Hdd", "BiosSetup", "UefiHttp"]);
+    expect(f1.allowedBootTargets).toEqual(["None", "Pxe", "Cd", "Usb", "Hdd", "BiosSetup", "UefiHttp", "RemoteDrive"]);
     expect(f1.allowedResetTypes).toContain("ForceOff");
     const f2 = await c.getSystemFacts("lab-bmc3-sys2");
     expect(f2).toMatchObject({ cpuCount: 2, memoryGiB: 256, sku: "LAB-L1", macAddresses: ["02:1a:b0:03:02:01", "02:1a:b0:03:02:02"] });

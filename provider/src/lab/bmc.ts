@@ -71,6 +71,7 @@ import {
 import { labDiskSerial, labMac, labSerial, labUuid, MAX_INDEX, memoryGiB, profileOf, HardwareProfile, UUID_KIND } from "./fixtures";
 import { Flavor, FlavorName, flavorByName, StorageSpec } from "./flavors";
 import { errorBody, fail, Json, message, messagesBody, RedfishError, Reply } from "./messages";
+import { bootPlan, describeFunction, functionChanges, iscsiLogin, type LabDeviceFunction, type LabIscsiBoot, NDF_BOOT_MODES, newDeviceFunction, renderIscsi } from "./iscsi-boot";
 
 export type { Reply } from "./messages";
 
@@ -200,6 +201,12 @@ interface SystemState {
   lastInstallError: string | null;
   /** The id of a task that is erasing the drive. */
   eraseTask?: string;
+  /** The network device function (flavors with networkAdapters). */
+  ndf?: LabDeviceFunction;
+  /** Outcome of the last boot from the function over iSCSI (our emulator's login; lab-only). */
+  iscsiBoot: LabIscsiBoot | null;
+  /** Counts boots, so that a login that ends after the next power change does not count. */
+  bootSeq: number;
 }
 
 interface Account {
@@ -297,6 +304,13 @@ export interface LabSystemView {
   /** The Redfish Drive of the disk (flavors with Storage), and its SecureErase target where offered. */
   driveUri: string | null;
   secureEraseTarget: string | null;
+  /** The network device function's settings (no secrets: chapSecretSet says whether one is set); null without networkAdapters. */
+  networkDeviceFunction: Json | null;
+  /**
+   * The last boot from the function over iSCSI: OUR EMULATOR logs in to the configured target
+   * with libiscsi (a real BMC leaves that to the machine's firmware). null: no such boot yet.
+   */
+  iscsiBoot: LabIscsiBoot | null;
 }
 
 export interface LabBmcInfo {
@@ -456,6 +470,8 @@ export class LabBmc {
   private closed = false;
   /** Image fetches of installers in flight (fetchImages). */
   private readonly imageFetches = new Set<Promise<void>>();
+  /** iSCSI logins of booting systems in flight (see iscsi-boot.ts). */
+  private readonly iscsiLogins = new Set<Promise<void>>();
   private readonly fetchAbort = new AbortController();
 
   private constructor(opts: LabBmcOptions) {
@@ -625,7 +641,10 @@ export class LabBmc {
       disk: "empty",
       running: power === "On" ? "nothing" : null,
       lastInstallError: null,
+      iscsiBoot: null,
+      bootSeq: 0,
     };
+    if (f.networkAdapters) sys.ndf = newDeviceFunction(f.networkAdapters.adapterId, f.networkAdapters.functionId, nics[0].mac);
     this.systemsList.push(sys);
     this.systemsById.set(id, sys);
   }
@@ -691,8 +710,8 @@ export class LabBmc {
    */
   async settled(): Promise<void> {
     this.settle(); // a boot whose time has come starts its installer (and its download) here
-    while (this.imageFetches.size) {
-      await Promise.allSettled([...this.imageFetches]);
+    while (this.imageFetches.size || this.iscsiLogins.size) {
+      await Promise.allSettled([...this.imageFetches, ...this.iscsiLogins]);
       this.settle();
     }
   }
@@ -822,6 +841,8 @@ export class LabBmc {
       lastInstallError: s.lastInstallError,
       driveUri: this.flavor.storage ? this.driveUri(s) : null,
       secureEraseTarget: this.flavor.storage?.secureErase ? `${this.driveUri(s)}/Actions/Drive.SecureErase` : null,
+      networkDeviceFunction: s.ndf ? describeFunction(s.ndf) : null,
+      iscsiBoot: s.iscsiBoot ? { ...s.iscsiBoot } : null,
     };
   }
 
@@ -903,6 +924,15 @@ export class LabBmc {
     if (s.boot.enabled === "Once") s.boot.enabled = "Disabled";
     const target = override ?? "Hdd";
     let running: LabRunning = "nothing";
+    s.bootSeq++;
+    // The adapter's network boot runs iSCSI instead of PXE once its function's BootMode says so.
+    const iscsi = s.ndf?.bootMode === "iSCSI" && (target === "RemoteDrive" || target === "Pxe");
+    if (iscsi) {
+      s.running = running;
+      this.effect("booted", s.uri, { target: override ?? "default (disk)", running, via: "iSCSI" }, at);
+      this.bootIscsi(s, at);
+      return;
+    }
     if (target === "Cd") {
       if (s.media.inserted && s.media.image !== null) running = `installer:${s.media.image}`;
     } else if (target === "Hdd") {
@@ -915,6 +945,30 @@ export class LabBmc {
     s.running = running;
     this.effect("booted", s.uri, { target: override ?? "default (disk)", running }, at);
     if (running.startsWith("installer:")) this.startInstall(s, running.slice("installer:".length), target === "Cd", at);
+  }
+
+  /**
+   * OUR EMULATOR's stand-in for the firmware's iSCSI initiator: logs in to the function's target
+   * (libiscsi) and records the outcome; on success the machine runs `os:iscsi://portal/target/lun`.
+   */
+  private bootIscsi(s: SystemState, at: number): void {
+    const f = s.ndf!;
+    const plan = bootPlan(f, at);
+    s.iscsiBoot = plan;
+    if (plan.state !== "logging-in") {
+      this.effect("iscsi-login", s.uri, { state: plan.state, target: plan.target, initiator: plan.initiator, error: plan.error }, at);
+      return;
+    }
+    const seq = s.bootSeq;
+    const p = iscsiLogin(f, plan, this.fetchAbort.signal).then((done) => {
+      if (s.bootSeq !== seq) return; // powered off or rebooted meanwhile
+      s.iscsiBoot = done;
+      const now = this.clock.now();
+      this.effect("iscsi-login", s.uri, { state: done.state, portal: done.portal, target: done.target, lun: done.lun, initiator: done.initiator, chapUser: done.chapUser, ...(done.error ? { error: done.error } : {}) }, now);
+      if (done.state === "logged-in" && s.power === "On") s.running = `os:iscsi://${done.portal}/${done.target}/${done.lun ?? 0}`;
+    });
+    this.iscsiLogins.add(p);
+    void p.finally(() => this.iscsiLogins.delete(p));
   }
 
   private startInstall(s: SystemState, image: string, fromMedia: boolean, at: number): void {
@@ -1349,7 +1403,10 @@ export class LabBmc {
         return { get: () => collection("ChassisCollection", `${ROOT}/Chassis`, "Chassis Collection", this.systemsList.map((s) => this.chassisUri(s))) };
       }
       const sys = this.systemsList.find((s) => s.chassisId === b);
-      return sys && c === undefined ? { get: () => this.renderChassis(sys) } : undefined;
+      if (!sys) return undefined;
+      if (c === undefined) return { get: () => this.renderChassis(sys) };
+      if (c === "NetworkAdapters" && sys.ndf) return this.adapterNode(sys, sys.ndf, rest.slice(3));
+      return undefined;
     }
     if (a === "SessionService" && f.sessions) {
       if (b === undefined) {
@@ -2194,7 +2251,7 @@ export class LabBmc {
 
   private renderChassis(s: SystemState): Json {
     const f = this.flavor;
-    return {
+    const out: Json = {
       "@odata.type": "#Chassis.v1_22_0.Chassis",
       "@odata.id": this.chassisUri(s),
       Id: s.chassisId,
@@ -2213,6 +2270,83 @@ export class LabBmc {
         ...(s.index === 1 ? { ManagersInChassis: [link(this.managerUri)] } : {}),
       },
     };
+    if (s.ndf) out.NetworkAdapters = link(`${this.chassisUri(s)}/NetworkAdapters`);
+    return out;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Network adapters (flavors with networkAdapters; see iscsi-boot.ts)
+
+  private adapterUri(s: SystemState, f: LabDeviceFunction): string {
+    return `${this.chassisUri(s)}/NetworkAdapters/${f.adapterId}`;
+  }
+
+  private functionUri(s: SystemState, f: LabDeviceFunction): string {
+    return `${this.adapterUri(s, f)}/NetworkDeviceFunctions/${f.functionId}`;
+  }
+
+  private adapterNode(s: SystemState, f: LabDeviceFunction, rest: string[]): Node | undefined {
+    const [a, b, c, d] = rest;
+    if (a === undefined) return { get: () => collection("NetworkAdapterCollection", `${this.chassisUri(s)}/NetworkAdapters`, "Network Adapter Collection", [this.adapterUri(s, f)]) };
+    if (a !== f.adapterId) return undefined;
+    if (b === undefined) return { get: () => this.renderAdapter(s, f) };
+    if (b !== "NetworkDeviceFunctions") return undefined;
+    if (c === undefined) return { get: () => collection("NetworkDeviceFunctionCollection", `${this.adapterUri(s, f)}/NetworkDeviceFunctions`, "Network Device Function Collection", [this.functionUri(s, f)]) };
+    if (c !== f.functionId || d !== undefined) return undefined;
+    const node: Node = { get: () => this.renderFunction(s, f), patch: (ctx) => this.patchFunction(ctx, s, f, node) };
+    return node;
+  }
+
+  private renderAdapter(s: SystemState, f: LabDeviceFunction): Json {
+    return {
+      "@odata.type": "#NetworkAdapter.v1_9_0.NetworkAdapter",
+      "@odata.id": this.adapterUri(s, f),
+      Id: f.adapterId,
+      Name: "Network Adapter",
+      Manufacturer: this.flavor.manufacturer,
+      Model: this.flavor.networkAdapters?.model ?? "Lab NIC",
+      Status: { State: "Enabled", Health: "OK" },
+      NetworkDeviceFunctions: link(`${this.adapterUri(s, f)}/NetworkDeviceFunctions`),
+    };
+  }
+
+  private renderFunction(s: SystemState, f: LabDeviceFunction): Json {
+    const nic = s.nics[0];
+    return {
+      "@odata.type": "#NetworkDeviceFunction.v1_5_0.NetworkDeviceFunction",
+      "@odata.id": this.functionUri(s, f),
+      Id: f.functionId,
+      Name: "Network Device Function",
+      Status: { State: "Enabled", Health: "OK" },
+      NetDevFuncType: "Ethernet",
+      NetDevFuncCapabilities: ["Ethernet", "iSCSI"],
+      DeviceEnabled: true,
+      Ethernet: { MACAddress: f.mac, PermanentMACAddress: f.mac, MTUSize: 1500 },
+      BootMode: f.bootMode,
+      "BootMode@Redfish.AllowableValues": [...NDF_BOOT_MODES],
+      iSCSIBoot: renderIscsi(f),
+      Links: { EthernetInterface: link(`${s.uri}/EthernetInterfaces/${nic.id}`) },
+    };
+  }
+
+  private patchFunction(ctx: Ctx, s: SystemState, f: LabDeviceFunction, node: Node): Reply {
+    this.checkIfMatch(ctx, node);
+    const body = this.patchBody(ctx);
+    const change = functionChanges(f, body, this.renderFunction(s, f));
+    const bootChanged = change.bootMode !== undefined && change.bootMode !== f.bootMode;
+    if (bootChanged && s.power === "PoweringOn" && this.flavor.bootPatchDuringPost !== null) {
+      fail(this.flavor.bootPatchDuringPost, "ResourceInUse", ["the system is in POST (powering on); change the boot mode when it is On or Off"], ["#/BootMode"]);
+    }
+    const changed: Record<string, unknown> = {};
+    if (bootChanged) changed.BootMode = { from: f.bootMode, to: change.bootMode };
+    for (const [k, v] of Object.entries(change.iscsi)) {
+      if (f.iscsi[k] === v) continue;
+      changed[`iSCSIBoot.${k}`] = /Secret$/.test(k) ? (v === null ? "(cleared)" : "(set)") : { from: f.iscsi[k], to: v };
+      f.iscsi[k] = v;
+    }
+    if (change.bootMode !== undefined) f.bootMode = change.bootMode;
+    if (Object.keys(changed).length) this.effect("iscsi-boot-config", this.functionUri(s, f), changed);
+    return this.patched(node);
   }
 
   // -------------------------------------------------------------------------------------------

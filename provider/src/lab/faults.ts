@@ -250,6 +250,10 @@ export type SideEffectKind =
   | "disk-written"
   /** An install ended without writing the disk (detail.error). */
   | "install-failed"
+  /** A network device function's BootMode / iSCSIBoot changed (detail without secrets). */
+  | "iscsi-boot-config"
+  /** Our emulator's firmware logged in (or failed to) to the iSCSI target it boots from (detail.state, detail.error). */
+  | "iscsi-login"
   /** The emulated disk was erased (detail.via: "Drive.SecureErase" or "lab"). */
   | "disk-erased";
 
@@ -275,6 +279,6 @@ export function redactPasswords(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(redactPasswords);
   if (typeof v !== "object" || v === null) return v;
   const out: Record<string, unknown> = {};
-  for (const [k, val] of Object.entries(v)) out[k] = /password/i.test(k) && val !== null ? "***" : redactPasswords(val);
+  for (const [k, val] of Object.entries(v)) out[k] = /password|secret/i.test(k) && val !== null ? "***" : redactPasswords(val);
   return out;
 }

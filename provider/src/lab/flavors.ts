@@ -126,6 +126,13 @@ export interface Flavor {
    * one Storage (one controller) holding one Drive. null: no Storage (the disk is only in the lab).
    */
   storage: null | StorageSpec;
+  /**
+   * A network adapter per system (under its chassis, `Chassis/<id>/NetworkAdapters/<adapterId>`)
+   * with one NetworkDeviceFunction on the port of the system's first NIC (same MAC), whose
+   * BootMode and iSCSIBoot settings can be PATCHed (see iscsi-boot.ts). Absent: no NetworkAdapters
+   * at all (such a BMC cannot do iSCSI boot).
+   */
+  networkAdapters?: { adapterId: string; functionId: string; model: string };
 }
 
 export interface StorageSpec {
@@ -169,7 +176,7 @@ const generic: Flavor = {
   insertWhenInserted: "conflict",
   ejectWhenEmpty: "noop",
   resetTypes: ["On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "Nmi", "ForceOn", "PushPowerButton"],
-  bootTargets: ["None", "Pxe", "Cd", "Usb", "Hdd", "BiosSetup", "UefiHttp"],
+  bootTargets: ["None", "Pxe", "Cd", "Usb", "Hdd", "BiosSetup", "UefiHttp", "RemoteDrive"],
   httpBootUri: true,
   bootEnabledAllowable: ["Disabled", "Once", "Continuous"],
   bootModeAllowable: ["UEFI", "Legacy"],
@@ -184,6 +191,7 @@ const generic: Flavor = {
   commandShell: { ServiceEnabled: true, MaxConcurrentSessions: 4, ConnectTypesSupported: ["SSH"] },
   managerResetSeconds: 10,
   storage: { storageId: "1", driveId: "Drive1", controllerModel: "Lab 12Gbs Integrated SATA", protocol: "SATA", secureErase: true },
+  networkAdapters: { adapterId: "NetworkAdapter1", functionId: "NIC1-1", model: "Lab 25GbE 2-port" },
 };
 
 const idracLike: Flavor = {
@@ -237,6 +245,8 @@ const idracLike: Flavor = {
     protocol: "SAS",
     secureErase: false,
   },
+  // No RemoteDrive among its boot targets: iSCSI boot goes through the NIC's network boot (Pxe).
+  networkAdapters: { adapterId: "NIC.Integrated.1", functionId: "NIC.Integrated.1-1-1", model: "Lab 10GbE 4P rNDC" },
 };
 
 const sushyLike: Flavor = {

@@ -6,6 +6,18 @@
 import { BaremetalError, isBaremetalError } from "../../core/errors";
 import type { BmcConnection, BmcDriver, BootDevice, BootMode, PowerState, SystemFacts, VirtualDrive } from "../kinds/bmc";
 import { RedfishClient } from "./client";
+import {
+  configureIscsiBoot,
+  type DeviceFunctionInfo,
+  desiredIscsi,
+  type IscsiBootOriginal,
+  type IscsiBootRequest,
+  iscsiDifferences,
+  listDeviceFunctions,
+  pickDeviceFunction,
+  readDeviceFunction,
+  restoreIscsiBoot,
+} from "./iscsi-boot";
 import type { Limiter } from "./limiter";
 import type { SessionPool } from "./sessions";
 
@@ -135,6 +147,39 @@ export class RedfishDriver implements BmcDriver {
       erased.push(name);
     }
     return { erased, unsupported };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // iSCSI boot (Redfish only: not part of the BmcDriver kind; see iscsi-boot.ts)
+
+  /** The system's network device functions (secrets dropped). */
+  async deviceFunctions(systemId: string): Promise<DeviceFunctionInfo[]> {
+    return listDeviceFunctions(this.client, systemId);
+  }
+
+  /**
+   * Makes the system boot from an iSCSI LUN with its firmware initiator: picks a function that can
+   * (the lowest of `macs` first), configures it, sets the boot override. `whose` names the node in
+   * errors (a BMC without network adapters cannot do iSCSI boot: a `validation` error on `boot`).
+   */
+  async configureIscsiBoot(
+    systemId: string,
+    req: IscsiBootRequest,
+    opts: { macs?: string[]; whose: string },
+  ): Promise<{ functionPath: string; bootTarget: string; original: IscsiBootOriginal }> {
+    desiredIscsi(req); // a portal the firmware cannot use fails before the BMC is touched
+    const fn = pickDeviceFunction(await listDeviceFunctions(this.client, systemId), opts.macs ?? [], opts.whose);
+    const { original, bootTarget } = await configureIscsiBoot(this.client, systemId, fn, req);
+    return { functionPath: fn.path, bootTarget, original };
+  }
+
+  /** What differs between the function's iSCSI boot settings and `req` (CHAPSecret is never compared: it reads null). */
+  async iscsiBootDrift(functionPath: string, req: Omit<IscsiBootRequest, "chapSecret">): Promise<string[]> {
+    return iscsiDifferences(await readDeviceFunction(this.client, functionPath), desiredIscsi({ ...req, chapSecret: "" }));
+  }
+
+  async restoreIscsiBoot(systemId: string, original: IscsiBootOriginal, ours: { targetName: string; bootTarget: string }): Promise<{ restored: boolean; why?: string }> {
+    return restoreIscsiBoot(this.client, systemId, original, ours);
   }
 
   async close(): Promise<void> {

@@ -196,6 +196,8 @@ export interface ComputerSystem extends Resource {
   Processors?: ODataId;
   Memory?: ODataId;
   EthernetInterfaces?: ODataId;
+  /** The system's network adapters as it sees them (NetworkInterface members link their device functions). */
+  NetworkInterfaces?: ODataId;
   Bios?: ODataId;
   SecureBoot?: ODataId;
   SimpleStorage?: ODataId;
@@ -338,4 +340,73 @@ export interface VirtualMedia extends Resource {
 
 export interface Manager extends Resource {
   VirtualMedia?: ODataId;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network adapters (DSP8010 NetworkAdapter, NetworkDeviceFunction, NetworkInterface schemas)
+
+/** `NetworkDeviceFunction.BootMode` values defined by the schema. */
+export const NDF_BOOT_MODES = ["Disabled", "PXE", "iSCSI", "FibreChannel", "FibreChannelOverEthernet"] as const;
+
+/** `iSCSIBoot.AuthenticationMethod` values defined by the schema. */
+export const ISCSI_AUTH_METHODS = ["None", "CHAP", "MutualCHAP"] as const;
+
+/**
+ * iSCSI boot settings of a network device function (the firmware's iSCSI initiator). The CHAP
+ * secrets are write-only: a service answers null for them on GET.
+ */
+export interface ISCSIBoot {
+  IPAddressType?: "IPv4" | "IPv6" | (string & {}) | null;
+  InitiatorIPAddress?: string | null;
+  InitiatorName?: string | null;
+  InitiatorDefaultGateway?: string | null;
+  InitiatorNetmask?: string | null;
+  /** The target's name, address, port and LUN come from DHCP (option 17) instead of the fields below. */
+  TargetInfoViaDHCP?: boolean | null;
+  PrimaryTargetName?: string | null;
+  PrimaryTargetIPAddress?: string | null;
+  PrimaryTargetTCPPort?: number | null;
+  PrimaryLUN?: number | null;
+  PrimaryVLANEnable?: boolean | null;
+  PrimaryVLANId?: number | null;
+  /** The initiator's own address, netmask and DNS come from DHCP. */
+  IPMaskDNSViaDHCP?: boolean | null;
+  AuthenticationMethod?: "None" | "CHAP" | "MutualCHAP" | (string & {}) | null;
+  CHAPUsername?: string | null;
+  /** Write-only (null on GET). */
+  CHAPSecret?: string | null;
+  MutualCHAPUsername?: string | null;
+  MutualCHAPSecret?: string | null;
+}
+
+export interface NetworkDeviceFunction extends Resource {
+  Id: string;
+  Status?: Status;
+  NetDevFuncType?: string;
+  NetDevFuncCapabilities?: string[];
+  DeviceEnabled?: boolean;
+  Ethernet?: { MACAddress?: string | null; PermanentMACAddress?: string | null; MTUSize?: number | null };
+  BootMode?: (typeof NDF_BOOT_MODES)[number] | (string & {}) | null;
+  "BootMode@Redfish.AllowableValues"?: string[];
+  iSCSIBoot?: ISCSIBoot | null;
+  Links?: { EthernetInterface?: ODataId; PhysicalPortAssignment?: ODataId; Endpoints?: ODataId[] };
+}
+
+export interface NetworkAdapter extends Resource {
+  Manufacturer?: string;
+  Model?: string;
+  NetworkDeviceFunctions?: ODataId;
+  Ports?: ODataId;
+  NetworkPorts?: ODataId;
+}
+
+/** A system's view of an adapter (ComputerSystem.NetworkInterfaces members). */
+export interface NetworkInterface extends Resource {
+  NetworkDeviceFunctions?: ODataId;
+  Links?: { NetworkAdapter?: ODataId };
+}
+
+export interface Chassis extends Resource {
+  NetworkAdapters?: ODataId;
+  Links?: { ComputerSystems?: ODataId[] };
 }
