@@ -89,7 +89,7 @@ export function renderIscsi(f: LabDeviceFunction): Json {
 
 /** For views and side effects: no secrets, only whether one is set. */
 export function describeFunction(f: LabDeviceFunction): Json {
-  return { adapterId: f.adapterId, functionId: f.functionId, mac: f.mac, bootMode: f.bootMode, iSCSIBoot: renderIscsi(f), chapSecretSet: typeof f.iscsi.CHAPSecret === "string" && f.iscsi.CHAPSecret !== "" };
+  return { adapterId: f.adapterId, functionId: f.functionId, mac: f.mac.toLowerCase(), bootMode: f.bootMode, iSCSIBoot: renderIscsi(f), chapSecretSet: typeof f.iscsi.CHAPSecret === "string" && f.iscsi.CHAPSecret !== "" };
 }
 
 /**

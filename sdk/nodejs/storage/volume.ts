@@ -41,6 +41,10 @@ export class Volume extends pulumi.CustomResource {
      */
     public readonly backend!: pulumi.Output<string | undefined>;
     /**
+     * The volume holds a bootable image (a partition table a machine's firmware boots over iSCSI); only bootable volumes can be attached with `boot: true`. A flag recorded in state, changed in place; a bootable volume cannot be encrypted at the source (firmware cannot unlock LUKS).
+     */
+    public readonly bootable!: pulumi.Output<boolean | undefined>;
+    /**
      * Encrypt at the source with LUKS2, keyed by an EncryptionKey of the project.
      */
     public readonly encryption!: pulumi.Output<outputs.storage.VolumeEncryption | undefined>;
@@ -100,6 +104,7 @@ export class Volume extends pulumi.CustomResource {
                 throw new Error("Missing required property 'sizeGib'");
             }
             resourceInputs["backend"] = args ? args.backend : undefined;
+            resourceInputs["bootable"] = (args ? args.bootable : undefined) ?? false;
             resourceInputs["encryption"] = args ? (args.encryption ? pulumi.output(args.encryption).apply(inputs.storage.volumeEncryptionArgsProvideDefaults) : undefined) : undefined;
             resourceInputs["name"] = args ? args.name : undefined;
             resourceInputs["sizeGib"] = args ? args.sizeGib : undefined;
@@ -113,6 +118,7 @@ export class Volume extends pulumi.CustomResource {
             resourceInputs["volumeId"] = undefined /*out*/;
         } else {
             resourceInputs["backend"] = undefined /*out*/;
+            resourceInputs["bootable"] = undefined /*out*/;
             resourceInputs["encryption"] = undefined /*out*/;
             resourceInputs["keyslots"] = undefined /*out*/;
             resourceInputs["luksUuid"] = undefined /*out*/;
@@ -140,6 +146,10 @@ export interface VolumeArgs {
      * Which of the provider's `storageBackends` (default: the only one).
      */
     backend?: pulumi.Input<string>;
+    /**
+     * The volume holds a bootable image (a partition table a machine's firmware boots over iSCSI); only bootable volumes can be attached with `boot: true`. A flag recorded in state, changed in place; a bootable volume cannot be encrypted at the source (firmware cannot unlock LUKS).
+     */
+    bootable?: pulumi.Input<boolean>;
     /**
      * Encrypt at the source with LUKS2, keyed by an EncryptionKey of the project.
      */

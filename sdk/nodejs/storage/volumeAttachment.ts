@@ -45,6 +45,26 @@ export class VolumeAttachment extends pulumi.CustomResource {
      */
     public readonly backend!: pulumi.Output<string | undefined>;
     /**
+     * The node boots from this volume: after the export, its BMC is set to boot the machine over iSCSI from this target (the firmware's initiator, with this attachment's initiator name and CHAP credentials), continuously; destroy puts the BMC's previous boot settings back. Only a volume holding a bootable image (a boot sector: MBR or GPT) qualifies, and one attachment per node.
+     */
+    public readonly boot!: pulumi.Output<boolean | undefined>;
+    /**
+     * boot: what the BMC's iSCSI boot settings differ in from this attachment's, as found by the last refresh (`up` sets them again). The CHAP secret cannot be compared: a BMC never reads it back.
+     */
+    public /*out*/ readonly bootDrift!: pulumi.Output<string | undefined>;
+    /**
+     * boot: the BMC's NetworkDeviceFunction that boots the node from the volume (its Redfish URI).
+     */
+    public /*out*/ readonly bootFunction!: pulumi.Output<string | undefined>;
+    /**
+     * boot: the NetworkDeviceFunction's BootMode and iSCSI settings and the system's boot override before this attachment took them over (JSON), restored on delete.
+     */
+    public /*out*/ readonly bootOriginal!: pulumi.Output<string | undefined>;
+    /**
+     * boot: the boot override set on the node (RemoteDrive, or Pxe where the BMC offers no RemoteDrive: the NIC's network boot, which boots iSCSI).
+     */
+    public /*out*/ readonly bootTarget!: pulumi.Output<string | undefined>;
+    /**
      * CHAP secret of this attachment (secret).
      */
     public /*out*/ readonly chapSecret!: pulumi.Output<string>;
@@ -100,8 +120,13 @@ export class VolumeAttachment extends pulumi.CustomResource {
             }
             resourceInputs["allocationId"] = args ? args.allocationId : undefined;
             resourceInputs["backend"] = args ? args.backend : undefined;
+            resourceInputs["boot"] = (args ? args.boot : undefined) ?? false;
             resourceInputs["initiatorIqn"] = args ? args.initiatorIqn : undefined;
             resourceInputs["volumeId"] = args ? args.volumeId : undefined;
+            resourceInputs["bootDrift"] = undefined /*out*/;
+            resourceInputs["bootFunction"] = undefined /*out*/;
+            resourceInputs["bootOriginal"] = undefined /*out*/;
+            resourceInputs["bootTarget"] = undefined /*out*/;
             resourceInputs["chapSecret"] = undefined /*out*/;
             resourceInputs["chapUser"] = undefined /*out*/;
             resourceInputs["connection"] = undefined /*out*/;
@@ -112,6 +137,11 @@ export class VolumeAttachment extends pulumi.CustomResource {
         } else {
             resourceInputs["allocationId"] = undefined /*out*/;
             resourceInputs["backend"] = undefined /*out*/;
+            resourceInputs["boot"] = undefined /*out*/;
+            resourceInputs["bootDrift"] = undefined /*out*/;
+            resourceInputs["bootFunction"] = undefined /*out*/;
+            resourceInputs["bootOriginal"] = undefined /*out*/;
+            resourceInputs["bootTarget"] = undefined /*out*/;
             resourceInputs["chapSecret"] = undefined /*out*/;
             resourceInputs["chapUser"] = undefined /*out*/;
             resourceInputs["connection"] = undefined /*out*/;
@@ -125,7 +155,7 @@ export class VolumeAttachment extends pulumi.CustomResource {
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
         const secretOpts = { additionalSecretOutputs: ["chapSecret", "connection"] };
         opts = pulumi.mergeOptions(opts, secretOpts);
-        const replaceOnChanges = { replaceOnChanges: ["allocationId", "backend", "volumeId"] };
+        const replaceOnChanges = { replaceOnChanges: ["allocationId", "backend", "boot", "volumeId"] };
         opts = pulumi.mergeOptions(opts, replaceOnChanges);
         super(VolumeAttachment.__pulumiType, name, resourceInputs, opts);
     }
@@ -143,6 +173,10 @@ export interface VolumeAttachmentArgs {
      * The volume's storage backend (default: the only one).
      */
     backend?: pulumi.Input<string>;
+    /**
+     * The node boots from this volume: after the export, its BMC is set to boot the machine over iSCSI from this target (the firmware's initiator, with this attachment's initiator name and CHAP credentials), continuously; destroy puts the BMC's previous boot settings back. Only a volume holding a bootable image (a boot sector: MBR or GPT) qualifies, and one attachment per node.
+     */
+    boot?: pulumi.Input<boolean>;
     /**
      * The node's iSCSI initiator name (default: one derived from the node's id).
      */

@@ -63,6 +63,12 @@ const inputs = {
       keyManager: { type: "string", description: "The key manager holding keyId (default: the only one)." },
     },
   },
+  bootable: {
+    type: "boolean",
+    default: false,
+    description:
+      "The volume holds a bootable image (a partition table a machine's firmware boots over iSCSI); only bootable volumes can be attached with `boot: true`. A flag recorded in state, changed in place; a bootable volume cannot be encrypted at the source (firmware cannot unlock LUKS).",
+  },
   encryption: {
     type: "object",
     typeToken: "baremetal:storage:VolumeEncryption",
@@ -193,6 +199,9 @@ export const volumeResource: ResourceDefinition = {
       if (!isUnknown(props.backend)) backendName(ctx, props);
       if (props.sourceSnapshot !== undefined && props.sourceBackup !== undefined) {
         return [{ property: "sourceBackup", reason: "a volume is made from a snapshot or from a backup, not both: drop sourceSnapshot or sourceBackup" }];
+      }
+      if (props.bootable === true && enc !== undefined) {
+        return [{ property: "bootable", reason: "a volume encrypted at the source cannot be booted over iSCSI: the node's firmware sees only the LUKS2 header and cannot unlock it; drop encryption or bootable" }];
       }
       const sb = props.sourceBackup as Props | undefined;
       if (sb && !isUnknown(sb) && typeof sb.backupId === "string") requireOwnVolume(ctx, parseBackupId(sb.backupId, "sourceBackup.backupId").volumeId, "sourceBackup.backupId");
