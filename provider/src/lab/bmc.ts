@@ -39,6 +39,18 @@
  *   the install interrupts it (no write, `lastInstallError` set, no extra power change).
  * - Erase: `eraseDisk()` (and DELETE /lab/systems/<id>/disk) at any time; over Redfish, where the
  *   flavor has it, Drive.SecureErase on the system's one Drive, refused (409) unless the system is Off.
+ * - Disk bytes (`diskDir`): each system's disk is also a file of `diskBytes` (default 64 MiB,
+ *   sparse) in that directory (`diskFile` in the view). The installer then always fetches its
+ *   http(s) image on loopback and writes its bytes at offset 0 (the rest of the disk zero); an
+ *   erase zeroes the file.
+ * - Backup images (OUR EMULATOR playing the backup agent a real machine would boot; see
+ *   backup-agent.ts): when the CD a system boots is an ISO holding `baremetal-backup/job.json`,
+ *   the emulator runs the job instead of an installer: it reads the system's disk file and streams
+ *   it to the backup target the job names (real S3 or a directory, with the job's credentials),
+ *   writes the manifest last, and then powers the machine off by itself (`running` is
+ *   `backup:<image>` meanwhile; side effects `backup-started`, then `backup-written` or
+ *   `backup-failed`; `lastBackup` in the view). Nothing is written to the disk. A power change or
+ *   an eject stops it (no manifest). Needs `diskDir`.
  *
  * Lab-only admin endpoint (same port, outside /redfish, no authentication, loopback only):
  *   GET    /lab                 this BMC: url, flavor, systems, pid, lab id
@@ -53,9 +65,12 @@
  * It is for tests and demos; a real BMC has nothing like it.
  */
 import { createHash, randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import * as http from "node:http";
 import * as https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
+import { isBackupImage, runLabBackupAgent } from "./backup-agent";
 import { Clock, isoTime, SystemClock } from "./clock";
 import {
   FaultAction,
@@ -135,6 +150,10 @@ export interface LabBmcOptions {
   fetchImages?: boolean;
   /** Power state of every system at start (default Off). */
   powerState?: "On" | "Off";
+  /** A directory holding one disk file per system (see "Disk bytes" above); none by default (disks are labels only). */
+  diskDir?: string;
+  /** Size of each disk file (default 64 MiB). */
+  diskBytes?: number;
   /** Overrides of the flavor's values. */
   powerOnGuardSeconds?: number;
   sessionLimit?: number;
@@ -163,7 +182,10 @@ interface MediaState {
 /** The emulated disk of a system: empty, or the image a deploy wrote (lab time in ms). */
 export type LabDisk = "empty" | { image: string; checksum?: string; writtenAt: number };
 /** What a system runs while On (null while it is not On). */
-export type LabRunning = "nothing" | "pxe" | `installer:${string}` | `os:${string}`;
+export type LabRunning = "nothing" | "pxe" | `installer:${string}` | `os:${string}` | `backup:${string}`;
+
+/** The outcome of the last backup image a system booted (our emulator's agent; lab-only). */
+export type LabBackupRun = { state: "written"; backupId: string; prefix: string; bytesRead: number; bytesStored: number; chunksStored: number; chunksReused: number; at: number } | { state: "failed"; error: string; at: number };
 
 interface InstallState {
   image: string;
@@ -176,6 +198,12 @@ interface InstallState {
   error?: string;
   /** The image fetch (fetchImages): the install cannot end while it is pending. */
   fetch?: { state: "pending" } | { state: "done"; at: number };
+  /** The image's bytes (diskDir): written to the disk file when the install ends. */
+  body?: Buffer;
+  /** The image is a backup image: our emulator's agent runs (and the fetch stays pending until it ends). */
+  backup?: { outcome?: LabBackupRun };
+  /** Stops the image fetch and the backup agent (power change, eject). */
+  abort?: AbortController;
 }
 
 interface SystemState {
@@ -207,6 +235,9 @@ interface SystemState {
   iscsiBoot: LabIscsiBoot | null;
   /** Counts boots, so that a login that ends after the next power change does not count. */
   bootSeq: number;
+  /** The disk's bytes (diskDir). */
+  diskFile?: string;
+  lastBackup: LabBackupRun | null;
 }
 
 interface Account {
@@ -311,6 +342,10 @@ export interface LabSystemView {
    * with libiscsi (a real BMC leaves that to the machine's firmware). null: no such boot yet.
    */
   iscsiBoot: LabIscsiBoot | null;
+  /** The file holding the disk's bytes (diskDir), or null. */
+  diskFile: string | null;
+  /** The last backup image this machine ran (OUR EMULATOR's agent), or null. */
+  lastBackup: LabBackupRun | null;
 }
 
 export interface LabBmcInfo {
@@ -400,7 +435,7 @@ function isLoopbackHost(hostname: string): boolean {
 }
 
 /** GET of an image (the installer's download): undefined when it answered 200 (and matched `checksum`), else why not. */
-function fetchImage(url: URL, checksum: string | undefined, signal: AbortSignal): Promise<string | undefined> {
+function fetchImage(url: URL, checksum: string | undefined, signal: AbortSignal, keepBytes = 0): Promise<{ failure?: string; body?: Buffer }> {
   const u = new URL(url.href);
   u.hash = "";
   const where = `GET ${u.href}`;
@@ -408,24 +443,55 @@ function fetchImage(url: URL, checksum: string | undefined, signal: AbortSignal)
     const onAnswer = (res: http.IncomingMessage): void => {
       if (res.statusCode !== 200) {
         res.resume();
-        resolve(`${where} answered ${res.statusCode} (want 200)`);
+        resolve({ failure: `${where} answered ${res.statusCode} (want 200)` });
         return;
       }
       const [algo, want] = checksum ? checksum.split(":") : [];
       const hash = algo ? createHash(algo) : undefined;
-      res.on("data", (chunk: Buffer) => hash?.update(chunk));
-      res.on("error", (e) => resolve(`${where} failed while reading: ${e.message}`));
+      // With keepBytes (disk files), the body is kept: it is what the installer writes, or a backup image.
+      const parts: Buffer[] = [];
+      let size = 0;
+      res.on("data", (chunk: Buffer) => {
+        hash?.update(chunk);
+        size += chunk.length;
+        if (keepBytes && size <= keepBytes) parts.push(chunk);
+      });
+      res.on("error", (e) => resolve({ failure: `${where} failed while reading: ${e.message}` }));
       res.on("end", () => {
         const got = hash?.digest("hex");
-        resolve(got !== undefined && got !== want ? `the image's ${algo} is ${got}, the URL declares ${want}` : undefined);
+        if (got !== undefined && got !== want) return resolve({ failure: `the image's ${algo} is ${got}, the URL declares ${want}` });
+        if (keepBytes && size > keepBytes) return resolve({ failure: `the image (${size} bytes) is larger than the disk (${keepBytes} bytes)` });
+        resolve(keepBytes ? { body: Buffer.concat(parts) } : {});
       });
     };
     const opts = { agent: false as const, timeout: 30_000, signal };
     const req = u.protocol === "https:" ? https.get(u, { ...opts, rejectUnauthorized: false }, onAnswer) : http.get(u, opts, onAnswer);
     req.on("timeout", () => req.destroy(new Error("no answer within 30 s")));
-    req.on("error", (e) => resolve(`${where} failed: ${e.message}`));
+    req.on("error", (e) => resolve({ failure: `${where} failed: ${e.message}` }));
   });
 }
+/** A disk file of `bytes` zeros (sparse). */
+function blankDisk(file: string, bytes: number): void {
+  const fd = fs.openSync(file, "w", 0o600);
+  try {
+    fs.ftruncateSync(fd, bytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** What the installer leaves on a disk file: the image at offset 0, zeros after it. */
+function writeDiskFile(file: string, bytes: number, image: Buffer): void {
+  blankDisk(file, bytes);
+  const fd = fs.openSync(file, "r+");
+  try {
+    fs.writeSync(fd, image, 0, Math.min(image.length, bytes), 0);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 const RESTART_TYPES = new Set(["ForceRestart", "GracefulRestart", "PowerCycle", "FullPowerCycle"]);
 
 export class LabBmc {
@@ -442,6 +508,9 @@ export class LabBmc {
   readonly shutdownSeconds: number;
   readonly installSeconds: number;
   readonly fetchImages: boolean;
+  /** Disk files (see "Disk bytes" in the header), or undefined. */
+  readonly diskDir?: string;
+  readonly diskBytes: number;
   latencyMs: number;
 
   private readonly host: string;
@@ -504,6 +573,9 @@ export class LabBmc {
     this.shutdownSeconds = opts.shutdownSeconds ?? 1;
     this.installSeconds = opts.installSeconds ?? 5;
     this.fetchImages = opts.fetchImages ?? false;
+    this.diskDir = opts.diskDir;
+    this.diskBytes = opts.diskBytes ?? 64 * 1024 * 1024;
+    if (!Number.isInteger(this.diskBytes) || this.diskBytes < 4096) throw new RangeError(`diskBytes must be an integer >= 4096, got ${opts.diskBytes}`);
     const durations = { latencyMs: this.latencyMs, bootSeconds: this.bootSeconds, shutdownSeconds: this.shutdownSeconds, installSeconds: this.installSeconds };
     for (const [k, v] of Object.entries(durations)) {
       if (!(v >= 0) || !Number.isFinite(v)) throw new RangeError(`${k} must be a number >= 0, got ${v}`);
@@ -570,6 +642,7 @@ export class LabBmc {
     if (this.closed) return;
     this.closed = true;
     this.fetchAbort.abort();
+    await Promise.allSettled([...this.imageFetches]); // backup agents stop at the abort
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
       for (const s of this.sockets) s.destroy();
@@ -643,7 +716,13 @@ export class LabBmc {
       lastInstallError: null,
       iscsiBoot: null,
       bootSeq: 0,
+      lastBackup: null,
     };
+    if (this.diskDir) {
+      sys.diskFile = path.join(this.diskDir, `bmc${b}-${id.replace(/[^A-Za-z0-9._-]/g, "_")}.img`);
+      fs.mkdirSync(this.diskDir, { recursive: true });
+      blankDisk(sys.diskFile, this.diskBytes);
+    }
     if (f.networkAdapters) sys.ndf = newDeviceFunction(f.networkAdapters.adapterId, f.networkAdapters.functionId, nics[0].mac);
     this.systemsList.push(sys);
     this.systemsById.set(id, sys);
@@ -843,6 +922,8 @@ export class LabBmc {
       secureEraseTarget: this.flavor.storage?.secureErase ? `${this.driveUri(s)}/Actions/Drive.SecureErase` : null,
       networkDeviceFunction: s.ndf ? describeFunction(s.ndf) : null,
       iscsiBoot: s.iscsiBoot ? { ...s.iscsiBoot } : null,
+      diskFile: s.diskFile ?? null,
+      lastBackup: s.lastBackup ? { ...s.lastBackup } : null,
     };
   }
 
@@ -979,7 +1060,7 @@ export class LabBmc {
     s.install = inst;
     s.lastInstallError = null;
     this.effect("installer-started", s.uri, { image, ...(checksum ? { checksum } : {}) }, at);
-    if (!this.fetchImages || error) return;
+    if (!(this.fetchImages || s.diskFile) || error) return;
     let url: URL;
     try {
       url = new URL(image);
@@ -988,12 +1069,41 @@ export class LabBmc {
     }
     if ((url.protocol !== "http:" && url.protocol !== "https:") || !isLoopbackHost(url.hostname)) return;
     inst.fetch = { state: "pending" };
-    const p = fetchImage(url, checksum, this.fetchAbort.signal).then((failure) => {
-      if (failure) inst.error ??= failure;
-      inst.fetch = { state: "done", at: this.clock.now() };
-    });
+    inst.abort = new AbortController();
+    const signal = AbortSignal.any([this.fetchAbort.signal, inst.abort.signal]);
+    const p = fetchImage(url, checksum, signal, s.diskFile ? this.diskBytes : 0)
+      .then(async ({ failure, body }) => {
+        if (failure) inst.error ??= failure;
+        if (body && isBackupImage(body)) await this.runBackupImage(s, inst, body, signal);
+        else if (body) inst.body = body;
+      })
+      .finally(() => {
+        inst.fetch = { state: "done", at: this.clock.now() };
+      });
     this.imageFetches.add(p);
     void p.finally(() => this.imageFetches.delete(p));
+  }
+
+  /**
+   * OUR EMULATOR playing the backup agent a real machine would boot from the backup image
+   * (backup-agent.ts): it streams the disk file to the job's target; the install machinery then
+   * ends this "install" when it is done (the machine powers itself off, nothing written to disk).
+   */
+  private async runBackupImage(s: SystemState, inst: InstallState, image: Buffer, signal: AbortSignal): Promise<void> {
+    inst.backup = {};
+    const at = this.clock.now();
+    if (s.install === inst) s.running = `backup:${inst.image}`;
+    this.effect("backup-started", s.uri, { image: inst.image }, at);
+    if (!s.diskFile) {
+      inst.backup.outcome = { state: "failed", error: "this emulated machine has no disk file: start the lab with diskDir", at };
+      return;
+    }
+    try {
+      const r = await runLabBackupAgent(image, s.diskFile, signal);
+      inst.backup.outcome = { state: "written", ...r, at: this.clock.now() };
+    } catch (e) {
+      inst.backup.outcome = { state: "failed", error: e instanceof Error ? e.message : String(e), at: this.clock.now() };
+    }
   }
 
   /**
@@ -1010,10 +1120,17 @@ export class LabBmc {
   private endInstall(s: SystemState, at: number): void {
     const inst = s.install!;
     s.install = undefined;
-    if (inst.error) {
+    if (inst.backup) {
+      // OUR EMULATOR's backup agent is done (see runBackupImage): nothing is written to the disk.
+      const outcome: LabBackupRun = inst.backup.outcome ?? { state: "failed", error: inst.error ?? "the backup agent ended without an outcome", at };
+      s.lastBackup = outcome;
+      if (outcome.state === "failed") s.lastInstallError = outcome.error;
+      this.effect(outcome.state === "written" ? "backup-written" : "backup-failed", s.uri, { image: inst.image, ...outcome }, at);
+    } else if (inst.error) {
       s.lastInstallError = inst.error;
       this.effect("install-failed", s.uri, { image: inst.image, error: inst.error }, at);
     } else {
+      if (s.diskFile && inst.body) writeDiskFile(s.diskFile, this.diskBytes, inst.body);
       s.disk = inst.checksum ? { image: inst.image, checksum: inst.checksum, writtenAt: at } : { image: inst.image, writtenAt: at };
       this.effect("disk-written", s.uri, { image: inst.image, ...(inst.checksum ? { checksum: inst.checksum } : {}), via: "installer" }, at);
     }
@@ -1034,6 +1151,7 @@ export class LabBmc {
     const inst = s.install;
     if (!inst || !inst.fromMedia || (s.media.inserted && s.media.image === inst.image)) return;
     s.install = undefined;
+    inst.abort?.abort();
     const error = "the virtual media was ejected or replaced during the install";
     s.lastInstallError = error;
     this.effect("install-failed", s.uri, { image: inst.image, error }, at);
@@ -1045,6 +1163,7 @@ export class LabBmc {
     const inst = s.install;
     if (!inst) return;
     s.install = undefined;
+    inst.abort?.abort();
     const error = `the install was interrupted: ${why}`;
     s.lastInstallError = error;
     this.effect("install-failed", s.uri, { image: inst.image, error }, at);
@@ -1053,6 +1172,7 @@ export class LabBmc {
   private erase(s: SystemState, via: string, at: number, detail: Record<string, unknown> = {}): void {
     const before = s.disk;
     s.disk = "empty";
+    if (s.diskFile) blankDisk(s.diskFile, this.diskBytes);
     this.effect("disk-erased", s.uri, { via, ...detail, ...(before !== "empty" ? { image: before.image } : {}) }, at);
   }
 

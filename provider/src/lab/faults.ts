@@ -250,6 +250,12 @@ export type SideEffectKind =
   | "disk-written"
   /** An install ended without writing the disk (detail.error). */
   | "install-failed"
+  /** The machine booted a backup image: OUR EMULATOR's backup agent runs (backup-agent.ts). */
+  | "backup-started"
+  /** The backup agent wrote its backup (detail: backupId, prefix, bytesRead, bytesStored, ...) and powered off. */
+  | "backup-written"
+  /** The backup agent failed (detail.error; no manifest) and powered off. */
+  | "backup-failed"
   /** A network device function's BootMode / iSCSIBoot changed (detail without secrets). */
   | "iscsi-boot-config"
   /** Our emulator's firmware logged in (or failed to) to the iSCSI target it boots from (detail.state, detail.error). */

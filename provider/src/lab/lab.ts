@@ -50,6 +50,13 @@ export interface LabOptions {
   sessionLimit?: number;
   sessionTimeoutSeconds?: number;
   taskSeconds?: number;
+  /**
+   * Give every emulated machine a disk of real bytes: a sparse file of this many bytes per system
+   * in a private temporary directory (removed by stop()). Installers then write their image's bytes
+   * to it, and a booted backup image is played by our emulator's backup agent (bmc.ts "Backup
+   * images"). Default: none (disks are labels only).
+   */
+  diskBytes?: number;
 }
 
 export interface LabNode {
@@ -156,6 +163,8 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
   const installSeconds = opts.installSeconds ?? 5;
   const fetchImages = opts.fetchImages ?? false;
   const latencyMs = opts.latencyMs ?? 0;
+  const diskDir = opts.diskBytes !== undefined ? fs.mkdtempSync(path.join(os.tmpdir(), `${id}-disks-`)) : undefined;
+  const removeDisks = () => diskDir && fs.rmSync(diskDir, { recursive: true, force: true });
 
   const bmcs: LabBmc[] = [];
   try {
@@ -184,6 +193,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
             taskSeconds: opts.taskSeconds,
             tls,
             labId: id,
+            ...(diskDir ? { diskDir, diskBytes: opts.diskBytes } : {}),
           }),
         );
       } catch (e) {
@@ -194,6 +204,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     }
   } catch (e) {
     await Promise.all(bmcs.map((b) => b.close()));
+    removeDisks();
     throw e;
   }
 
@@ -223,6 +234,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     imageStore = await startImageStore({ username: "lab-images", password });
   } catch (e) {
     await Promise.all(bmcs.map((b) => b.close()));
+    removeDisks();
     throw e;
   }
   const providerConfig: Record<string, string | boolean> = {
@@ -266,6 +278,6 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     info,
     ca: tls?.cert,
     imageStore,
-    stop: () => (stopped ??= Promise.all([...bmcs.map((b) => b.close()), imageStore.close()]).then(() => undefined)),
+    stop: () => (stopped ??= Promise.all([...bmcs.map((b) => b.close()), imageStore.close()]).then(() => void removeDisks())),
   };
 }
