@@ -5,7 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as utilities from "../utilities";
 
 /**
- * One backup of a volume of the caller's project in a backup target: incremental on the latest one, encrypted (a LUKS2 volume's ciphertext as is, or envelope encryption under a key-manager key), checksummed; restore it with a Volume's sourceBackup.
+ * One backup of a volume of the caller's project, or of a node's own disk (booted once into a backup image), in a backup target: incremental on the latest one, encrypted (a LUKS2 volume's ciphertext as is, or envelope encryption under a key-manager key), checksummed; restore it with a Volume's sourceBackup.
  */
 export class Backup extends pulumi.CustomResource {
     /**
@@ -39,7 +39,7 @@ export class Backup extends pulumi.CustomResource {
      */
     public readonly backend!: pulumi.Output<string | undefined>;
     /**
-     * `<volumeId>/<id>`: what a Volume's sourceBackup restores.
+     * `<volumeId>/<id>` (`<project>/nodes/<nodeKey>/<id>` for a node's disk): what a Volume's sourceBackup restores.
      */
     public /*out*/ readonly backupId!: pulumi.Output<string>;
     /**
@@ -83,6 +83,10 @@ export class Backup extends pulumi.CustomResource {
      */
     public readonly keyManager!: pulumi.Output<string | undefined>;
     /**
+     * A node whose own disk to back up (a Node's id), instead of a volume: the node is booted once into a backup image (virtual CD) that streams its disk to the target, then put back in its power state. Needs keyId, the provider's imageStoreUrl, and the node held by the caller's allocation (or, for the operator, by none).
+     */
+    public readonly nodeId!: pulumi.Output<string | undefined>;
+    /**
      * The backup it is incremental on.
      */
     public /*out*/ readonly parent!: pulumi.Output<string | undefined>;
@@ -91,7 +95,7 @@ export class Backup extends pulumi.CustomResource {
      */
     public /*out*/ readonly project!: pulumi.Output<string>;
     /**
-     * The volume's size at that time.
+     * The volume's (or node disk's) size at that time.
      */
     public /*out*/ readonly sizeBytes!: pulumi.Output<number>;
     /**
@@ -107,9 +111,9 @@ export class Backup extends pulumi.CustomResource {
      */
     public /*out*/ readonly usedBytes!: pulumi.Output<number>;
     /**
-     * The volume to back up (a Volume's `volumeId`).
+     * The volume to back up (a Volume's `volumeId`). Give this or nodeId.
      */
-    public readonly volumeId!: pulumi.Output<string>;
+    public readonly volumeId!: pulumi.Output<string | undefined>;
 
     /**
      * Create a Backup resource with the given unique name, arguments, and options.
@@ -118,17 +122,15 @@ export class Backup extends pulumi.CustomResource {
      * @param args The arguments to use to populate this resource's properties.
      * @param opts A bag of options that control this resource's behavior.
      */
-    constructor(name: string, args: BackupArgs, opts?: pulumi.CustomResourceOptions) {
+    constructor(name: string, args?: BackupArgs, opts?: pulumi.CustomResourceOptions) {
         let resourceInputs: pulumi.Inputs = {};
         opts = opts || {};
         if (!opts.id) {
-            if ((!args || args.volumeId === undefined) && !opts.urn) {
-                throw new Error("Missing required property 'volumeId'");
-            }
             resourceInputs["backend"] = args ? args.backend : undefined;
             resourceInputs["incremental"] = (args ? args.incremental : undefined) ?? true;
             resourceInputs["keyId"] = args ? args.keyId : undefined;
             resourceInputs["keyManager"] = args ? args.keyManager : undefined;
+            resourceInputs["nodeId"] = args ? args.nodeId : undefined;
             resourceInputs["target"] = args ? args.target : undefined;
             resourceInputs["trigger"] = args ? args.trigger : undefined;
             resourceInputs["volumeId"] = args ? args.volumeId : undefined;
@@ -157,6 +159,7 @@ export class Backup extends pulumi.CustomResource {
             resourceInputs["incremental"] = undefined /*out*/;
             resourceInputs["keyId"] = undefined /*out*/;
             resourceInputs["keyManager"] = undefined /*out*/;
+            resourceInputs["nodeId"] = undefined /*out*/;
             resourceInputs["parent"] = undefined /*out*/;
             resourceInputs["project"] = undefined /*out*/;
             resourceInputs["sizeBytes"] = undefined /*out*/;
@@ -166,7 +169,7 @@ export class Backup extends pulumi.CustomResource {
             resourceInputs["volumeId"] = undefined /*out*/;
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
-        const replaceOnChanges = { replaceOnChanges: ["backend", "incremental", "keyId", "keyManager", "target", "trigger", "volumeId"] };
+        const replaceOnChanges = { replaceOnChanges: ["backend", "incremental", "keyId", "keyManager", "nodeId", "target", "trigger", "volumeId"] };
         opts = pulumi.mergeOptions(opts, replaceOnChanges);
         super(Backup.__pulumiType, name, resourceInputs, opts);
     }
@@ -193,6 +196,10 @@ export interface BackupArgs {
      */
     keyManager?: pulumi.Input<string>;
     /**
+     * A node whose own disk to back up (a Node's id), instead of a volume: the node is booted once into a backup image (virtual CD) that streams its disk to the target, then put back in its power state. Needs keyId, the provider's imageStoreUrl, and the node held by the caller's allocation (or, for the operator, by none).
+     */
+    nodeId?: pulumi.Input<string>;
+    /**
      * Which of the provider's `backupTargets` (default: the only one).
      */
     target?: pulumi.Input<string>;
@@ -201,7 +208,7 @@ export interface BackupArgs {
      */
     trigger?: pulumi.Input<string>;
     /**
-     * The volume to back up (a Volume's `volumeId`).
+     * The volume to back up (a Volume's `volumeId`). Give this or nodeId.
      */
-    volumeId: pulumi.Input<string>;
+    volumeId?: pulumi.Input<string>;
 }
