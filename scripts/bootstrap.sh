@@ -3,7 +3,7 @@
 # checks that the cached tools run, and takes a few seconds.
 #
 #   scripts/bootstrap.sh                # everything
-#   scripts/bootstrap.sh apt sushy      # only some steps: apt node pulumi sushy
+#   scripts/bootstrap.sh apt sushy      # only some steps: apt node pulumi tofu sushy
 #
 # Everything slow is cached outside the clone, under
 # ${BAREMETAL_CACHE:-$HOME/.cache/pulumi-baremetal}, in directories named by version
@@ -90,10 +90,10 @@ new_tmp() { # new_tmp VAR NAME: VAR= a temp dir inside the cache (same filesyste
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---- which steps --------------------------------------------------------------------
-STEPS=(apt node pulumi sushy)
+STEPS=(apt node pulumi tofu sushy)
 if (($#)); then
   for s in "$@"; do
-    case "$s" in apt|node|pulumi|sushy) ;; -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    case "$s" in apt|node|pulumi|tofu|sushy) ;; -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
       *) die "unknown step '$s' (steps: ${STEPS[*]})" ;; esac
   done
   STEPS=("$@")
@@ -124,6 +124,15 @@ pulumi_ok() {
   [[ -x "$BAREMETAL_PULUMI_DIR/bin/pulumi" && -x "$BAREMETAL_PULUMI_DIR/bin/pulumi-language-nodejs" ]] &&
     [[ "$(pulumi_version_of "$BAREMETAL_PULUMI_DIR/bin")" == "$BAREMETAL_PULUMI_VERSION" ]]
 }
+TOFU_STAMP="opentofu $BAREMETAL_TOFU_VERSION $BAREMETAL_TOFU_GO_TOOLCHAIN" # what a tofu dir was built from
+tofu_version_of() { # the version `tofu version -json` of binary $1 reports: offline, no CLI config read
+  CHECKPOINT_DISABLE=1 TF_CLI_CONFIG_FILE=/dev/null "$1" version -json 2>/dev/null |
+    sed -n 's/^ *"terraform_version": *"\([^"]*\)".*/\1/p' || true
+}
+tofu_ok() {
+  [[ -x "$BAREMETAL_TOFU" && "$(cat "$BAREMETAL_TOFU_DIR/.bootstrap-complete" 2>/dev/null)" == "$TOFU_STAMP" ]] &&
+    [[ "$(tofu_version_of "$BAREMETAL_TOFU")" == "${BAREMETAL_TOFU_VERSION#v}" ]]
+}
 sushy_ok() {
   [[ -f "$BAREMETAL_SUSHY_VENV/.bootstrap-complete" && -x "$BAREMETAL_SUSHY_EMULATOR" ]] &&
     "$BAREMETAL_SUSHY_EMULATOR" --help >/dev/null 2>&1 &&
@@ -138,9 +147,10 @@ go_usable() {
 GO_TOOLCHAIN_DIR="$BAREMETAL_CACHE/go-$BAREMETAL_GO_TOOLCHAIN_VERSION"
 
 new_tmp PULUMI_CHECK_HOME pulumi-home
-NODE_READY=0 PULUMI_READY=0 SUSHY_READY=0
+NODE_READY=0 PULUMI_READY=0 TOFU_READY=0 SUSHY_READY=0
 want node && node_ok && NODE_READY=1
 want pulumi && pulumi_ok && PULUMI_READY=1
+want tofu && tofu_ok && TOFU_READY=1
 want sushy && sushy_ok && SUSHY_READY=1
 
 # ---- Debian packages ------------------------------------------------------------------
@@ -148,7 +158,7 @@ want sushy && sushy_ok && SUSHY_READY=1
 apt_wanted=()
 want apt && apt_wanted+=("${APT_PACKAGES[@]}")
 if want node && ((!NODE_READY)) && ! have npm; then apt_wanted+=(curl ca-certificates); fi
-if want pulumi && ((!PULUMI_READY)); then
+if { want pulumi && ((!PULUMI_READY)); } || { want tofu && ((!TOFU_READY)); }; then
   if ! { have go && go_usable go; } && [[ ! -x "$GO_TOOLCHAIN_DIR/bin/go" ]]; then
     apt_wanted+=(curl ca-certificates)
     have python3 || apt_wanted+=(python3)
@@ -313,6 +323,80 @@ EOF
 }
 if want pulumi; then
   if ((PULUMI_READY)); then say "pulumi $BAREMETAL_PULUMI_VERSION (cached)"; else build_pulumi; fi
+fi
+
+# ---- OpenTofu ------------------------------------------------------------------------
+# Built like the pulumi CLI: `go install github.com/opentofu/opentofu/cmd/tofu@VERSION` refuses
+# a module whose go.mod has a replace, so a wrapper module of our own requires the tag and
+# repeats what of opentofu's go.mod only a main module's go.mod takes effect from: its `go`
+# line and `godebug` block (default GODEBUG settings, e.g. tlsmlkem=0) and its one `replace`
+# (hcl/v2 => OpenTofu's fork). A check against the tag's go.mod stops the build when a new
+# version changes them. Flags as OpenTofu's release builds (.goreleaser.yaml of the tag).
+build_tofu() {
+  local t go log="$LOG_DIR/tofu-build.log" build out got upstream
+  t=$(date +%s%N)
+  if have go && go_usable go; then
+    go="$(command -v go)"
+  else
+    [[ -x "$GO_TOOLCHAIN_DIR/bin/go" ]] || fetch_go_toolchain
+    go="$GO_TOOLCHAIN_DIR/bin/go"
+  fi
+  # The wrapper module lives in the cache, never in the repository.
+  build="$BAREMETAL_CACHE/build/tofu-$BAREMETAL_TOFU_VERSION"
+  mkdir -p "$build"
+  cat >"$build/go.mod" <<EOF
+module pulumi-baremetal/tools/tofu
+
+go 1.26.6
+
+// Mirrors the godebug block of opentofu's go.mod at the tag.
+godebug (
+	tlsmlkem=0
+	winsymlink=0
+)
+
+require github.com/opentofu/opentofu $BAREMETAL_TOFU_VERSION
+
+// Mirrors the replace of opentofu's go.mod at the tag.
+replace github.com/hashicorp/hcl/v2 v2.20.1 => github.com/opentofu/hcl/v2 v2.20.2-0.20251021132045-587d123c2828
+EOF
+  cat >"$build/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "github.com/opentofu/opentofu/cmd/tofu"
+EOF
+  rm -f "$build/go.sum"
+  new_tmp out tofu; mkdir "$out/bin"
+  say "opentofu $BAREMETAL_TOFU_VERSION ($BAREMETAL_TOFU_GO_TOOLCHAIN): building from the Go module proxy (log: $log)"
+  (
+    cd "$build"
+    export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 GOTOOLCHAIN="$BAREMETAL_TOFU_GO_TOOLCHAIN"
+    # go line, godebug and replaces of a go.mod, as `go mod edit -json` prints them
+    mod_policy() { "$go" mod edit -json "$1" | awk '/^\t"Go":/ { print } /^\t"(GoDebug|Replace)": \[/ { p = 1 } p { print } p && /^\t\],?$/ { p = 0 }' | sed 's/,$//'; }
+    run_logged "$log" "$go" mod download -json "github.com/opentofu/opentofu@$BAREMETAL_TOFU_VERSION"
+    upstream="$(sed -n 's/^\t"GoMod": "\(.*\)",\{0,1\}$/\1/p' "$log" | tail -n 1)"
+    [[ -f "$upstream" ]] || die "no go.mod of github.com/opentofu/opentofu@$BAREMETAL_TOFU_VERSION (see $log)"
+    if [[ "$(mod_policy "$upstream")" != "$(mod_policy go.mod)" ]]; then
+      diff <(mod_policy "$upstream") <(mod_policy go.mod) >>"$log" || true
+      die "the tofu wrapper's go/godebug/replace no longer mirror opentofu $BAREMETAL_TOFU_VERSION's go.mod: update build_tofu in scripts/bootstrap.sh (diff in $log)"
+    fi
+    run_logged "$log" "$go" mod tidy
+    run_logged "$log" nice -n 10 "$go" build -trimpath \
+      -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" \
+      -o "$out/bin/tofu" github.com/opentofu/opentofu/cmd/tofu
+  )
+  got="$(tofu_version_of "$out/bin/tofu")"
+  [[ "$got" == "${BAREMETAL_TOFU_VERSION#v}" ]] || die "built tofu reports '$got', want ${BAREMETAL_TOFU_VERSION#v} (see $log)"
+  printf '%s\n' "$TOFU_STAMP" >"$out/.bootstrap-complete"
+  chmod 755 "$out" # mktemp made it 0700
+  rm -rf "$BAREMETAL_TOFU_DIR"
+  mv "$out" "$BAREMETAL_TOFU_DIR"
+  say "opentofu $BAREMETAL_TOFU_VERSION (built in $(elapsed "$t") s)"
+}
+if want tofu; then
+  if ((TOFU_READY)); then say "opentofu $BAREMETAL_TOFU_VERSION (cached)"; else build_tofu; fi
 fi
 
 # ---- sushy-tools (Redfish BMC emulator) -----------------------------------------------

@@ -31,6 +31,11 @@ BAREMETAL_PULUMI_SDK_VERSION=v3.185.0
 # Node.js code generator of v3.184.0 then writes broken relative imports ("./utilities"
 # instead of "../utilities") into every generated SDK module; upstream fixed it only later.
 BAREMETAL_PULUMI_GO_TOOLCHAIN=go1.25.5
+# OpenTofu (the Terraform engine of the terraform adapter's tests, issue 7), built from the Go
+# module proxy through a wrapper module (see build_tofu in bootstrap.sh), with this Go toolchain
+# (opentofu's go.mod asks for go >= 1.26.6; fetched through the module proxy when not on PATH).
+BAREMETAL_TOFU_VERSION=v1.12.6
+BAREMETAL_TOFU_GO_TOOLCHAIN=go1.26.8
 # OpenStack's Redfish emulator (BMC peer for the e2e tests), from PyPI.
 BAREMETAL_SUSHY_TOOLS_VERSION=2.2.0
 # OpenBao, the Vault-API peer of the `vault` key-manager driver's tests: OpenBao's own release
@@ -58,6 +63,9 @@ BAREMETAL_NODE_DIR="$BAREMETAL_CACHE/node-v$BAREMETAL_NODE_VERSION"
 BAREMETAL_NODE="$BAREMETAL_NODE_DIR/bin/node"
 BAREMETAL_PULUMI_DIR="$BAREMETAL_CACHE/pulumi-$BAREMETAL_PULUMI_VERSION-$BAREMETAL_PULUMI_GO_TOOLCHAIN"
 BAREMETAL_PULUMI="$BAREMETAL_PULUMI_DIR/bin/pulumi"
+BAREMETAL_TOFU_DIR="$BAREMETAL_CACHE/tofu-$BAREMETAL_TOFU_VERSION"
+BAREMETAL_TOFU="$BAREMETAL_TOFU_DIR/bin/tofu"
+export BAREMETAL_TOFU BAREMETAL_TOFU_VERSION
 BAREMETAL_SUSHY_VENV="$BAREMETAL_CACHE/venv-sushy-tools-$BAREMETAL_SUSHY_TOOLS_VERSION"
 BAREMETAL_SUSHY_EMULATOR="$BAREMETAL_SUSHY_VENV/bin/sushy-emulator"
 BAREMETAL_OPENBAO="$BAREMETAL_SUSHY_VENV/bin/bao"
@@ -89,11 +97,13 @@ if [[ -n "${BAREMETAL_PG_BIN:-}" ]]; then export BAREMETAL_PG_BIN; fi
 # Offline Pulumi: never phone home, never download plugins behind our back.
 export PULUMI_SKIP_UPDATE_CHECK=true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
+# Offline OpenTofu: no version/security check against the vendor's checkpoint service.
+export CHECKPOINT_DISABLE=1
 
-# Prepend node 24 and pulumi bins, removing earlier copies so that sourcing this file
+# Prepend node 24, pulumi and tofu bins, removing earlier copies so that sourcing this file
 # twice does not grow PATH.
 __baremetal_path=":${PATH:-}:"
-for __baremetal_dir in "$BAREMETAL_PULUMI_DIR/bin" "$BAREMETAL_NODE_DIR/bin"; do
+for __baremetal_dir in "$BAREMETAL_TOFU_DIR/bin" "$BAREMETAL_PULUMI_DIR/bin" "$BAREMETAL_NODE_DIR/bin"; do
   while [[ "$__baremetal_path" == *":$__baremetal_dir:"* ]]; do
     __baremetal_path="${__baremetal_path/":$__baremetal_dir:"/:}"
   done
