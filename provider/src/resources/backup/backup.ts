@@ -272,6 +272,16 @@ const HOLDER_STATES = new Set([AVAILABLE, "active", "deploy failed"]);
 /** ... and in which the operator may back up a node no allocation holds. */
 const OPERATOR_STATES = new Set([AVAILABLE, "manageable"]);
 
+/** Booting a node into the backup image is a provision-state change of it (Ironic's rule, on its owner and lessee); a refusal names nodeId. */
+function authorizeNode(ctx: ProviderContext, node: NodeRecord, property: string): void {
+  try {
+    authorize(ctx.policy, ctx.caller, "baremetal:node:set_provision_state", { "node.owner": node.owner, "node.lessee": node.lessee });
+  } catch (e) {
+    if (!isBaremetalError(e)) throw e;
+    throw new BaremetalError(e.code, `${property}nodeId: project ${projectOf(ctx)} may not boot node ${node.name} into a backup image: ${e.message}`, { property: `${property}nodeId`, httpStatus: 403, cause: e });
+  }
+}
+
 /**
  * Who may back up a node's disk (see the top of the file); returns the project whose prefix the
  * backup goes under. Throws naming `<property>nodeId`.
@@ -282,7 +292,7 @@ export async function requireNodeForBackup(ctx: ProviderContext, nodeId: string,
   const node = await inventory.getNode(nodeId);
   if (!node) throw new BaremetalError("not-found", `node ${nodeId} is not enrolled; give a Node's id`, { property: where });
   const project = projectOf(ctx);
-  if (!ctx.caller.operator) authorize(ctx.policy, ctx.caller, "baremetal:node:set_provision_state", { "node.owner": node.owner, "node.lessee": node.lessee });
+  authorizeNode(ctx, node, property);
   const allocation = node.allocationId ? await inventory.getAllocation(node.allocationId) : undefined;
   const holder = allocation && allocation.state === "active" ? (allocation.owner ?? OPERATOR_PROJECT) : undefined;
   if (holder !== undefined && holder !== project) {
@@ -492,7 +502,7 @@ export const backupResource: ResourceDefinition = {
       // A node's disk: Ironic's node rules (owner or lessee) for booting it, checked again with the holder at create.
       if (typeof nodeId === "string" && !ctx.caller.operator) {
         const node = await (await ctx.inventory()).getNode(nodeId);
-        if (node) authorize(ctx.policy, ctx.caller, "baremetal:node:set_provision_state", { "node.owner": node.owner, "node.lessee": node.lessee });
+        if (node) authorizeNode(ctx, node, "");
       }
       return;
     }
