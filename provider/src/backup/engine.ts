@@ -34,13 +34,27 @@
  * (its id recomputed; GCM's tag in envelope mode), and a restore is verified by reading the new
  * volume back and recomputing every cell's id against the manifest.
  *
- * Memory: one cell being assembled plus `concurrency` cells in flight (default 4), whatever the
- * volume's size; the manifest's cell map (about 100 bytes per non-zero cell: 26 MB for 1 TiB).
+ * Speed: the CPU work of a cell (its chunk id, SHA-256 or HMAC-SHA256, and in envelope mode
+ * AES-256-GCM: about 4 + 5 ms per 4 MiB cell on one core here) runs in a small pool of worker
+ * threads (`workers`, default one per core, at most 8), so reading the source, hashing and
+ * sealing several cells, and uploading overlap and use every core. Cells are assembled in a few
+ * reused buffers shared with the workers (SharedArrayBuffer: nothing is copied to them); the
+ * source's extent buffers are released to their reader (`releaseExtent`) as soon as they are
+ * copied, so the reader reuses them instead of allocating. `workers: 0` does it all on the main
+ * thread.
+ *
+ * Memory: one cell being assembled, at most `concurrency` (default 4) + `workers` cells being
+ * hashed or sealed and `concurrency` being uploaded, whatever the volume's size (4 MiB each:
+ * 44 MiB with the defaults on two cores); the manifest's cell map (about 100 bytes per non-zero
+ * cell: 26 MB for 1 TiB).
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes } from "node:crypto";
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import type { BackupTargetDriver } from "../drivers/kinds/backup-target";
 import type { Extent, StorageDriver } from "../drivers/kinds/storage";
+import { releaseExtent } from "../drivers/storage-file/extents";
 
 export const CELL_BYTES = 4 * 1024 * 1024;
 export const MANIFEST_FORMAT = "baremetal-backup/1";
@@ -224,6 +238,140 @@ function openChunk(dek: Buffer, id: string, sealed: Buffer, what: string): Buffe
   }
 }
 
+/** The CPU work on cells, inline or in worker threads (see the top of the file). */
+interface CellCrypto {
+  /** The chunk id of a cell (chunkId). */
+  id(cell: Buffer): Promise<string>;
+  /** The cell sealed under this backup's DEK (sealChunk; envelope mode), written into `out` (at least 28 bytes longer). */
+  seal(cell: Buffer, id: string, out: Buffer): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+function inlineCrypto(keys: Keys): CellCrypto {
+  return {
+    id: async (cell) => chunkId(keys, cell),
+    seal: async (cell, id, out) => {
+      const sealed = sealChunk(keys.dek!, id, cell);
+      sealed.copy(out);
+      return out.subarray(0, sealed.length);
+    },
+    close: async () => undefined,
+  };
+}
+
+/**
+ * The worker threads' code (plain JavaScript, evaluated: it needs no module resolution). It
+ * computes exactly what chunkId and sealChunk compute; a cell and the buffer its sealed chunk is
+ * written into are views of shared memory (nothing is copied between threads, and the reused
+ * buffers cost no fresh pages).
+ */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require("node:worker_threads");
+const { createCipheriv, createHash, createHmac, randomFillSync } = require("node:crypto");
+const dedup = workerData.dedup ? Buffer.from(workerData.dedup) : undefined;
+const dek = workerData.dek ? Buffer.from(workerData.dek) : undefined;
+const PIECE = 256 * 1024;
+parentPort.on("message", (m) => {
+  try {
+    const cell = Buffer.from(m.cell.buffer, m.cell.byteOffset, m.cell.byteLength);
+    if (m.op === "id") {
+      const h = dedup ? createHmac("sha256", dedup) : createHash("sha256");
+      parentPort.postMessage({ n: m.n, id: h.update(cell).digest("hex") });
+      return;
+    }
+    const out = Buffer.from(m.out.buffer, m.out.byteOffset, 12 + cell.length + 16);
+    randomFillSync(out, 0, 12);
+    const c = createCipheriv("aes-256-gcm", dek, out.subarray(0, 12));
+    c.setAAD(Buffer.from(m.id));
+    let at = 12;
+    for (let i = 0; i < cell.length; i += PIECE) at += c.update(cell.subarray(i, i + PIECE)).copy(out, at);
+    at += c.final().copy(out, at);
+    c.getAuthTag().copy(out, at);
+    parentPort.postMessage({ n: m.n });
+  } catch (e) {
+    parentPort.postMessage({ n: m.n, error: String((e && e.message) || e) });
+  }
+});
+`;
+
+interface WorkerReply {
+  n: number;
+  id?: string;
+  error?: string;
+}
+
+/** `count` worker threads doing a cell's CPU work; a call goes to the least busy one. */
+class WorkerCrypto implements CellCrypto {
+  private readonly workers: { w: Worker; pending: Map<number, { resolve: (r: WorkerReply) => void; reject: (e: Error) => void }> }[] = [];
+  private n = 0;
+  private failure?: Error;
+
+  constructor(count: number, keys: Keys) {
+    const workerData = { dedup: keys.mode === "envelope" ? keys.dedup : undefined, dek: keys.dek };
+    for (let i = 0; i < count; i++) {
+      const w = new Worker(WORKER_SOURCE, { eval: true, workerData });
+      const entry = { w, pending: new Map<number, { resolve: (r: WorkerReply) => void; reject: (e: Error) => void }>() };
+      const failAll = (e: Error) => {
+        this.failure ??= e;
+        for (const p of entry.pending.values()) p.reject(e);
+        entry.pending.clear();
+      };
+      w.on("message", (m: WorkerReply) => {
+        const p = entry.pending.get(m.n);
+        if (!p) return;
+        entry.pending.delete(m.n);
+        if (m.error !== undefined) p.reject(new BaremetalError("internal", `a backup worker thread failed: ${m.error}`));
+        else p.resolve(m);
+      });
+      w.on("error", (e) => failAll(new BaremetalError("internal", `a backup worker thread failed: ${e.message}`, { cause: e })));
+      w.on("exit", (code) => failAll(new BaremetalError("internal", `a backup worker thread exited (code ${code})`)));
+      this.workers.push(entry);
+    }
+  }
+
+  private call(msg: Record<string, unknown>): Promise<WorkerReply> {
+    if (this.failure) return Promise.reject(this.failure);
+    let entry = this.workers[0];
+    for (const e of this.workers) if (e.pending.size < entry.pending.size) entry = e;
+    const n = ++this.n;
+    return new Promise((resolve, reject) => {
+      entry.pending.set(n, { resolve, reject });
+      entry.w.postMessage({ ...msg, n });
+    });
+  }
+
+  async id(cell: Buffer): Promise<string> {
+    return (await this.call({ op: "id", cell })).id!;
+  }
+
+  async seal(cell: Buffer, id: string, out: Buffer): Promise<Buffer> {
+    await this.call({ op: "seal", cell, id, out });
+    return out.subarray(0, cell.length + 28);
+  }
+
+  async close(): Promise<void> {
+    this.failure ??= new BaremetalError("internal", "the backup's worker threads were stopped");
+    await Promise.all(this.workers.map((e) => e.w.terminate().catch(() => undefined)));
+  }
+}
+
+/** Default number of worker threads: one per core, at most 8. */
+function defaultWorkers(): number {
+  return Math.max(1, Math.min(8, availableParallelism()));
+}
+
+/** Buffers of `size` bytes in shared memory (workers see them without a copy), reused. */
+class SharedBuffers {
+  private readonly free: Buffer[] = [];
+  constructor(private readonly size: number) {}
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.size));
+  }
+  give(b: Buffer): void {
+    this.free.push(b);
+  }
+}
+
 function unwrapKeys(enc: Manifest["encryption"], wrapper: KeyWrapper | undefined, sourceId: string, what: string): Keys {
   if (enc.mode === "source") return { mode: "source", deks: new Map() };
   if (!wrapper) throw new BaremetalError("validation", `${what}: the backup is encrypted with key ${enc.keyId} of key manager ${enc.keyManager}; give that key`, { property: "keyId" });
@@ -259,7 +407,10 @@ export interface BackupRequest {
   wrapper?: KeyWrapper;
   /** The backup to be incremental on (the latest, usually); none for a full backup. */
   parent?: Manifest;
+  /** Uploads in flight (default 4). */
   concurrency?: number;
+  /** Worker threads for hashing and sealing (default one per core, at most 8; 0: on the main thread). */
+  workers?: number;
   onProgress?: (p: { bytesRead: number; bytesStored: number; cells: number }) => void;
   signal?: AbortSignal;
   /** Recorded in the manifest (see Manifest.takenBy). */
@@ -307,7 +458,15 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
   const map = new Map<number, Cell>(changesOnly ? parent!.cells.map((c) => [c[0], c]) : []);
   const known = new Map<string, Cell>((parent?.cells ?? []).map((c) => [c[1], c]));
   const stats: BackupStats = { bytesRead: 0, bytesStored: 0, chunksStored: 0, chunksReused: 0, bytesUsed: 0, ms: 0 };
-  const pool = new Pool(req.concurrency ?? 4);
+  const concurrency = req.concurrency ?? 4;
+  const workers = req.workers ?? defaultWorkers();
+  const crypto: CellCrypto = workers > 0 ? new WorkerCrypto(workers, keys) : inlineCrypto(keys);
+  /** Cells being hashed, sealed or uploaded; uploads among them at most `concurrency`. */
+  const cellsInFlight = new Pool(concurrency + workers);
+  const uploads = new Pool(concurrency);
+  const buffers = new SharedBuffers(CELL_BYTES);
+  /** Sealed chunks (nonce | ciphertext | tag) on their way to the target. */
+  const sealedBuffers = new SharedBuffers(CELL_BYTES + 28);
   /** Chunk ids this backup stored (the others its cells use are shared with earlier backups). */
   const stored = new Set<string>();
   const cellCount = Math.ceil(info.sizeBytes / CELL_BYTES);
@@ -315,77 +474,125 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
   const zero = Buffer.alloc(CELL_BYTES);
   const parentKeys = changesOnly ? keys : undefined;
 
-  const storeCell = async (index: number, cell: Buffer) => {
-    if (cell.equals(zero.subarray(0, cell.length))) {
-      map.delete(index);
-      return;
+  /**
+   * Hashes a cell and, unless its chunk is known, seals it and starts its upload (resolves once
+   * the upload has started); `buf` goes back to `buffers` once nothing needs it any more.
+   */
+  const storeCell = async (index: number, buf: Buffer, cell: Buffer) => {
+    let held = true;
+    const giveBack = () => {
+      if (held) buffers.give(buf);
+      held = false;
+    };
+    let sealed: Buffer | undefined;
+    const giveSealed = () => {
+      if (sealed) sealedBuffers.give(sealed);
+      sealed = undefined;
+    };
+    let uploading = false;
+    try {
+      const id = await crypto.id(cell);
+      // From here until the upload is queued nothing awaits: a cell of equal content hashed
+      // later finds the id known (one upload per chunk), as when cells were stored one by one.
+      const had = known.get(id);
+      if (had) {
+        map.set(index, keys.mode === "envelope" ? [index, id, had[2]!] : [index, id]);
+        return;
+      }
+      stored.add(id);
+      const cellEntry: Cell = keys.mode === "envelope" ? [index, id, req.id] : [index, id];
+      known.set(id, cellEntry);
+      map.set(index, cellEntry);
+      let body = cell;
+      if (keys.mode === "envelope") {
+        sealed = sealedBuffers.take();
+        body = await crypto.seal(cell, id, sealed);
+        giveBack();
+      }
+      await uploads.add(async () => {
+        uploading = true;
+        try {
+          await target.put(chunkKey(prefix, id), body, { sizeBytes: body.length, signal });
+        } finally {
+          giveBack();
+          giveSealed();
+        }
+        stats.bytesStored += body.length;
+        stats.chunksStored++;
+        req.afterChunk?.(stats.chunksStored);
+        req.onProgress?.({ bytesRead: stats.bytesRead, bytesStored: stats.bytesStored, cells: map.size });
+      });
+    } finally {
+      if (!uploading) {
+        giveBack();
+        giveSealed();
+      }
     }
-    const id = chunkId(keys, cell);
-    const had = known.get(id);
-    if (had) {
-      map.set(index, keys.mode === "envelope" ? [index, id, had[2]!] : [index, id]);
-      return;
-    }
-    stored.add(id);
-    const cellEntry: Cell = keys.mode === "envelope" ? [index, id, req.id] : [index, id];
-    known.set(id, cellEntry);
-    map.set(index, cellEntry);
-    const body = keys.mode === "envelope" ? sealChunk(keys.dek!, id, cell) : Buffer.from(cell);
-    await pool.add(async () => {
-      await target.put(chunkKey(prefix, id), body, { sizeBytes: body.length, signal });
-      stats.bytesStored += body.length;
-      stats.chunksStored++;
-      req.afterChunk?.(stats.chunksStored);
-      req.onProgress?.({ bytesRead: stats.bytesRead, bytesStored: stats.bytesStored, cells: map.size });
-    });
   };
 
-  let current: { index: number; buf: Buffer; covered: number } | undefined;
+  let current: { index: number; buf: Buffer; cell: Buffer; covered: number; filled: boolean } | undefined;
   /** The ranges of each cell the backend reported (changed), cell-relative. */
   const masks = new Map<number, [number, number][]>();
   const finish = async () => {
     if (!current) return;
     const c = current;
     current = undefined;
-    if (changesOnly && c.covered < c.buf.length) {
+    if (changesOnly && c.covered < c.cell.length) {
       // Only part of the cell changed: the rest is the parent's.
       const old = map.get(c.index);
-      const base = old ? await fetchCell(target, prefix, parentKeys!, old, what, signal) : Buffer.alloc(c.buf.length);
+      const base = old ? await fetchCell(target, prefix, parentKeys!, old, what, signal) : Buffer.alloc(c.cell.length);
       const merged = Buffer.from(base);
-      for (const [from, to] of masks.get(c.index) ?? []) c.buf.copy(merged, from, from, to);
-      masks.delete(c.index);
-      await storeCell(c.index, merged);
-      return;
+      for (const [from, to] of masks.get(c.index) ?? []) c.cell.copy(merged, from, from, to);
+      merged.copy(c.cell);
     }
     masks.delete(c.index);
-    await storeCell(c.index, c.buf);
+    if (c.cell.equals(zero.subarray(0, c.cell.length))) {
+      map.delete(c.index);
+      buffers.give(c.buf);
+      return;
+    }
+    await cellsInFlight.add(() => storeCell(c.index, c.buf, c.cell));
   };
 
   try {
-    for await (const e of storage.readExtents(volume, { snapshot, since, maxBytes: CELL_BYTES, signal })) {
-      const index = Math.floor(e.offset / CELL_BYTES);
-      if (index >= cellCount) continue;
-      if (!current || current.index !== index) {
-        await finish();
-        current = { index, buf: Buffer.alloc(cellLength(index)), covered: 0 };
+    try {
+      for await (const e of storage.readExtents(volume, { snapshot, since, maxBytes: CELL_BYTES, signal })) {
+        const index = Math.floor(e.offset / CELL_BYTES);
+        if (index >= cellCount) {
+          releaseExtent(e);
+          continue;
+        }
+        if (!current || current.index !== index) {
+          await finish();
+          const buf = buffers.take();
+          current = { index, buf, cell: buf.subarray(0, cellLength(index)), covered: 0, filled: false };
+        }
+        const at = e.offset - index * CELL_BYTES;
+        const length = "data" in e ? e.data.length : e.length;
+        // Ranges no extent covers are zeros: clear the (reused) buffer unless one extent fills the cell.
+        if (!current.filled && !(at === 0 && length === current.cell.length && "data" in e)) current.cell.fill(0);
+        current.filled = true;
+        if ("data" in e) {
+          e.data.copy(current.cell, at);
+          stats.bytesRead += length;
+        }
+        releaseExtent(e);
+        current.covered += length;
+        const m = masks.get(index) ?? [];
+        m.push([at, at + length]);
+        masks.set(index, m);
       }
-      const at = e.offset - index * CELL_BYTES;
-      const length = "data" in e ? e.data.length : e.length;
-      if ("data" in e) {
-        e.data.copy(current.buf, at);
-        stats.bytesRead += length;
-      }
-      current.covered += length;
-      const m = masks.get(index) ?? [];
-      m.push([at, at + length]);
-      masks.set(index, m);
+      await finish();
+      await cellsInFlight.wait();
+      await uploads.wait();
+    } catch (e) {
+      await cellsInFlight.wait().catch(() => undefined);
+      await uploads.wait().catch(() => undefined);
+      if (snapshot) await storage.deleteSnapshot(volume, snapshot).catch(() => undefined);
+      throw e;
     }
-    await finish();
-    await pool.wait();
-  } catch (e) {
-    await pool.wait().catch(() => undefined);
-    if (snapshot) await storage.deleteSnapshot(volume, snapshot).catch(() => undefined);
-    throw e;
+  } finally {
+    await crypto.close();
   }
 
   const cells = [...map.values()].sort((a, b) => a[0] - b[0]);
