@@ -87,6 +87,9 @@ export async function newProject(name: string, program: string): Promise<PulumiP
       let stderr = "";
       child.stdout.on("data", (d) => (stdout += d));
       child.stderr.on("data", (d) => (stderr += d));
+      // A CLI that exits (or closes its stdin) before reading it makes the write fail with EPIPE:
+      // its exit code says what happened, so that error is not the test's.
+      child.stdin.on("error", () => undefined);
       child.stdin.end(opts.input ?? "");
       child.on("error", reject);
       child.on("close", (code) => {
