@@ -506,7 +506,7 @@ async function cephSetup(): Promise<Setup> {
 
 function extrapolate(r: Result): void {
   const TB = 1e12;
-  const hms = (x: number) => `${Math.floor(x / 3600)}h${String(Math.floor((x % 3600) / 60)).padStart(2, "0")}m`;
+  const hms = (x: number) => `${Math.floor(x / 3600)}h${String(Math.floor((x % 3600) / 60)).padStart(2, "0")}m${String(Math.round(x % 60)).padStart(2, "0")}s`;
   const cores = os.cpus().length;
   // What bounds a full backup: the network, the source's read rate, or the CPU the engine needs
   // (measured per CPU-second, so the figure holds whatever else the machine ran meanwhile).
