@@ -40,7 +40,8 @@ import { deleteBackups, keyWrapper, type KeyWrapper, listManifests, type Manifes
 import { buildBackupImage, checkNodeManifest, nodeBackupJob } from "../../backup/node-disk";
 import { imageStore } from "../../drivers/image-store";
 import type { BmcDriver, BootDevice, BootMode } from "../../drivers/kinds/bmc";
-import { AVAILABLE, type LockHandle, type NodeRecord } from "../../inventory/types";
+import { AVAILABLE, type NodeRecord } from "../../inventory/types";
+import { withNodeLock } from "../compute/deployment";
 import { parseNodeId, rethrowAttributed, sleep, withDriver } from "../compute/node";
 import { backupTargetFor } from "../../drivers/backup-targets";
 import type { BackupTargetDriver } from "../../drivers/kinds/backup-target";
@@ -308,22 +309,6 @@ export async function requireNodeForBackup(ctx: ProviderContext, nodeId: string,
   return { node, project };
 }
 
-async function withLock<T>(ctx: OperationContext, nodeId: string, operation: string, work: () => Promise<T>): Promise<T> {
-  const inventory = await ctx.inventory();
-  const leaseSeconds = Math.max(60, Math.ceil((ctx.deadline - Date.now()) / 1000) + 60);
-  let lock: LockHandle;
-  try {
-    lock = await inventory.acquireLock(nodeId, ctx.urn, operation, leaseSeconds);
-  } catch (e) {
-    if (isBaremetalError(e) && e.code === "conflict") throw new BaremetalError("conflict", `node ${nodeId} is busy: ${e.message}; try again when that operation ends (or its lease runs out)`);
-    throw e;
-  }
-  try {
-    return await work();
-  } finally {
-    await lock.release().catch(() => undefined);
-  }
-}
 
 async function powerIs(ctx: OperationContext, driver: BmcDriver, systemId: string, state: "on" | "off", what: string, limitMs: number): Promise<boolean> {
   const until = Math.min(ctx.deadline, Date.now() + limitMs);
@@ -352,12 +337,13 @@ export async function backupNode(
   const { address, systemId } = parseNodeId(node.id);
   const store = imageStore(ctx.config.imageStoreUrl, { signal: ctx.signal });
   const name = `backup-${id}-${randomBytes(6).toString("hex")}.iso`.toLowerCase();
+  const inventory = await ctx.inventory();
 
   return withTarget(
     ctx,
     req.target,
     (target) =>
-      withLock(ctx, node.id, "backup", async () => {
+      withNodeLock(ctx, inventory, node.id, "backup", async () => {
         const parent = req.incremental ? (await listManifests(target, prefix, ctx.signal)).pop() : undefined;
         const job = nodeBackupJob({
           nodeId: node.id,

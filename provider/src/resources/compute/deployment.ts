@@ -135,7 +135,8 @@ const outputs = {
   },
 } as const satisfies Fields;
 
-async function withNodeLock<T>(ctx: OperationContext, inventory: Inventory, nodeId: string, operation: string, work: () => Promise<T>): Promise<T> {
+/** Runs `work` holding the node's operation lock (a lease as long as the operation's deadline allows). */
+export async function withNodeLock<T>(ctx: OperationContext, inventory: Inventory, nodeId: string, operation: string, work: () => Promise<T>): Promise<T> {
   const leaseSeconds = Math.max(60, Math.ceil((ctx.deadline - Date.now()) / 1000) + 60);
   let lock: LockHandle;
   try {
