@@ -30,12 +30,12 @@
  *   daemon by PID (a monitor that hangs, for timeout tests).
  * Secrets: keys live in the 0600 keyrings; `clientKey` is handed to the test in memory only.
  */
-import { ChildProcess, execFile, spawn } from "node:child_process";
+import { ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { delay, describeExit, freePort, tail, track, untrack } from "./processes";
+import { binariesAvailable, delay, describeExit, findBin as processesFindBin, freePort, runTool, tail, type ToolResult, track, trackDir, untrack, untrackDir } from "./processes";
 
 export interface CephOptions {
   /** Pools to create besides `volumes` (for tests of the restricted client). */
@@ -52,11 +52,7 @@ export interface CephOptions {
 
 export type CephDaemon = "mon" | "mgr" | "osd";
 
-export interface ToolResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type { ToolResult };
 
 export interface CephInstance {
   dir: string;
@@ -97,35 +93,17 @@ export interface CephInstance {
 }
 
 const GRACE_MS = 5000;
+const INSTALL = "Debian package ceph";
+const findBin = (name: string) => processesFindBin(name, INSTALL);
+const run = (file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60000) => runTool(file, args, env, timeoutMs, 64 << 20);
 const BINARIES = ["ceph-mon", "ceph-osd", "ceph-mgr", "ceph", "rbd", "ceph-authtool", "monmaptool"];
 
-function findBin(name: string): string {
-  for (const d of ["/usr/bin", "/usr/sbin", "/bin", "/sbin", ...(process.env.PATH ?? "").split(":")]) {
-    if (!d) continue;
-    const p = path.join(d, name);
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error(`${name} not found: run scripts/bootstrap.sh (Debian package ceph)`);
-}
 
 /** Whether this machine can run the harness (for tests that skip otherwise). */
 export function cephAvailable(): { ok: boolean; why?: string } {
-  try {
-    for (const b of BINARIES) findBin(b);
-    return { ok: true };
-  } catch (err) {
-    return { ok: false, why: (err as Error).message };
-  }
+  return binariesAvailable(BINARIES, INSTALL);
 }
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60000): Promise<ToolResult> {
-  return new Promise((resolve) => {
-    execFile(file, args, { env, timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === "number" ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-    });
-  });
-}
 
 async function must(file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs?: number): Promise<string> {
   const r = await run(file, args, env, timeoutMs);
@@ -133,16 +111,6 @@ async function must(file: string, args: string[], env: NodeJS.ProcessEnv, timeou
   return r.stdout;
 }
 
-const liveDirs = new Set<string>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  // processes.ts kills the daemons at exit (its hook was installed first, so it runs first).
-  process.once("exit", () => {
-    for (const d of liveDirs) fs.rmSync(d, { recursive: true, force: true });
-  });
-}
 
 function conf(dir: string, fsid: string, monHost: string): string {
   return `[global]
@@ -212,11 +180,10 @@ osd_op_num_threads_per_shard = 2
 export async function startCeph(opts: CephOptions = {}): Promise<CephInstance> {
   const avail = cephAvailable();
   if (!avail.ok) throw new Error(`the ceph harness cannot run: ${avail.why}`);
-  installExitHook();
   const bin = Object.fromEntries(BINARIES.map((b) => [b, findBin(b)])) as Record<string, string>;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ceph-"));
   fs.chmodSync(dir, 0o700);
-  liveDirs.add(dir);
+  trackDir(dir);
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: dir, LANG: "C", LC_ALL: "C", TZ: "UTC" };
   const confPath = path.join(dir, "ceph.conf");
   const children: Partial<Record<CephDaemon, { child: ChildProcess; exited: Promise<void>; done: () => boolean }>> = {};
@@ -257,7 +224,7 @@ export async function startCeph(opts: CephOptions = {}): Promise<CephInstance> {
         }
       }
       fs.rmSync(dir, { recursive: true, force: true });
-      liveDirs.delete(dir);
+      untrackDir(dir);
     })());
 
   const daemon = (d: CephDaemon, file: string, args: string[]) => {

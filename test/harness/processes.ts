@@ -2,8 +2,10 @@
  * What every test harness that starts a server needs: a free loopback port, and a last-resort
  * guard that kills (by PID) whatever a test forgot to stop when the test process exits.
  */
-import type { ChildProcess } from "node:child_process";
+import { type ChildProcess, execFile } from "node:child_process";
+import * as fs from "node:fs";
 import * as net from "node:net";
+import * as path from "node:path";
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -84,4 +86,58 @@ export function describeWithPeer(peer: { ok: boolean; why?: string }, what: stri
   if (peer.ok || process.env.CI) return describe;
   console.warn(`${what} skipped: ${peer.why ?? "a peer is missing"}; run scripts/bootstrap.sh`);
   return describe.skip;
+}
+
+/** A harness's tool: its full path, from the system directories or PATH; `install` says how to get it. */
+export function findBin(name: string, install: string): string {
+  for (const d of ["/usr/bin", "/usr/sbin", "/bin", "/sbin", ...(process.env.PATH ?? "").split(":")]) {
+    if (!d) continue;
+    const p = path.join(d, name);
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error(`${name} not found: run scripts/bootstrap.sh (${install})`);
+}
+
+/** Whether every one of `names` is installed (for describeWithPeer). */
+export function binariesAvailable(names: string[], install: string): { ok: boolean; why?: string } {
+  try {
+    for (const b of names) findBin(b, install);
+    return { ok: true };
+  } catch (err) {
+    return { ok: false, why: (err as Error).message };
+  }
+}
+
+export interface ToolResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a tool to its end; never rejects (a failure is a non-zero code, -1 when killed or not started). */
+export function runTool(file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number, maxBuffer = 16 << 20): Promise<ToolResult> {
+  return new Promise((resolve) => {
+    execFile(file, args, { env, timeout: timeoutMs, maxBuffer }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === "number" ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+  });
+}
+
+const liveDirs = new Set<string>();
+let dirHookInstalled = false;
+
+/** A harness's private directory, removed at process exit if the test forgot to stop the harness. */
+export function trackDir(dir: string): void {
+  if (!dirHookInstalled) {
+    dirHookInstalled = true;
+    process.once("exit", () => {
+      for (const d of liveDirs) fs.rmSync(d, { recursive: true, force: true });
+    });
+  }
+  liveDirs.add(dir);
+}
+
+export function untrackDir(dir: string): void {
+  liveDirs.delete(dir);
 }

@@ -23,14 +23,14 @@
  * - stop(): SIGTERM by PID, SIGKILL after a grace period; the directory goes. The process is
  *   tracked (processes.ts), so a test run that dies still kills it at exit.
  */
-import { ChildProcess, execFile, spawn } from "node:child_process";
+import { ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as http from "node:http";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseS3Address, S3Client } from "../../provider/src/drivers/backup-s3/client";
 import type { CephInstance } from "./ceph";
-import { delay, describeExit, EarlyExit, onFreePort, tail, track, untrack } from "./processes";
+import { binariesAvailable, delay, describeExit, EarlyExit, findBin as processesFindBin, onFreePort, runTool, tail, track, trackDir, untrack, untrackDir } from "./processes";
 
 export interface RadosgwOptions {
   /** Buckets to create (default ["backups"]). */
@@ -65,44 +65,17 @@ export interface RadosgwInstance {
 }
 
 const GRACE_MS = 5000;
+const INSTALL = "Debian package radosgw";
+const findBin = (name: string) => processesFindBin(name, INSTALL);
+const run = (file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60000) => runTool(file, args, env, timeoutMs);
 
-function findBin(name: string): string {
-  for (const d of ["/usr/bin", "/usr/sbin", "/bin", "/sbin", ...(process.env.PATH ?? "").split(":")]) {
-    if (!d) continue;
-    const p = path.join(d, name);
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error(`${name} not found: run scripts/bootstrap.sh (Debian package radosgw)`);
-}
 
 /** Whether this machine can run the harness (ceph's binaries and radosgw's). */
 export function radosgwAvailable(): { ok: boolean; why?: string } {
-  try {
-    for (const b of ["radosgw", "radosgw-admin", "ceph-mon", "ceph-osd"]) findBin(b);
-    return { ok: true };
-  } catch (err) {
-    return { ok: false, why: (err as Error).message };
-  }
+  return binariesAvailable(["radosgw", "radosgw-admin", "ceph-mon", "ceph-osd"], INSTALL);
 }
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(file, args, { env, timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === "number" ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-    });
-  });
-}
 
-const liveDirs = new Set<string>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once("exit", () => {
-    for (const d of liveDirs) fs.rmSync(d, { recursive: true, force: true });
-  });
-}
 
 function anonymousGet(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -118,13 +91,12 @@ function anonymousGet(port: number): Promise<number> {
 export async function startRadosgw(ceph: CephInstance, opts: RadosgwOptions = {}): Promise<RadosgwInstance> {
   const avail = radosgwAvailable();
   if (!avail.ok) throw new Error(`the radosgw harness cannot run: ${avail.why}`);
-  installExitHook();
   const t0 = Date.now();
   const timings: Record<string, number> = {};
   const mark = (s: string) => (timings[s] = Date.now() - t0);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "radosgw-"));
   fs.chmodSync(dir, 0o700);
-  liveDirs.add(dir);
+  trackDir(dir);
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: dir, LANG: "C", LC_ALL: "C", TZ: "UTC" };
   const adminBin = findBin("radosgw-admin");
   const admin = async (args: string[], timeoutMs?: number) => {
@@ -161,7 +133,7 @@ export async function startRadosgw(ceph: CephInstance, opts: RadosgwOptions = {}
       }
     }
     fs.rmSync(dir, { recursive: true, force: true });
-    liveDirs.delete(dir);
+    untrackDir(dir);
   };
 
   try {

@@ -26,13 +26,13 @@
  * Needs root (tgtd answers management requests from its own uid) and the Debian packages tgt,
  * libiscsi-bin, qemu-utils and qemu-block-extra (scripts/bootstrap.sh).
  */
-import { ChildProcess, execFile, spawn } from "node:child_process";
+import { ChildProcess, spawn } from "node:child_process";
 import { randomBytes, randomInt } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { delay, describeExit, EarlyExit, onFreePort, tail, track, untrack } from "./processes";
+import { binariesAvailable, delay, describeExit, EarlyExit, findBin as processesFindBin, onFreePort, runTool, tail, type ToolResult, track, trackDir, untrack, untrackDir } from "./processes";
 
 export interface TgtOptions {
   /** Readiness timeout in ms (default 15000). */
@@ -51,11 +51,7 @@ export interface IscsiLogin {
   secret?: string;
 }
 
-export interface ToolResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type { ToolResult };
 
 export interface TgtInstance {
   host: "127.0.0.1";
@@ -89,45 +85,18 @@ export interface TgtInstance {
   stop(): Promise<void>;
 }
 
-const liveDirs = new Set<string>();
-let exitHookInstalled = false;
+const INSTALL = "Debian packages tgt, libiscsi-bin, qemu-utils, qemu-block-extra";
+const findBin = (name: string) => processesFindBin(name, INSTALL);
+const run = (file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 30000) => runTool(file, args, env, timeoutMs);
 
-function findBin(name: string): string {
-  for (const d of ["/usr/sbin", "/sbin", "/usr/bin", "/bin", ...(process.env.PATH ?? "").split(":")]) {
-    if (!d) continue;
-    const p = path.join(d, name);
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error(`${name} not found: run scripts/bootstrap.sh (Debian packages tgt, libiscsi-bin, qemu-utils, qemu-block-extra)`);
-}
 
 /** Whether this machine can run the harness. */
 export function tgtAvailable(): { ok: boolean; why?: string } {
   if (typeof process.getuid === "function" && process.getuid() !== 0) return { ok: false, why: "not root" };
-  try {
-    for (const b of ["tgtd", "tgtadm", "iscsi-readcapacity16", "iscsi-inq", "qemu-io"]) findBin(b);
-    return { ok: true };
-  } catch (err) {
-    return { ok: false, why: (err as Error).message };
-  }
+  return binariesAvailable(["tgtd", "tgtadm", "iscsi-readcapacity16", "iscsi-inq", "qemu-io"], INSTALL);
 }
 
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once("exit", () => {
-    for (const d of liveDirs) fs.rmSync(d, { recursive: true, force: true });
-  });
-}
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 30000): Promise<ToolResult> {
-  return new Promise((resolve) => {
-    execFile(file, args, { env, timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === "number" ? ((err as { code: number }).code) : -1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-    });
-  });
-}
 
 function tcpOpen(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -145,12 +114,11 @@ function tcpOpen(port: number): Promise<boolean> {
 export async function startTgt(opts: TgtOptions = {}): Promise<TgtInstance> {
   const avail = tgtAvailable();
   if (!avail.ok) throw new Error(`the tgt harness cannot run: ${avail.why}`);
-  installExitHook();
   const tgtd = findBin("tgtd");
   const tgtadmBin = findBin("tgtadm");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tgtd-"));
   fs.chmodSync(dir, 0o700);
-  liveDirs.add(dir);
+  trackDir(dir);
   const ipcBase = path.join(dir, "socket");
   // Any number will do (the socket lives in our directory); a random one keeps even a tgtd that
   // ignored TGT_IPC_SOCKET off the default control port 0 of a system tgtd. tgtd keeps it in a
@@ -177,7 +145,7 @@ export async function startTgt(opts: TgtOptions = {}): Promise<TgtInstance> {
         await exited;
       }
       fs.rmSync(dir, { recursive: true, force: true });
-      liveDirs.delete(dir);
+      untrackDir(dir);
     })());
 
   const t0 = Date.now();
