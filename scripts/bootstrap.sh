@@ -259,15 +259,18 @@ with zipfile.ZipFile(sys.argv[1]) as z:
   rm -rf "$GO_TOOLCHAIN_DIR"
   mv "$tmp/x/golang.org/toolchain@$mod" "$GO_TOOLCHAIN_DIR"
 }
+pick_go() { # sets GO_BIN, the go to build with: the machine's when usable, else our cached toolchain
+  if have go && go_usable go; then
+    GO_BIN="$(command -v go)"
+  else
+    [[ -x "$GO_TOOLCHAIN_DIR/bin/go" ]] || fetch_go_toolchain
+    GO_BIN="$GO_TOOLCHAIN_DIR/bin/go"
+  fi
+}
 build_pulumi() {
   local t go log="$LOG_DIR/pulumi-build.log" build out got
   t=$(date +%s%N)
-  if have go && go_usable go; then
-    go="$(command -v go)"
-  else
-    [[ -x "$GO_TOOLCHAIN_DIR/bin/go" ]] || fetch_go_toolchain
-    go="$GO_TOOLCHAIN_DIR/bin/go"
-  fi
+  pick_go; go="$GO_BIN"
   # The wrapper module lives in the cache, never in the repository.
   build="$BAREMETAL_CACHE/build/pulumi-$BAREMETAL_PULUMI_VERSION"
   mkdir -p "$build"
@@ -335,12 +338,7 @@ fi
 build_tofu() {
   local t go log="$LOG_DIR/tofu-build.log" build out got upstream
   t=$(date +%s%N)
-  if have go && go_usable go; then
-    go="$(command -v go)"
-  else
-    [[ -x "$GO_TOOLCHAIN_DIR/bin/go" ]] || fetch_go_toolchain
-    go="$GO_TOOLCHAIN_DIR/bin/go"
-  fi
+  pick_go; go="$GO_BIN"
   # The wrapper module lives in the cache, never in the repository.
   build="$BAREMETAL_CACHE/build/tofu-$BAREMETAL_TOFU_VERSION"
   mkdir -p "$build"
