@@ -35,26 +35,26 @@
  * volume back and recomputing every cell's id against the manifest.
  *
  * Speed: the CPU work of a cell (its chunk id, SHA-256 or HMAC-SHA256, and in envelope mode
- * AES-256-GCM: about 4 + 5 ms per 4 MiB cell on one core here) runs in a small pool of worker
- * threads (`workers`, default one per core, at most 8), so reading the source, hashing and
- * sealing several cells, and uploading overlap and use every core. Cells are assembled in a few
- * reused buffers shared with the workers (SharedArrayBuffer: nothing is copied to them); the
- * source's extent buffers are released to their reader (`releaseExtent`) as soon as they are
- * copied, so the reader reuses them instead of allocating. `workers: 0` does it all on the main
- * thread.
+ * AES-256-GCM: about 4 + 4 ms per 4 MiB cell on one core here) runs in a small pool of worker
+ * threads (`workers`, default one per core, at most 8; cell-crypto.ts), so reading the source,
+ * hashing and sealing several cells, and uploading overlap and use every core. A cell the reader
+ * hands out whole (the usual case) goes to a worker as it is: the storage readers read into
+ * shared memory, and the buffer goes back to them (`releaseExtent`) once the cell is sealed or
+ * stored. A full backup (or the changes a backend reported) seals each cell in the same trip to
+ * the worker as its hash. Restores open (decrypt, check) chunks and verify the written volume in
+ * the same workers. `workers: 0` does it all on the main thread.
  *
  * Memory: one cell being assembled, at most `concurrency` (default 4) + `workers` cells being
  * hashed or sealed and `concurrency` being uploaded, whatever the volume's size (4 MiB each:
  * 44 MiB with the defaults on two cores); the manifest's cell map (about 100 bytes per non-zero
  * cell: 26 MB for 1 TiB).
  */
-import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes } from "node:crypto";
-import { availableParallelism } from "node:os";
-import { Worker } from "node:worker_threads";
+import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from "node:crypto";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import type { BackupTargetDriver } from "../drivers/kinds/backup-target";
 import type { Extent, StorageDriver } from "../drivers/kinds/storage";
 import { releaseExtent } from "../drivers/storage-file/extents";
+import { type CellCrypto, cellCrypto, defaultWorkers, isShared, type Keys, SharedBuffers, sharedBuffer } from "./cell-crypto";
 
 export const CELL_BYTES = 4 * 1024 * 1024;
 export const MANIFEST_FORMAT = "baremetal-backup/1";
@@ -207,171 +207,6 @@ class Pool {
   }
 }
 
-interface Keys {
-  mode: "source" | "envelope";
-  dedup?: Buffer;
-  dek?: Buffer;
-  /** DEKs by backup id (for reading chunks of earlier backups). */
-  deks: Map<string, Buffer>;
-}
-
-function chunkId(keys: Keys, cell: Buffer): string {
-  return keys.mode === "source" ? createHash("sha256").update(cell).digest("hex") : createHmac("sha256", keys.dedup!).update(cell).digest("hex");
-}
-
-function sealChunk(dek: Buffer, id: string, cell: Buffer): Buffer {
-  const nonce = randomBytes(12);
-  const c = createCipheriv("aes-256-gcm", dek, nonce);
-  c.setAAD(Buffer.from(id));
-  const body = Buffer.concat([c.update(cell), c.final()]);
-  return Buffer.concat([nonce, body, c.getAuthTag()]);
-}
-
-function openChunk(dek: Buffer, id: string, sealed: Buffer, what: string): Buffer {
-  try {
-    const d = createDecipheriv("aes-256-gcm", dek, sealed.subarray(0, 12));
-    d.setAAD(Buffer.from(id));
-    d.setAuthTag(sealed.subarray(sealed.length - 16));
-    return Buffer.concat([d.update(sealed.subarray(12, sealed.length - 16)), d.final()]);
-  } catch (e) {
-    throw new BaremetalError("backend", `${what}: chunk ${id} does not decrypt (damaged or tampered with)`, { cause: e });
-  }
-}
-
-/** The CPU work on cells, inline or in worker threads (see the top of the file). */
-interface CellCrypto {
-  /** The chunk id of a cell (chunkId). */
-  id(cell: Buffer): Promise<string>;
-  /** The cell sealed under this backup's DEK (sealChunk; envelope mode), written into `out` (at least 28 bytes longer). */
-  seal(cell: Buffer, id: string, out: Buffer): Promise<Buffer>;
-  close(): Promise<void>;
-}
-
-function inlineCrypto(keys: Keys): CellCrypto {
-  return {
-    id: async (cell) => chunkId(keys, cell),
-    seal: async (cell, id, out) => {
-      const sealed = sealChunk(keys.dek!, id, cell);
-      sealed.copy(out);
-      return out.subarray(0, sealed.length);
-    },
-    close: async () => undefined,
-  };
-}
-
-/**
- * The worker threads' code (plain JavaScript, evaluated: it needs no module resolution). It
- * computes exactly what chunkId and sealChunk compute; a cell and the buffer its sealed chunk is
- * written into are views of shared memory (nothing is copied between threads, and the reused
- * buffers cost no fresh pages).
- */
-const WORKER_SOURCE = `
-const { parentPort, workerData } = require("node:worker_threads");
-const { createCipheriv, createHash, createHmac, randomFillSync } = require("node:crypto");
-const dedup = workerData.dedup ? Buffer.from(workerData.dedup) : undefined;
-const dek = workerData.dek ? Buffer.from(workerData.dek) : undefined;
-const PIECE = 256 * 1024;
-parentPort.on("message", (m) => {
-  try {
-    const cell = Buffer.from(m.cell.buffer, m.cell.byteOffset, m.cell.byteLength);
-    if (m.op === "id") {
-      const h = dedup ? createHmac("sha256", dedup) : createHash("sha256");
-      parentPort.postMessage({ n: m.n, id: h.update(cell).digest("hex") });
-      return;
-    }
-    const out = Buffer.from(m.out.buffer, m.out.byteOffset, 12 + cell.length + 16);
-    randomFillSync(out, 0, 12);
-    const c = createCipheriv("aes-256-gcm", dek, out.subarray(0, 12));
-    c.setAAD(Buffer.from(m.id));
-    let at = 12;
-    for (let i = 0; i < cell.length; i += PIECE) at += c.update(cell.subarray(i, i + PIECE)).copy(out, at);
-    at += c.final().copy(out, at);
-    c.getAuthTag().copy(out, at);
-    parentPort.postMessage({ n: m.n });
-  } catch (e) {
-    parentPort.postMessage({ n: m.n, error: String((e && e.message) || e) });
-  }
-});
-`;
-
-interface WorkerReply {
-  n: number;
-  id?: string;
-  error?: string;
-}
-
-/** `count` worker threads doing a cell's CPU work; a call goes to the least busy one. */
-class WorkerCrypto implements CellCrypto {
-  private readonly workers: { w: Worker; pending: Map<number, { resolve: (r: WorkerReply) => void; reject: (e: Error) => void }> }[] = [];
-  private n = 0;
-  private failure?: Error;
-
-  constructor(count: number, keys: Keys) {
-    const workerData = { dedup: keys.mode === "envelope" ? keys.dedup : undefined, dek: keys.dek };
-    for (let i = 0; i < count; i++) {
-      const w = new Worker(WORKER_SOURCE, { eval: true, workerData });
-      const entry = { w, pending: new Map<number, { resolve: (r: WorkerReply) => void; reject: (e: Error) => void }>() };
-      const failAll = (e: Error) => {
-        this.failure ??= e;
-        for (const p of entry.pending.values()) p.reject(e);
-        entry.pending.clear();
-      };
-      w.on("message", (m: WorkerReply) => {
-        const p = entry.pending.get(m.n);
-        if (!p) return;
-        entry.pending.delete(m.n);
-        if (m.error !== undefined) p.reject(new BaremetalError("internal", `a backup worker thread failed: ${m.error}`));
-        else p.resolve(m);
-      });
-      w.on("error", (e) => failAll(new BaremetalError("internal", `a backup worker thread failed: ${e.message}`, { cause: e })));
-      w.on("exit", (code) => failAll(new BaremetalError("internal", `a backup worker thread exited (code ${code})`)));
-      this.workers.push(entry);
-    }
-  }
-
-  private call(msg: Record<string, unknown>): Promise<WorkerReply> {
-    if (this.failure) return Promise.reject(this.failure);
-    let entry = this.workers[0];
-    for (const e of this.workers) if (e.pending.size < entry.pending.size) entry = e;
-    const n = ++this.n;
-    return new Promise((resolve, reject) => {
-      entry.pending.set(n, { resolve, reject });
-      entry.w.postMessage({ ...msg, n });
-    });
-  }
-
-  async id(cell: Buffer): Promise<string> {
-    return (await this.call({ op: "id", cell })).id!;
-  }
-
-  async seal(cell: Buffer, id: string, out: Buffer): Promise<Buffer> {
-    await this.call({ op: "seal", cell, id, out });
-    return out.subarray(0, cell.length + 28);
-  }
-
-  async close(): Promise<void> {
-    this.failure ??= new BaremetalError("internal", "the backup's worker threads were stopped");
-    await Promise.all(this.workers.map((e) => e.w.terminate().catch(() => undefined)));
-  }
-}
-
-/** Default number of worker threads: one per core, at most 8. */
-function defaultWorkers(): number {
-  return Math.max(1, Math.min(8, availableParallelism()));
-}
-
-/** Buffers of `size` bytes in shared memory (workers see them without a copy), reused. */
-class SharedBuffers {
-  private readonly free: Buffer[] = [];
-  constructor(private readonly size: number) {}
-  take(): Buffer {
-    return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.size));
-  }
-  give(b: Buffer): void {
-    this.free.push(b);
-  }
-}
-
 function unwrapKeys(enc: Manifest["encryption"], wrapper: KeyWrapper | undefined, sourceId: string, what: string): Keys {
   if (enc.mode === "source") return { mode: "source", deks: new Map() };
   if (!wrapper) throw new BaremetalError("validation", `${what}: the backup is encrypted with key ${enc.keyId} of key manager ${enc.keyManager}; give that key`, { property: "keyId" });
@@ -380,18 +215,58 @@ function unwrapKeys(enc: Manifest["encryption"], wrapper: KeyWrapper | undefined
   return { mode: "envelope", dedup: wrapper.unwrap(enc.dedupKey, `dedup:${sourceId}`), deks };
 }
 
-/** Reads one chunk and checks it against its id; returns the cell's plaintext. */
-async function fetchCell(target: BackupTargetDriver, prefix: string, keys: Keys, cell: Cell, what: string, signal?: AbortSignal): Promise<Buffer> {
-  const [, id, keyRef] = cell;
-  const body = await collect(await target.get(chunkKey(prefix, id), { signal }));
-  let plain = body;
-  if (keys.mode === "envelope") {
-    const dek = keyRef ? keys.deks.get(keyRef) : undefined;
-    if (!dek) throw new BaremetalError("backend", `${what}: the manifest has no data key for chunk ${id} (of backup ${keyRef})`);
-    plain = openChunk(dek, id, body, what);
+/**
+ * An object's bytes gathered into a buffer taken from `pool` (a fresh one when it is larger);
+ * returns the data and the buffer to give back.
+ */
+async function collectShared(body: AsyncIterable<Buffer>, pool: SharedBuffers): Promise<{ data: Buffer; buf: Buffer }> {
+  let buf = pool.take();
+  let n = 0;
+  for await (const b of body) {
+    if (n + b.length > buf.length) {
+      const bigger = sharedBuffer(Math.max(buf.length * 2, n + b.length));
+      buf.copy(bigger, 0, 0, n);
+      pool.give(buf);
+      buf = bigger;
+    }
+    b.copy(buf, n);
+    n += b.length;
   }
-  if (chunkId(keys, plain) !== id) throw new BaremetalError("backend", `${what}: chunk ${id} does not match its checksum (damaged or tampered with)`);
-  return plain;
+  return { data: buf.subarray(0, n), buf };
+}
+
+/** Buffers for fetching chunks: bodies as stored, and cells decrypted from them. */
+interface FetchBuffers {
+  bodies: SharedBuffers;
+  cells: SharedBuffers;
+}
+
+const fetchBuffers = (cellBytes: number): FetchBuffers => ({ bodies: new SharedBuffers(cellBytes + 28), cells: new SharedBuffers(cellBytes) });
+
+/**
+ * Reads one chunk and checks it against its id; returns the cell's plaintext (in shared memory)
+ * and `release`, which gives its buffer back once the caller is done with it.
+ */
+async function fetchCell(target: BackupTargetDriver, prefix: string, crypto: CellCrypto, keys: Keys, bufs: FetchBuffers, cell: Cell, what: string, signal?: AbortSignal): Promise<{ data: Buffer; release: () => void }> {
+  const [, id, ref] = cell;
+  const body = await collectShared(await target.get(chunkKey(prefix, id), { signal }), bufs.bodies);
+  if (keys.mode !== "envelope") {
+    try {
+      return { data: await crypto.open(body.data, id, ref, undefined, what), release: () => bufs.bodies.give(body.buf) };
+    } catch (e) {
+      bufs.bodies.give(body.buf);
+      throw e;
+    }
+  }
+  const out = bufs.cells.take();
+  try {
+    return { data: await crypto.open(body.data, id, ref, out, what), release: () => bufs.cells.give(out) };
+  } catch (e) {
+    bufs.cells.give(out);
+    throw e;
+  } finally {
+    bufs.bodies.give(body.buf);
+  }
 }
 
 export interface BackupRequest {
@@ -460,10 +335,11 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
   const stats: BackupStats = { bytesRead: 0, bytesStored: 0, chunksStored: 0, chunksReused: 0, bytesUsed: 0, ms: 0 };
   const concurrency = req.concurrency ?? 4;
   const workers = req.workers ?? defaultWorkers();
-  const crypto: CellCrypto = workers > 0 ? new WorkerCrypto(workers, keys) : inlineCrypto(keys);
+  const crypto = cellCrypto(keys, workers);
   /** Cells being hashed, sealed or uploaded; uploads among them at most `concurrency`. */
   const cellsInFlight = new Pool(concurrency + workers);
   const uploads = new Pool(concurrency);
+  /** Cells assembled from several extents (a cell read whole is the reader's buffer itself). */
   const buffers = new SharedBuffers(CELL_BYTES);
   /** Sealed chunks (nonce | ciphertext | tag) on their way to the target. */
   const sealedBuffers = new SharedBuffers(CELL_BYTES + 28);
@@ -471,27 +347,38 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
   const stored = new Set<string>();
   const cellCount = Math.ceil(info.sizeBytes / CELL_BYTES);
   const cellLength = (i: number) => Math.min(CELL_BYTES, info.sizeBytes - i * CELL_BYTES);
-  const zero = Buffer.alloc(CELL_BYTES);
-  const parentKeys = changesOnly ? keys : undefined;
+  /**
+   * Seal while hashing (one trip to a worker) when most cells read are new: a full backup, or
+   * the changes a backend reported. Otherwise (a backend that cannot tell what changed) most
+   * cells are known and only the unknown ones are sealed, after their id is.
+   */
+  const sealEarly = keys.mode === "envelope" && (!parent || changesOnly);
+  const parentBuffers = fetchBuffers(CELL_BYTES);
 
   /**
    * Hashes a cell and, unless its chunk is known, seals it and starts its upload (resolves once
-   * the upload has started); `buf` goes back to `buffers` once nothing needs it any more.
+   * the upload has started); `release` gives the cell's buffer back once nothing needs it. `zero`:
+   * whether the cell may be all zeros (readers leave out zero blocks, so a cell read whole is not).
    */
-  const storeCell = async (index: number, buf: Buffer, cell: Buffer) => {
+  const storeCell = async (index: number, cell: Buffer, release: () => void, zero: boolean) => {
     let held = true;
     const giveBack = () => {
-      if (held) buffers.give(buf);
+      if (held) release();
       held = false;
     };
-    let sealed: Buffer | undefined;
+    let sealed: Buffer | undefined = sealEarly ? sealedBuffers.take() : undefined;
     const giveSealed = () => {
       if (sealed) sealedBuffers.give(sealed);
       sealed = undefined;
     };
     let uploading = false;
     try {
-      const id = await crypto.id(cell);
+      const r = await crypto.cell(cell, { zero, out: sealed });
+      if (!r) {
+        map.delete(index);
+        return;
+      }
+      const id = r.id;
       // From here until the upload is queued nothing awaits: a cell of equal content hashed
       // later finds the id known (one upload per chunk), as when cells were stored one by one.
       const had = known.get(id);
@@ -505,8 +392,11 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
       map.set(index, cellEntry);
       let body = cell;
       if (keys.mode === "envelope") {
-        sealed = sealedBuffers.take();
-        body = await crypto.seal(cell, id, sealed);
+        if (r.sealed) body = r.sealed;
+        else {
+          sealed = sealedBuffers.take();
+          body = await crypto.seal(cell, id, sealed);
+        }
         giveBack();
       }
       await uploads.add(async () => {
@@ -530,9 +420,14 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
     }
   };
 
-  let current: { index: number; buf: Buffer; cell: Buffer; covered: number; filled: boolean } | undefined;
+  /** The cell being assembled; `whole`: it is one extent's buffer (handed back with `release`). */
+  let current: { index: number; cell: Buffer; release: () => void; covered: number; filled: boolean; whole: boolean } | undefined;
   /** The ranges of each cell the backend reported (changed), cell-relative. */
   const masks = new Map<number, [number, number][]>();
+  const ownBuffer = (index: number) => {
+    const buf = buffers.take();
+    return { cell: buf.subarray(0, cellLength(index)), release: () => buffers.give(buf) };
+  };
   const finish = async () => {
     if (!current) return;
     const c = current;
@@ -540,18 +435,14 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
     if (changesOnly && c.covered < c.cell.length) {
       // Only part of the cell changed: the rest is the parent's.
       const old = map.get(c.index);
-      const base = old ? await fetchCell(target, prefix, parentKeys!, old, what, signal) : Buffer.alloc(c.cell.length);
-      const merged = Buffer.from(base);
+      const base = old ? await fetchCell(target, prefix, crypto, keys, parentBuffers, old, what, signal) : undefined;
+      const merged = Buffer.from(base?.data ?? Buffer.alloc(c.cell.length));
+      base?.release();
       for (const [from, to] of masks.get(c.index) ?? []) c.cell.copy(merged, from, from, to);
       merged.copy(c.cell);
     }
     masks.delete(c.index);
-    if (c.cell.equals(zero.subarray(0, c.cell.length))) {
-      map.delete(c.index);
-      buffers.give(c.buf);
-      return;
-    }
-    await cellsInFlight.add(() => storeCell(c.index, c.buf, c.cell));
+    await cellsInFlight.add(() => storeCell(c.index, c.cell, c.release, !c.whole));
   };
 
   try {
@@ -562,13 +453,26 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
           releaseExtent(e);
           continue;
         }
-        if (!current || current.index !== index) {
-          await finish();
-          const buf = buffers.take();
-          current = { index, buf, cell: buf.subarray(0, cellLength(index)), covered: 0, filled: false };
-        }
         const at = e.offset - index * CELL_BYTES;
         const length = "data" in e ? e.data.length : e.length;
+        if (!current || current.index !== index) {
+          await finish();
+          if ("data" in e && at === 0 && length === cellLength(index) && isShared(e.data)) {
+            // The whole cell in one extent, in shared memory: it goes to the workers as it is.
+            current = { index, cell: e.data, release: () => releaseExtent(e), covered: length, filled: true, whole: true };
+            stats.bytesRead += length;
+            masks.set(index, [[0, length]]);
+            continue;
+          }
+          current = { index, ...ownBuffer(index), covered: 0, filled: false, whole: false };
+        }
+        if (current.whole) {
+          // More for a cell read whole (overlapping extents): assemble it in a buffer of ours.
+          const own = ownBuffer(index);
+          current.cell.copy(own.cell);
+          current.release();
+          Object.assign(current, own, { whole: false });
+        }
         // Ranges no extent covers are zeros: clear the (reused) buffer unless one extent fills the cell.
         if (!current.filled && !(at === 0 && length === current.cell.length && "data" in e)) current.cell.fill(0);
         current.filled = true;
@@ -638,6 +542,8 @@ export interface RestoreRequest {
   /** An existing, empty volume at least `manifest.sizeBytes` large. */
   volume: string;
   concurrency?: number;
+  /** Worker threads for opening chunks and verifying (default one per core, at most 8; 0: on the main thread). */
+  workers?: number;
   /** Read the volume back and compare every cell with the manifest (default true). */
   verify?: boolean;
   onProgress?: (p: { cellsDone: number; cells: number }) => void;
@@ -651,7 +557,11 @@ export interface RestoreResult {
   ms: number;
 }
 
-/** Writes a backup into a fresh volume, and (by default) verifies it by reading it back. */
+/**
+ * Writes a backup into a fresh volume, and (by default) verifies it by reading it back. Chunks
+ * are fetched `concurrency` ahead and opened (decrypted, checked) in the worker threads; cells are
+ * written in order.
+ */
 export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult> {
   const { manifest: m, target, prefix, storage, volume, signal } = req;
   const t0 = Date.now();
@@ -659,66 +569,107 @@ export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult>
   if (!storage.writeExtents || !storage.readExtents) throw new BaremetalError("validation", `${what}: the ${storage.family} storage backend cannot be written from backups`);
   const keys = unwrapKeys(m.encryption, req.wrapper, m.source.id, what);
   const concurrency = req.concurrency ?? 4;
-  // Fetch ahead, write in order: a window of `concurrency` cells.
-  const pending: Promise<Buffer>[] = [];
-  let next = 0;
-  const pump = () => {
-    while (pending.length < concurrency && next < m.cells.length) {
-      const cell = m.cells[next++];
-      const p = fetchCell(target, prefix, keys, cell, what, signal);
-      p.catch(() => undefined);
-      pending.push(p);
-    }
-  };
-  let done = 0;
-  async function* extents(): AsyncIterable<Extent> {
-    pump();
-    for (const cell of m.cells) {
-      const data = await pending.shift()!;
+  const crypto = cellCrypto(keys, req.workers ?? defaultWorkers());
+  try {
+    // Fetch ahead, write in order: a window of `concurrency` cells.
+    const pending: Promise<{ data: Buffer; release: () => void }>[] = [];
+    const bufs = fetchBuffers(m.cellBytes);
+    let next = 0;
+    const pump = () => {
+      while (pending.length < concurrency && next < m.cells.length) {
+        const cell = m.cells[next++];
+        const p = fetchCell(target, prefix, crypto, keys, bufs, cell, what, signal);
+        p.catch(() => undefined);
+        pending.push(p);
+      }
+    };
+    let done = 0;
+    async function* extents(): AsyncIterable<Extent> {
       pump();
-      yield { offset: cell[0] * m.cellBytes, data };
-      done++;
-      req.onProgress?.({ cellsDone: done, cells: m.cells.length });
+      for (const cell of m.cells) {
+        const { data, release } = await pending.shift()!;
+        pump();
+        // The writer calls release() once the data is written (StorageDriver.writeExtents).
+        const e: Extent = { offset: cell[0] * m.cellBytes, data };
+        Object.defineProperty(e, "release", { enumerable: false, value: release });
+        yield e;
+        done++;
+        req.onProgress?.({ cellsDone: done, cells: m.cells.length });
+      }
     }
+    const { bytesWritten } = await storage.writeExtents(volume, extents(), signal);
+    let verified = false;
+    if (req.verify !== false) {
+      await verifyVolume(storage, volume, m, crypto, concurrency, what, signal);
+      verified = true;
+    }
+    return { bytesWritten, cells: m.cells.length, verified, ms: Date.now() - t0 };
+  } finally {
+    await crypto.close();
   }
-  const { bytesWritten } = await storage.writeExtents(volume, extents(), signal);
-  let verified = false;
-  if (req.verify !== false) {
-    await verifyVolume(storage, volume, m, keys, what, signal);
-    verified = true;
-  }
-  return { bytesWritten, cells: m.cells.length, verified, ms: Date.now() - t0 };
 }
 
 /** Reads the volume and compares every cell's id with the manifest (zero cells must be zero). */
-async function verifyVolume(storage: StorageDriver, volume: string, m: Manifest, keys: Keys, what: string, signal?: AbortSignal): Promise<void> {
+async function verifyVolume(storage: StorageDriver, volume: string, m: Manifest, crypto: CellCrypto, concurrency: number, what: string, signal?: AbortSignal): Promise<void> {
   const expected = new Map(m.cells.map((c) => [c[0], c[1]]));
   const seen = new Set<number>();
-  let current: { index: number; buf: Buffer } | undefined;
-  const check = () => {
+  const checks = new Pool(concurrency);
+  const buffers = new SharedBuffers(m.cellBytes);
+  const cellLength = (index: number) => Math.min(m.cellBytes, m.sizeBytes - index * m.cellBytes);
+  let current: { index: number; cell: Buffer; release: () => void; whole: boolean } | undefined;
+  const check = async () => {
     if (!current) return;
-    const { index, buf } = current;
+    const { index, cell, release } = current;
     current = undefined;
-    const want = expected.get(index);
-    const isZero = buf.equals(Buffer.alloc(buf.length));
-    if (want === undefined ? !isZero : chunkId(keys, buf) !== want) {
-      throw new BaremetalError("backend", `${what}: verification failed: cell ${index} (bytes ${index * m.cellBytes}..) differs from the backup`);
-    }
     seen.add(index);
+    await checks.add(async () => {
+      try {
+        const want = expected.get(index);
+        const got = await crypto.cell(cell, { zero: true });
+        if (want === undefined ? got !== null : got?.id !== want) {
+          throw new BaremetalError("backend", `${what}: verification failed: cell ${index} (bytes ${index * m.cellBytes}..) differs from the backup`);
+        }
+      } finally {
+        release();
+      }
+    });
   };
-  for await (const e of storage.readExtents!(volume, { maxBytes: m.cellBytes, signal })) {
-    const index = Math.floor(e.offset / m.cellBytes);
-    if (index * m.cellBytes >= m.sizeBytes) {
-      if ("data" in e && !e.data.equals(Buffer.alloc(e.data.length))) throw new BaremetalError("backend", `${what}: verification failed: data past the backup's size`);
-      continue;
+  try {
+    for await (const e of storage.readExtents!(volume, { maxBytes: m.cellBytes, signal })) {
+      const index = Math.floor(e.offset / m.cellBytes);
+      if (index * m.cellBytes >= m.sizeBytes) {
+        const stray = "data" in e && !e.data.equals(Buffer.alloc(e.data.length));
+        releaseExtent(e);
+        if (stray) throw new BaremetalError("backend", `${what}: verification failed: data past the backup's size`);
+        continue;
+      }
+      if (!current || current.index !== index) {
+        await check();
+        if ("data" in e && e.offset === index * m.cellBytes && e.data.length === cellLength(index) && isShared(e.data)) {
+          current = { index, cell: e.data, release: () => releaseExtent(e), whole: true };
+          continue;
+        }
+        const buf = buffers.take();
+        const cell = buf.subarray(0, cellLength(index));
+        cell.fill(0);
+        current = { index, cell, release: () => buffers.give(buf), whole: false };
+      } else if (current.whole) {
+        const buf = buffers.take();
+        const cell = buf.subarray(0, cellLength(index));
+        current.cell.copy(cell);
+        current.release();
+        current = { index, cell, release: () => buffers.give(buf), whole: false };
+      }
+      if ("data" in e) e.data.copy(current.cell, e.offset - index * m.cellBytes);
+      releaseExtent(e);
     }
-    if (!current || current.index !== index) {
-      check();
-      current = { index, buf: Buffer.alloc(Math.min(m.cellBytes, m.sizeBytes - index * m.cellBytes)) };
-    }
-    if ("data" in e) e.data.copy(current.buf, e.offset - index * m.cellBytes);
+    await check();
+    await checks.wait();
+  } catch (e) {
+    current?.release();
+    await checks.wait().catch(() => undefined);
+    throw e;
   }
-  check();
   for (const index of expected.keys()) {
     if (!seen.has(index)) throw new BaremetalError("backend", `${what}: verification failed: cell ${index} is missing from the restored volume`);
   }

@@ -134,7 +134,11 @@ export interface StorageDriver {
   readExtents?(volume: string, opts?: ReadExtentsOptions): AsyncIterable<Extent>;
   /** Whether `readExtents` with `since` returns only the changes (true for Ceph). */
   readonly readsChangesOnly?: boolean;
-  /** Writes extents into an existing volume large enough for them (a restore); streams. */
+  /**
+   * Writes extents into an existing volume large enough for them (a restore); streams. Once an
+   * extent's data is written (handed to the OS), its `release()` is called when it has one (see
+   * storage-file/extents.ts BufferPool), so its maker may reuse the buffer.
+   */
   writeExtents?(volume: string, extents: AsyncIterable<Extent>, signal?: AbortSignal): Promise<{ bytesWritten: number }>;
   close(): Promise<void>;
 }

@@ -29,7 +29,7 @@
 import type { ChildProcess } from "node:child_process";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import type { Extent, ReadExtentsOptions } from "../kinds/storage";
-import { anySignal, BufferPool, checkExtent, checkMaxBytes, isAllZero } from "../storage-file/extents";
+import { anySignal, BufferPool, checkExtent, checkMaxBytes, isAllZero, releaseExtent } from "../storage-file/extents";
 import type { CephStorageDriver } from "./driver";
 
 const NAME_RE = /^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$/;
@@ -290,9 +290,9 @@ export async function writeCephExtents(driver: CephStorageDriver, volume: string
   const idleMs = driver.rbd.commandTimeoutMs;
 
   /** Writes `b`; when the pipe is full, waits until rbd takes it (or exits, or takes too long). */
-  const put = async (b: Buffer): Promise<void> => {
+  const put = async (b: Buffer, written?: () => void): Promise<void> => {
     if (exited || stdin.destroyed) throw new Error("rbd import-diff exited");
-    if (stdin.write(b)) return;
+    if (stdin.write(b, written && ((err) => !err && written()))) return;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         timedOut = true;
@@ -340,7 +340,8 @@ export async function writeCephExtents(driver: CephStorageDriver, volume: string
         head.writeBigUInt64LE(BigInt(e.offset), 1);
         head.writeBigUInt64LE(BigInt(e.length), 9);
         await put(head);
-        if (e.data) await put(e.data);
+        // Its buffer goes back to whoever made it once the pipe has taken it.
+        if (e.data) await put(e.data, () => releaseExtent(raw as Extent));
         bytesWritten += e.length;
       }
       await put(Buffer.from([TAG.end]));

@@ -60,10 +60,11 @@ export class BufferPool {
   private readonly free: Buffer[] = [];
   constructor(
     readonly size: number,
-    private readonly keep = 4,
+    private readonly keep = 8,
   ) {}
   take(): Buffer {
-    return this.free.pop() ?? Buffer.allocUnsafe(this.size);
+    // Shared memory: the backup engine hands a whole block to its worker threads without a copy.
+    return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.size));
   }
   give(b: Buffer): void {
     if (this.free.length < this.keep && b.length === this.size) this.free.push(b);
@@ -240,6 +241,7 @@ export async function writeFileExtents(dst: FileExtentTarget, extents: AsyncIter
         if (e.data) {
           let done = 0;
           while (done < e.length) done += (await fh.write(e.data, done, e.length - done, e.offset + done)).bytesWritten;
+          releaseExtent(raw as Extent); // written: its buffer may be reused by whoever made it
         } else {
           // Zeros only where the target is not zeros already (holes stay holes).
           for (let at = e.offset; at < e.offset + e.length; at += ZERO_CHECK_BYTES) {

@@ -1,0 +1,265 @@
+/**
+ * The CPU work of the backup engine on cells (engine.ts): chunk ids, sealing and opening chunks,
+ * zero checks. One implementation, run either in a pool of worker threads or on the main thread
+ * (`workers: 0`).
+ *
+ * - Chunk id: SHA-256 of the cell (`source` mode: the volume is ciphertext already), or
+ *   HMAC-SHA256 under the source's dedup key (`envelope` mode).
+ * - Sealed chunk: nonce (12 random bytes) | AES-256-GCM ciphertext | tag (16), with the chunk id
+ *   as associated data, under the DEK of the backup that stored it.
+ * - Opening checks both the GCM tag and the id recomputed over the plaintext.
+ *
+ * Threads: cells and the buffers results are written into are views of SharedArrayBuffers, so
+ * nothing is copied between threads (a cell in ordinary memory is copied once by postMessage; a
+ * result buffer must be shared, or the worker would write into a copy). Storage readers hand out
+ * shared buffers (storage-file/extents.ts BufferPool), so a whole cell read from the volume goes
+ * to a worker as it is. A call goes to the least busy worker.
+ *
+ * The code run on the cells is plain JavaScript in a string: the worker evaluates it without
+ * module resolution (it runs the same under tsx, jest and the compiled provider), and the main
+ * thread builds its inline implementation from the same string.
+ */
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+import { BaremetalError } from "../core/errors";
+
+export interface Keys {
+  mode: "source" | "envelope";
+  dedup?: Buffer;
+  /** This backup's DEK (sealing). */
+  dek?: Buffer;
+  /** DEKs by backup id (for opening chunks of earlier backups). */
+  deks: Map<string, Buffer>;
+}
+
+/** What the cell operations return (a plain object: it crosses threads). */
+interface OpResult {
+  zero?: boolean;
+  id?: string;
+  sealed?: number;
+  length?: number;
+  bad?: "decrypt" | "checksum" | "key";
+  error?: string;
+}
+
+/** Defines `makeOps(keys)`: the operations on cells (see the top of the file). */
+const OPS_SOURCE = `
+const { createCipheriv, createDecipheriv, createHash, createHmac, randomFillSync } = require("node:crypto");
+/** Pieces for AES-GCM (its output is allocated per call: 256 KiB measured fastest) and zero checks. */
+const PIECE = 256 * 1024;
+const ZERO = Buffer.alloc(PIECE);
+const view = (u) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+function isZero(b) {
+  for (let i = 0; i < b.length; i += PIECE) {
+    const p = b.subarray(i, i + PIECE);
+    if (!p.equals(ZERO.subarray(0, p.length))) return false;
+  }
+  return true;
+}
+function makeOps(keys) {
+  const dedup = keys.dedup ? view(keys.dedup) : undefined;
+  const dek = keys.dek ? view(keys.dek) : undefined;
+  const deks = new Map(Object.entries(keys.deks || {}).map(([k, v]) => [k, view(v)]));
+  const idOf = (cell) => (dedup ? createHmac("sha256", dedup) : createHash("sha256")).update(cell).digest("hex");
+  function seal(id, cell, out) {
+    randomFillSync(out, 0, 12);
+    const c = createCipheriv("aes-256-gcm", dek, out.subarray(0, 12));
+    c.setAAD(Buffer.from(id));
+    let at = 12;
+    for (let i = 0; i < cell.length; i += PIECE) at += c.update(cell.subarray(i, i + PIECE)).copy(out, at);
+    at += c.final().copy(out, at);
+    c.getAuthTag().copy(out, at);
+    return at + 16;
+  }
+  return {
+    /** {cell, zero?, out?} -> {zero: true} when asked and all zeros; else {id}, and {sealed: length} into out when given. */
+    cell(m) {
+      const cell = view(m.cell);
+      if (m.zero && isZero(cell)) return { zero: true };
+      const id = idOf(cell);
+      return m.out ? { id, sealed: seal(id, cell, view(m.out)) } : { id };
+    },
+    /** {cell, id, out} -> {sealed: length} */
+    seal(m) {
+      return { sealed: seal(m.id, view(m.cell), view(m.out)) };
+    },
+    /** {body, id, ref?, out?} -> {length} of the plaintext (in out when decrypted, else body itself), or {bad}. */
+    open(m) {
+      const body = view(m.body);
+      let plain = body;
+      if (m.ref !== undefined) {
+        const key = deks.get(m.ref);
+        if (!key) return { bad: "key" };
+        if (body.length < 28) return { bad: "decrypt" };
+        const out = view(m.out);
+        const end = body.length - 16;
+        let at = 0;
+        try {
+          const d = createDecipheriv("aes-256-gcm", key, body.subarray(0, 12));
+          d.setAAD(Buffer.from(m.id));
+          d.setAuthTag(body.subarray(end));
+          for (let i = 12; i < end; i += PIECE) at += d.update(body.subarray(i, Math.min(end, i + PIECE))).copy(out, at);
+          at += d.final().copy(out, at);
+        } catch (e) {
+          return { bad: "decrypt" };
+        }
+        plain = out.subarray(0, at);
+      }
+      return idOf(plain) === m.id ? { length: plain.length } : { bad: "checksum" };
+    },
+  };
+}
+`;
+
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require("node:worker_threads");
+${OPS_SOURCE}
+const ops = makeOps(workerData);
+parentPort.on("message", (m) => {
+  let r;
+  try {
+    r = ops[m.op](m);
+  } catch (e) {
+    r = { error: String((e && e.message) || e) };
+  }
+  r.n = m.n;
+  parentPort.postMessage(r);
+});
+`;
+
+type Ops = Record<"cell" | "seal" | "open", (m: Record<string, unknown>) => OpResult>;
+
+/** Key material as plain bytes of its own (a Buffer from Node's pool would take the whole pool across). */
+function keyData(keys: Keys): Record<string, unknown> {
+  const own = (b?: Buffer) => (b ? Uint8Array.from(b) : undefined);
+  return { dedup: keys.mode === "envelope" ? own(keys.dedup) : undefined, dek: own(keys.dek), deks: Object.fromEntries([...keys.deks].map(([k, v]) => [k, own(v)])) };
+}
+
+/** A buffer of `size` bytes in shared memory. */
+export const sharedBuffer = (size: number) => Buffer.from(new SharedArrayBuffer(size));
+
+/** Whether `b` lives in shared memory (goes to a worker without a copy). */
+export const isShared = (b: Buffer) => b.buffer instanceof SharedArrayBuffer;
+
+/**
+ * Buffers of `size` bytes in shared memory, reused (at most `keep` kept). Reuse matters: V8 does
+ * not count fresh SharedArrayBuffers towards collecting garbage soon, so a buffer per cell lets
+ * memory grow by gigabytes before they are freed (measured on a restore: 2 GB).
+ */
+export class SharedBuffers {
+  private readonly free: Buffer[] = [];
+  constructor(
+    private readonly size: number,
+    private readonly keep = 16,
+  ) {}
+  take(): Buffer {
+    return this.free.pop() ?? sharedBuffer(this.size);
+  }
+  /** Gives `b` back (once: a second give of the same buffer is ignored). */
+  give(b: Buffer): void {
+    if (b.length === this.size && this.free.length < this.keep && !this.free.includes(b)) this.free.push(b);
+  }
+}
+
+export interface CellCrypto {
+  /**
+   * A cell's chunk id; null when `zero` is asked and the cell is all zeros. With `out` (envelope
+   * mode, at least 28 bytes longer than the cell, shared) the cell is also sealed into it.
+   */
+  cell(cell: Buffer, opts?: { zero?: boolean; out?: Buffer }): Promise<{ id: string; sealed?: Buffer } | null>;
+  /** The cell sealed into `out` (envelope mode). */
+  seal(cell: Buffer, id: string, out: Buffer): Promise<Buffer>;
+  /**
+   * A stored chunk's cell: decrypted into `out` with the DEK of backup `ref` (envelope mode) or
+   * the body itself (source mode), and checked against `id`. `what` starts the error's message.
+   */
+  open(body: Buffer, id: string, ref: string | undefined, out: Buffer | undefined, what: string): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/** Default number of worker threads: one per core, at most 8. */
+export function defaultWorkers(): number {
+  return Math.max(1, Math.min(8, availableParallelism()));
+}
+
+function openFailure(r: OpResult, id: string, ref: string | undefined, what: string): BaremetalError {
+  if (r.bad === "key") return new BaremetalError("backend", `${what}: the manifest has no data key for chunk ${id} (of backup ${ref})`);
+  if (r.bad === "decrypt") return new BaremetalError("backend", `${what}: chunk ${id} does not decrypt (damaged or tampered with)`);
+  return new BaremetalError("backend", `${what}: chunk ${id} does not match its checksum (damaged or tampered with)`);
+}
+
+/** The cell operations for `keys`, in `workers` worker threads (0: on the main thread). */
+export function cellCrypto(keys: Keys, workers = defaultWorkers()): CellCrypto {
+  const pool = workers > 0 ? new WorkerPool(workers, keyData(keys)) : undefined;
+  const run = pool ? pool.call : inlineRunner(keys);
+  return {
+    async cell(cell, opts = {}) {
+      const r = await run({ op: "cell", cell, zero: opts.zero ?? false, out: opts.out });
+      if (r.zero) return null;
+      return { id: r.id!, sealed: r.sealed !== undefined ? opts.out!.subarray(0, r.sealed) : undefined };
+    },
+    async seal(cell, id, out) {
+      const r = await run({ op: "seal", cell, id, out });
+      return out.subarray(0, r.sealed!);
+    },
+    async open(body, id, ref, out, what) {
+      const r = await run({ op: "open", body, id, ref: keys.mode === "envelope" ? (ref ?? "") : undefined, out });
+      if (r.bad) throw openFailure(r, id, ref, what);
+      return keys.mode === "envelope" ? out!.subarray(0, r.length!) : body;
+    },
+    close: async () => pool?.close(),
+  };
+}
+
+function inlineRunner(keys: Keys): (m: Record<string, unknown>) => Promise<OpResult> {
+  const makeOps = new Function("require", `${OPS_SOURCE}\nreturn makeOps;`)(require) as (k: Record<string, unknown>) => Ops;
+  const ops = makeOps(keyData(keys));
+  return async (m) => ops[m.op as keyof Ops](m);
+}
+
+type Pending = Map<number, { resolve: (r: OpResult) => void; reject: (e: Error) => void }>;
+
+/** `count` worker threads running the cell operations. */
+class WorkerPool {
+  private readonly workers: { w: Worker; pending: Pending }[] = [];
+  private n = 0;
+  private failure?: Error;
+
+  constructor(count: number, workerData: Record<string, unknown>) {
+    for (let i = 0; i < count; i++) {
+      const w = new Worker(WORKER_SOURCE, { eval: true, workerData });
+      const entry = { w, pending: new Map() as Pending };
+      const failAll = (e: Error) => {
+        this.failure ??= e;
+        for (const p of entry.pending.values()) p.reject(e);
+        entry.pending.clear();
+      };
+      w.on("message", (m: OpResult & { n: number }) => {
+        const p = entry.pending.get(m.n);
+        if (!p) return;
+        entry.pending.delete(m.n);
+        if (m.error !== undefined) p.reject(new BaremetalError("internal", `a backup worker thread failed: ${m.error}`));
+        else p.resolve(m);
+      });
+      w.on("error", (e) => failAll(new BaremetalError("internal", `a backup worker thread failed: ${e.message}`, { cause: e })));
+      w.on("exit", (code) => failAll(new BaremetalError("internal", `a backup worker thread exited (code ${code})`)));
+      this.workers.push(entry);
+    }
+  }
+
+  readonly call = (msg: Record<string, unknown>): Promise<OpResult> => {
+    if (this.failure) return Promise.reject(this.failure);
+    let entry = this.workers[0];
+    for (const e of this.workers) if (e.pending.size < entry.pending.size) entry = e;
+    const n = ++this.n;
+    return new Promise((resolve, reject) => {
+      entry.pending.set(n, { resolve, reject });
+      entry.w.postMessage({ ...msg, n });
+    });
+  };
+
+  async close(): Promise<void> {
+    this.failure ??= new BaremetalError("internal", "the backup's worker threads were stopped");
+    await Promise.all(this.workers.map((e) => e.w.terminate().catch(() => undefined)));
+  }
+}
