@@ -16,11 +16,8 @@ import * as plugproto from "@pulumi/pulumi/proto/plugin_pb";
 import * as provrpc from "@pulumi/pulumi/proto/provider_grpc_pb";
 import * as provproto from "@pulumi/pulumi/proto/provider_pb";
 import * as statusproto from "@pulumi/pulumi/proto/status_pb";
-import { callerOf } from "../../core/auth";
-import { type ProviderConfig, configFields, toProviderConfig, withEnvironment } from "../../core/config";
-import { Policy } from "../../core/policy";
-import { defaultInventoryUrl, openInventory } from "../../inventory";
-import type { Inventory } from "../../inventory/types";
+import { configFields } from "../../core/config";
+import { ProviderHost } from "../../core/host";
 import { diffInputs, type PropertyChange } from "../../core/diff";
 import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
 import { applyDefaults, type Fields } from "../../core/fields";
@@ -42,13 +39,9 @@ interface Compiled {
 }
 
 export class BaremetalProvider {
-  private config: ProviderConfig = toProviderConfig(withEnvironment({}));
-  private policy: Policy = Policy.defaults();
-  private inventoryHandle?: { url: string; opened: Promise<Inventory> };
+  private readonly host = new ProviderHost();
   private engine?: engrpc.EngineClient;
-  private readonly inflight = new Set<AbortController>();
   private readonly compiled = new Map<string, Compiled>();
-  private readonly configValidator = new Validator(configFields);
   private readonly configSecrets = declaredSecretPaths(configFields);
 
   constructor(engineAddress?: string) {
@@ -90,53 +83,20 @@ export class BaremetalProvider {
 
   /** What every handler may use: config, caller, policy and the shared inventory (opened once). */
   private providerContext(): ProviderContext {
-    return {
-      config: this.config,
-      caller: callerOf(this.config),
-      policy: this.policy,
-      inventory: () => {
-        const url = this.config.inventoryUrl ?? defaultInventoryUrl();
-        if (this.inventoryHandle?.url !== url) {
-          const previous = this.inventoryHandle?.opened;
-          this.inventoryHandle = { url, opened: openInventory(url, { property: "inventoryUrl" }) };
-          previous?.then((i) => i.close()).catch(() => undefined);
-        }
-        return this.inventoryHandle.opened;
-      },
-    };
+    return this.host.providerContext();
   }
 
   /** Closes what the provider holds open (the inventory). */
   async close(): Promise<void> {
-    await this.inventoryHandle?.opened.then((i) => i.close()).catch(() => undefined);
-    this.inventoryHandle = undefined;
+    await this.host.close();
   }
 
   private context(urn: string, timeoutSeconds: number, def: ResourceDefinition, name = ""): { ctx: OperationContext; done: () => void } {
-    const controller = new AbortController();
-    this.inflight.add(controller);
-    const seconds = timeoutSeconds > 0 ? timeoutSeconds : def.defaultTimeoutSeconds;
-    const deadline = Date.now() + seconds * 1000;
-    const timer = setTimeout(
-      () => controller.abort(new BaremetalError("timeout", `timed out after ${seconds} s; raise the resource's customTimeouts if the machine is slow`)),
-      seconds * 1000 + 2000,
-    );
-    const ctx: OperationContext = {
-      ...this.providerContext(),
-      name: name || urn.split("::").pop() || "",
-      urn,
-      signal: controller.signal,
-      deadline,
-      progress: (m) => this.log(engproto.LogSeverity.INFO, m, urn, true),
-      warn: (m) => this.log(engproto.LogSeverity.WARNING, m, urn, false),
+    const log = {
+      progress: (m: string) => this.log(engproto.LogSeverity.INFO, m, urn, true),
+      warn: (m: string) => this.log(engproto.LogSeverity.WARNING, m, urn, false),
     };
-    return {
-      ctx,
-      done: () => {
-        clearTimeout(timer);
-        this.inflight.delete(controller);
-      },
-    };
+    return this.host.operation(def, urn, name || urn.split("::").pop() || "", timeoutSeconds, log, "customTimeouts");
   }
 
   // ---- plugin and provider-level calls -------------------------------------------------------
@@ -157,7 +117,7 @@ export class BaremetalProvider {
     const values = coerceConfig(withoutReserved(news.value));
     // Validate what the environment would add too, so a bad BAREMETAL_* value fails the preview;
     // but return only what the user set, so no environment value (secret or not) lands in state.
-    const failures = this.configValidator.check(applyDefaults(configFields, withEnvironment(values)));
+    const failures = this.host.checkConfig(values);
     return checkResponse({ ...values, ...reserved }, new Set([...news.secretPaths, ...this.configSecrets]), failures);
   };
 
@@ -174,16 +134,12 @@ export class BaremetalProvider {
       values = {};
       for (const [k, v] of req.getVariablesMap().entries()) values[k.replace(/^baremetal:(config:)?/, "")] = v;
     }
-    const merged = applyDefaults(configFields, withEnvironment(coerceConfig(withoutReserved(values))));
-    const failures = this.configValidator.check(merged);
-    if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
-    this.config = toProviderConfig(merged);
-    this.policy = this.config.policyFile ? Policy.fromFile(this.config.policyFile) : Policy.defaults();
+    this.host.configure(coerceConfig(withoutReserved(values)));
     return new provproto.ConfigureResponse().setAcceptsecrets(true).setSupportspreview(true).setAcceptresources(true).setAcceptoutputs(false);
   };
 
   cancel: Handler<Empty, Empty> = async () => {
-    for (const c of this.inflight) c.abort(new BaremetalError("cancelled", "the engine cancelled the operation"));
+    this.host.cancelAll("the engine cancelled the operation");
     return new Empty();
   };
 

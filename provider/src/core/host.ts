@@ -1,0 +1,113 @@
+/**
+ * What every adapter (Pulumi gRPC, Terraform tfplugin6) holds for the core: the configured
+ * provider, the policy, the shared inventory (opened once, on first use), the operations in
+ * flight (cancelled together), and the context each handler runs with. The adapters translate
+ * wire values and errors; this is the one place that turns settings into a running provider.
+ */
+import { callerOf } from "./auth";
+import { type ProviderConfig, configFields, toProviderConfig, withEnvironment } from "./config";
+import { BaremetalError } from "./errors";
+import { applyDefaults } from "./fields";
+import { Policy } from "./policy";
+import type { OperationContext, ProviderContext, ResourceDefinition } from "./resource";
+import { type CheckFailure, Validator } from "./validate";
+import { defaultInventoryUrl, openInventory } from "../inventory";
+import type { Inventory } from "../inventory/types";
+
+/** Where a handler's progress lines and warnings go (the engine's log, diagnostics...). */
+export interface OperationLog {
+  progress(message: string): void;
+  warn(message: string): void;
+}
+
+export class ProviderHost {
+  private configValue: ProviderConfig = toProviderConfig(withEnvironment({}));
+  private policy: Policy = Policy.defaults();
+  private inventoryHandle?: { url: string; opened: Promise<Inventory> };
+  private readonly inflight = new Set<AbortController>();
+  private validator?: Validator;
+
+  get config(): ProviderConfig {
+    return this.configValue;
+  }
+
+  /**
+   * The failures of provider settings as the user gave them, judged with what the environment
+   * (`BAREMETAL_*`) adds and the defaults; unknown values are not judged.
+   */
+  checkConfig(values: Record<string, unknown>): CheckFailure[] {
+    this.validator ??= new Validator(configFields);
+    return this.validator.check(applyDefaults(configFields, withEnvironment(values)));
+  }
+
+  /** Configures the provider from the user's settings (plus environment and defaults). */
+  configure(values: Record<string, unknown>): void {
+    const merged = applyDefaults(configFields, withEnvironment(values));
+    this.validator ??= new Validator(configFields);
+    const failures = this.validator.check(merged);
+    if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
+    this.configValue = toProviderConfig(merged);
+    this.policy = this.configValue.policyFile ? Policy.fromFile(this.configValue.policyFile) : Policy.defaults();
+  }
+
+  /** What every handler may use: config, caller, policy and the shared inventory (opened once). */
+  providerContext(): ProviderContext {
+    return {
+      config: this.configValue,
+      caller: callerOf(this.configValue),
+      policy: this.policy,
+      inventory: () => {
+        const url = this.configValue.inventoryUrl ?? defaultInventoryUrl();
+        if (this.inventoryHandle?.url !== url) {
+          const previous = this.inventoryHandle?.opened;
+          this.inventoryHandle = { url, opened: openInventory(url, { property: "inventoryUrl" }) };
+          previous?.then((i) => i.close()).catch(() => undefined);
+        }
+        return this.inventoryHandle.opened;
+      },
+    };
+  }
+
+  /**
+   * The context of one operation on a resource: a deadline (`timeoutSeconds`, or the resource's
+   * default when 0), cancellation (by `cancelAll` or the deadline), and where its log lines go.
+   * `timeoutSetting` names the setting that raises the deadline. Call `done` when the operation ends.
+   */
+  operation(def: ResourceDefinition, urn: string, name: string, timeoutSeconds: number, log: OperationLog, timeoutSetting = "timeout"): { ctx: OperationContext; done: () => void } {
+    const controller = new AbortController();
+    this.inflight.add(controller);
+    const seconds = timeoutSeconds > 0 ? timeoutSeconds : def.defaultTimeoutSeconds;
+    const deadline = Date.now() + seconds * 1000;
+    const timer = setTimeout(
+      () => controller.abort(new BaremetalError("timeout", `timed out after ${seconds} s; raise the resource's ${timeoutSetting} if the machine is slow`)),
+      seconds * 1000 + 2000,
+    );
+    const ctx: OperationContext = {
+      ...this.providerContext(),
+      name,
+      urn,
+      signal: controller.signal,
+      deadline,
+      progress: (m) => log.progress(m),
+      warn: (m) => log.warn(m),
+    };
+    return {
+      ctx,
+      done: () => {
+        clearTimeout(timer);
+        this.inflight.delete(controller);
+      },
+    };
+  }
+
+  /** Aborts every operation in flight. */
+  cancelAll(reason: string): void {
+    for (const c of this.inflight) c.abort(new BaremetalError("cancelled", reason));
+  }
+
+  /** Closes what the provider holds open (the inventory). */
+  async close(): Promise<void> {
+    await this.inventoryHandle?.opened.then((i) => i.close()).catch(() => undefined);
+    this.inventoryHandle = undefined;
+  }
+}
