@@ -348,7 +348,8 @@ const descriptor = {
   },
 };
 
-export const root: protobuf.Root = protobuf.Root.fromJSON(descriptor as protobuf.INamespace).resolveAll();
+export const root: protobuf.Root = protobuf.Root.fromJSON(descriptor as protobuf.INamespace);
+root.resolveAll();
 
 const typeCache = new Map<string, protobuf.Type>();
 export function messageType(fullName: string): protobuf.Type {
