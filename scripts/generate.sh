@@ -17,4 +17,6 @@ mkdir -p sdk/nodejs
 find sdk/nodejs -mindepth 1 -maxdepth 1 ! -name bin -exec rm -rf {} +
 cp -a "$tmp/nodejs/." sdk/nodejs/
 if [ "$had_bin" = 1 ]; then bash scripts/build-sdk.sh >/dev/null; fi
+# sdk/cdk/cdktf and sdk/cdk/cdktn: the CDK bindings, from the same field definitions (Terraform schema).
+npx --no-install tsx scripts/gen-cdk.ts >/dev/null
 echo "generated schema.json and sdk/nodejs"
