@@ -164,11 +164,11 @@ describeWithPeer(tofuPeer(), "test/cdk/cdk.test.ts (generator)")("scripts/gen-cd
       expect(files.some((k) => a.get(k)!.includes(`from '${other}'`))).toBe(false);
       // Nothing of the machine or the moment in the output.
       for (const k of files) expect(a.get(k)!.toString("utf8")).not.toMatch(new RegExp(`${os.tmpdir()}|${REPO}|\\b20\\d\\d-\\d\\d-\\d\\d`));
-      // The getter of the computed `connection` (a meta-argument name) is renamed; the attribute keeps its name.
+      // VolumeAttachment's `connection` (a meta-argument's name) is the attribute `iscsi_connection` (its terraformName).
       const va = a.get(`${f}/volume-attachment/index.ts`)!.toString("utf8");
-      expect(va).toContain("public get connectionAttribute() {");
+      expect(va).toContain("public get iscsiConnection() {");
       expect(va).not.toContain("public get connection() {");
-      expect(va).toContain(`(this, "connection")`);
+      expect(va).toContain(`(this, "iscsi_connection")`);
     }
   }, 240_000);
 });

@@ -28,6 +28,11 @@ interface BaseField {
   default?: unknown;
   /** Environment variables consulted (in order) when the field is not set; provider config only. */
   env?: string[];
+  /**
+   * The Terraform attribute's name when the snake_case of the property's cannot be used (a
+   * Terraform meta-argument such as `connection` or `count`).
+   */
+  terraformName?: string;
   /** How to fix a wrong value; appended to every validation failure of this field. */
   hint?: string;
   /** Extra validation beyond JSON Schema; returns a message saying what is wrong, or undefined. */

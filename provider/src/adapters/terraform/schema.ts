@@ -15,6 +15,8 @@
  * - objects and lists/maps of objects are nested attributes (protocol v6 `nested_type`), so
  *   every member carries its own flags; scalars, lists and maps of scalars are plain cty types;
  * - every resource has a computed `id` (the id the core returns).
+ * A property whose snake_case name is a Terraform meta-argument (`connection`...) carries its
+ * Terraform name in the field (`terraformName`).
  * `replaceOnChange` is not part of the schema: PlanResourceChange answers `requires_replace`.
  *
  * Two renderings: the model the plugin server encodes (GetProviderSchema), and the JSON document
@@ -128,7 +130,7 @@ function attribute(coreName: string, field: Field, role: Role): TfAttribute {
   const input = role !== "output";
   const required = input && role !== "config" && field.required === true;
   const a: TfAttribute = {
-    name: snake(coreName),
+    name: field.terraformName ?? snake(coreName),
     coreName,
     field,
     description: describe(field),
@@ -184,13 +186,17 @@ function resourceBlock(def: ResourceDefinition): TfBlock {
   return block(attrs);
 }
 
-function checkUnique(what: string, attrs: TfAttribute[]): void {
+/** Names Terraform keeps for meta-arguments: a resource attribute cannot have them (give the field a terraformName). */
+const META_ARGUMENTS = new Set(["connection", "count", "depends_on", "for_each", "lifecycle", "provider", "provisioner"]);
+
+function checkUnique(what: string, attrs: TfAttribute[], top = true): void {
   const seen = new Map<string, string>();
   for (const a of attrs) {
+    if (top && META_ARGUMENTS.has(a.name)) throw new Error(`${what}: property ${a.coreName} would be the Terraform attribute ${a.name}, a meta-argument; give the field a terraformName`);
     const other = seen.get(a.name);
     if (other !== undefined) throw new Error(`${what}: properties ${other} and ${a.coreName} are both the Terraform attribute ${a.name}`);
     seen.set(a.name, a.coreName);
-    if (a.nested) checkUnique(`${what}.${a.coreName}`, a.nested.attributes);
+    if (a.nested) checkUnique(`${what}.${a.coreName}`, a.nested.attributes, false);
   }
 }
 

@@ -93,6 +93,7 @@ const outputs = {
     typeToken: VOLUME_CONNECTION_TYPE,
     required: true,
     secret: true,
+    terraformName: "iscsi_connection",
     description:
       "Everything the node needs to log in to the volume, as one object (secret: it holds the CHAP secret): pass it to a Deployment's `volumes`, which delivers it, with the volume's LUKS key, on the node's config drive.",
     properties: volumeConnectionFields,

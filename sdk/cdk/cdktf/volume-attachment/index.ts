@@ -40,10 +40,10 @@ export interface VolumeAttachmentConfig extends cdktf.TerraformMetaArguments {
   */
   readonly boot?: boolean | cdktf.IResolvable;
 }
-export interface VolumeAttachmentConnection {
+export interface VolumeAttachmentIscsiConnection {
 }
 
-export function volumeAttachmentConnectionToTerraform(struct?: VolumeAttachmentConnection): any {
+export function volumeAttachmentIscsiConnectionToTerraform(struct?: VolumeAttachmentIscsiConnection): any {
   if (!cdktf.canInspect(struct) || cdktf.Tokenization.isResolvable(struct)) { return struct; }
   if (cdktf.isComplexElement(struct)) {
     throw new Error("A complex element was used as configuration, this is not supported: https://cdk.tf/complex-object-as-configuration");
@@ -53,7 +53,7 @@ export function volumeAttachmentConnectionToTerraform(struct?: VolumeAttachmentC
 }
 
 
-export function volumeAttachmentConnectionToHclTerraform(struct?: VolumeAttachmentConnection): any {
+export function volumeAttachmentIscsiConnectionToHclTerraform(struct?: VolumeAttachmentIscsiConnection): any {
   if (!cdktf.canInspect(struct) || cdktf.Tokenization.isResolvable(struct)) { return struct; }
   if (cdktf.isComplexElement(struct)) {
     throw new Error("A complex element was used as configuration, this is not supported: https://cdk.tf/complex-object-as-configuration");
@@ -63,7 +63,7 @@ export function volumeAttachmentConnectionToHclTerraform(struct?: VolumeAttachme
   return attrs;
 }
 
-export class VolumeAttachmentConnectionOutputReference extends cdktf.ComplexObject {
+export class VolumeAttachmentIscsiConnectionOutputReference extends cdktf.ComplexObject {
   private isEmptyObject = false;
 
   /**
@@ -74,13 +74,13 @@ export class VolumeAttachmentConnectionOutputReference extends cdktf.ComplexObje
     super(terraformResource, terraformAttribute, false);
   }
 
-  public get internalValue(): VolumeAttachmentConnection | undefined {
+  public get internalValue(): VolumeAttachmentIscsiConnection | undefined {
     let hasAnyValues = this.isEmptyObject;
     const internalValueResult: any = {};
     return hasAnyValues ? internalValueResult : undefined;
   }
 
-  public set internalValue(value: VolumeAttachmentConnection | undefined) {
+  public set internalValue(value: VolumeAttachmentIscsiConnection | undefined) {
     if (value === undefined) {
       this.isEmptyObject = false;
     }
@@ -319,10 +319,10 @@ export class VolumeAttachment extends cdktf.TerraformResource {
     return this.getStringAttribute('boot_drift');
   }
 
-  // connection - computed: true, optional: false, required: false
-  private _connection = new VolumeAttachmentConnectionOutputReference(this, "connection");
-  public get connectionAttribute() {
-    return this._connection;
+  // iscsi_connection - computed: true, optional: false, required: false
+  private _iscsiConnection = new VolumeAttachmentIscsiConnectionOutputReference(this, "iscsi_connection");
+  public get iscsiConnection() {
+    return this._iscsiConnection;
   }
 
   // =========

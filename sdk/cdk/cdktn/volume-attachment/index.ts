@@ -40,10 +40,10 @@ export interface VolumeAttachmentConfig extends cdktn.TerraformMetaArguments {
   */
   readonly boot?: boolean | cdktn.IResolvable;
 }
-export interface VolumeAttachmentConnection {
+export interface VolumeAttachmentIscsiConnection {
 }
 
-export function volumeAttachmentConnectionToTerraform(struct?: VolumeAttachmentConnection): any {
+export function volumeAttachmentIscsiConnectionToTerraform(struct?: VolumeAttachmentIscsiConnection): any {
   if (!cdktn.canInspect(struct) || cdktn.Tokenization.isResolvable(struct)) { return struct; }
   if (cdktn.isComplexElement(struct)) {
     throw new Error("A complex element was used as configuration, this is not supported: https://cdktn.io/docs/concepts/resources#references");
@@ -53,7 +53,7 @@ export function volumeAttachmentConnectionToTerraform(struct?: VolumeAttachmentC
 }
 
 
-export function volumeAttachmentConnectionToHclTerraform(struct?: VolumeAttachmentConnection): any {
+export function volumeAttachmentIscsiConnectionToHclTerraform(struct?: VolumeAttachmentIscsiConnection): any {
   if (!cdktn.canInspect(struct) || cdktn.Tokenization.isResolvable(struct)) { return struct; }
   if (cdktn.isComplexElement(struct)) {
     throw new Error("A complex element was used as configuration, this is not supported: https://cdktn.io/docs/concepts/resources#references");
@@ -63,7 +63,7 @@ export function volumeAttachmentConnectionToHclTerraform(struct?: VolumeAttachme
   return attrs;
 }
 
-export class VolumeAttachmentConnectionOutputReference extends cdktn.ComplexObject {
+export class VolumeAttachmentIscsiConnectionOutputReference extends cdktn.ComplexObject {
   private isEmptyObject = false;
 
   /**
@@ -74,13 +74,13 @@ export class VolumeAttachmentConnectionOutputReference extends cdktn.ComplexObje
     super(terraformResource, terraformAttribute, false);
   }
 
-  public get internalValue(): VolumeAttachmentConnection | undefined {
+  public get internalValue(): VolumeAttachmentIscsiConnection | undefined {
     let hasAnyValues = this.isEmptyObject;
     const internalValueResult: any = {};
     return hasAnyValues ? internalValueResult : undefined;
   }
 
-  public set internalValue(value: VolumeAttachmentConnection | undefined) {
+  public set internalValue(value: VolumeAttachmentIscsiConnection | undefined) {
     if (value === undefined) {
       this.isEmptyObject = false;
     }
@@ -319,10 +319,10 @@ export class VolumeAttachment extends cdktn.TerraformResource {
     return this.getStringAttribute('boot_drift');
   }
 
-  // connection - computed: true, optional: false, required: false
-  private _connection = new VolumeAttachmentConnectionOutputReference(this, "connection");
-  public get connectionAttribute() {
-    return this._connection;
+  // iscsi_connection - computed: true, optional: false, required: false
+  private _iscsiConnection = new VolumeAttachmentIscsiConnectionOutputReference(this, "iscsi_connection");
+  public get iscsiConnection() {
+    return this._iscsiConnection;
   }
 
   // =========
