@@ -267,6 +267,10 @@ describe("decodeDynamic", () => {
     expect(mp("d40000", "dynamic")).toBe(UNKNOWN);
     expect(mp("c0", "dynamic")).toBeNull();
     expect(mp("81" + str("v") + "92" + tj('["map","string"]') + "81" + str("k") + str("v"), ["object", { v: "dynamic" }])).toEqual({ v: { k: "v" } });
+    // An attribute named __proto__ (possible in a type read from the wire) is an own property.
+    const proto = mp("92" + tj('["object",{"__proto__":"string","a":"bool"}]') + "82" + str("__proto__") + str("v") + str("a") + "c3", "dynamic") as object;
+    expect(Object.getPrototypeOf(proto)).toBe(Object.prototype);
+    expect(Object.entries(proto)).toEqual([["__proto__", "v"], ["a", true]]);
     expect(thrown(() => mp("92" + tj('"float"') + "01", "dynamic")).message).toBe('(root): invalid type description "float"');
   });
 

@@ -492,8 +492,15 @@ function readText(r: Reader, path: Path, what: string): string {
   const c = r.u8(path);
   const len = strLength(c, r, path);
   if (len === undefined) throw internal(path, `expected ${what}, got msgpack 0x${c.toString(16)}`);
+  const b = r.take(len, path);
+  if (len <= 64) {
+    // Short ASCII (names, ids, addresses) needs no decoder call.
+    let ascii = true;
+    for (let i = 0; i < len && ascii; i++) ascii = b[i] < 0x80;
+    if (ascii) return String.fromCharCode.apply(null, b as unknown as number[]);
+  }
   try {
-    return utf8Decoder.decode(r.take(len, path));
+    return utf8Decoder.decode(b);
   } catch {
     throw internal(path, "string is not valid UTF-8");
   }
@@ -615,7 +622,10 @@ function read(r: Reader, t: AnyCtyType, path: Path, opts: DecodeOptions): unknow
     case "object": {
       const n = containerLength(r, "map", path, "an object");
       const attrs = t[1];
-      const got = new Map<string, unknown>();
+      // Every attribute, null until read (attribute names are never "__proto__" in a cty object
+      // type built by us; a decoded type could say so, hence fromEntries there).
+      const out: Record<string, unknown> = Object.hasOwn(attrs, "__proto__") ? Object.fromEntries(Object.keys(attrs).map((k) => [k, null])) : {};
+      for (const k in attrs) if (k !== "__proto__") out[k] = null;
       for (let i = 0; i < n; i++) {
         const k = readText(r, path, "an attribute name (string)");
         if (!Object.hasOwn(attrs, k)) {
@@ -623,9 +633,11 @@ function read(r: Reader, t: AnyCtyType, path: Path, opts: DecodeOptions): unknow
           skip(r, attrPath(path, k));
           continue;
         }
-        got.set(k, read(r, attrs[k], attrPath(path, k), opts));
+        const v = read(r, attrs[k], attrPath(path, k), opts);
+        if (k === "__proto__") Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
+        else out[k] = v;
       }
-      return Object.fromEntries(Object.keys(attrs).map((k) => [k, got.has(k) ? got.get(k) : null]));
+      return out;
     }
   }
 }
