@@ -1,0 +1,120 @@
+/**
+ * One behaviour for both engines: the same scenarios (test/scenarios) run through the real Pulumi
+ * CLI and through real OpenTofu, each against its own embedded lab (our Redfish emulator) and its
+ * own sushy-tools (OpenStack's Redfish emulator). A difference between the Pulumi adapter and the
+ * Terraform adapter fails here.
+ *
+ * Per engine: nodes, allocations and deployments come up; a second plan/preview is empty; a
+ * node (one nothing depends on) forgotten and imported by id converges with no change; a machine powered off by hand
+ * shows as a pending change, and the next apply powers it back on; destroy cleans up (disks
+ * erased, allocations gone). Against sushy-tools: a node is enrolled, plans empty, is destroyed.
+ */
+import { type Lab, startLab } from "../../provider/src/lab/lab";
+import { type SushyInstance, startSushy } from "../harness/sushy";
+import { describeWithPeer } from "../harness/processes";
+import { ENGINES, type Engine } from "../scenarios/engines";
+import { labSettings, ref, type StackSpec } from "../scenarios/stack";
+
+jest.setTimeout(600_000);
+
+const IMAGE = "http://images.lab.example/installer.iso";
+
+/** Two machines enrolled, allocated and deployed. */
+function labStack(lab: Lab): StackSpec {
+  const resources: StackSpec["resources"] = [];
+  lab.info.nodes.slice(0, 2).forEach((n, i) => {
+    resources.push({ token: "baremetal:compute:Node", name: `n${i}`, props: { bmc: { address: n.address, systemId: n.systemId }, resourceClass: "small", powerState: "on" } });
+    resources.push({ token: "baremetal:compute:Allocation", name: `a${i}`, props: { candidateNodes: [ref(`n${i}`)] } });
+    resources.push({ token: "baremetal:compute:Deployment", name: `d${i}`, props: { allocationId: ref(`a${i}`, "allocationId"), imageUrl: IMAGE } });
+  });
+  // A third node on its own: nothing depends on it, so either engine may forget and import it.
+  const spare = lab.info.nodes[2];
+  resources.push({ token: "baremetal:compute:Node", name: "spare", props: { bmc: { address: spare.address, systemId: spare.systemId }, resourceClass: "small" } });
+  return { resources, outputs: { state0: ref("d0", "provisionState"), state1: ref("d1", "provisionState"), spare: ref("spare") } };
+}
+
+const tofuReady = process.env.BAREMETAL_TOFU ? { ok: true } : { ok: false, why: "BAREMETAL_TOFU is not set (source scripts/env.sh)" };
+
+for (const engineName of Object.keys(ENGINES) as (keyof typeof ENGINES)[]) {
+  const describeEngine = engineName === "opentofu" ? describeWithPeer(tofuReady, "the OpenTofu scenarios") : describe;
+
+  describeEngine(`${engineName}: the shared lab scenario`, () => {
+    let lab: Lab;
+    let engine: Engine;
+    let stack: StackSpec;
+
+    beforeAll(async () => {
+      lab = await startLab({ flavor: "generic", systems: 3, bootSeconds: 1, installSeconds: 1 });
+      engine = await ENGINES[engineName](`engines-${engineName}`, labSettings(lab.info));
+      stack = labStack(lab);
+    });
+
+    afterAll(async () => {
+      await engine?.destroy().catch(() => undefined);
+      await engine?.remove();
+      await lab?.stop();
+    });
+
+    it("apply brings up nodes, allocations and deployments; the next plan is empty", async () => {
+      await engine.apply(stack);
+      const out = await engine.outputs();
+      expect([out.state0, out.state1]).toEqual(["active", "active"]);
+      for (const i of [1, 2]) expect(lab.bmcs[0].system(i).running).toBe(`os:${IMAGE}`);
+      expect((await engine.pendingChanges(stack)).count).toBe(0);
+      // The BMC password (a provider setting, given as a secret) is nowhere in the state.
+      expect(await engine.stateText()).not.toContain(lab.info.credentials.password);
+    });
+
+    it("a node forgotten and imported by id converges with no change", async () => {
+      const id = String((await engine.outputs()).spare);
+      await engine.reimport(stack, stack.resources.find((r) => r.name === "spare")!, id);
+      await engine.apply(stack);
+      expect((await engine.pendingChanges(stack)).count).toBe(0);
+    });
+
+    it("a machine powered off by hand shows as a pending change; apply powers it on again", async () => {
+      lab.bmcs[0].forcePower(1, "Off");
+      const pending = await engine.pendingChanges(stack);
+      expect(pending.count).toBeGreaterThanOrEqual(1);
+      await engine.apply(stack);
+      expect(lab.bmcs[0].system(1).powerState).toBe("On");
+      expect((await engine.pendingChanges(stack)).count).toBe(0);
+    });
+
+    it("destroy removes everything: disks erased once each, nothing left in the plan", async () => {
+      await engine.destroy();
+      for (const i of [1, 2]) expect(lab.bmcs[0].sideEffects("disk-erased").filter((e) => e.target.startsWith(lab.bmcs[0].system(i).uri))).toHaveLength(1);
+      expect((await engine.pendingChanges({ resources: [] })).count).toBe(0);
+    });
+  });
+
+  describeEngine(`${engineName}: a node on sushy-tools`, () => {
+    let bmc: SushyInstance;
+    let engine: Engine;
+
+    beforeAll(async () => {
+      bmc = await startSushy({ systems: 1, username: "tf-admin", password: "tf-sushy-password" });
+      engine = await ENGINES[engineName](`engines-sushy-${engineName}`, {
+        bmcUsername: { value: "tf-admin" },
+        bmcPassword: { value: "tf-sushy-password", secret: true },
+      });
+    });
+
+    afterAll(async () => {
+      await engine?.remove();
+      await bmc?.stop();
+    });
+
+    it("enrols, plans empty, and is destroyed", async () => {
+      const stack: StackSpec = {
+        resources: [{ token: "baremetal:compute:Node", name: "s0", props: { bmc: { address: bmc.url, systemId: bmc.systemIds[0] }, resourceClass: "vm" } }],
+        outputs: { manufacturer: ref("s0", "manufacturer") },
+      };
+      await engine.apply(stack);
+      expect(typeof (await engine.outputs()).manufacturer).toBe("string");
+      expect((await engine.pendingChanges(stack)).count).toBe(0);
+      expect(await engine.stateText()).not.toContain("tf-sushy-password");
+      await engine.destroy();
+    });
+  });
+}
