@@ -3,6 +3,7 @@
  * OpenTofu (test/harness/tofu-project.ts), behind one interface, each rendering the same
  * StackSpec (stack.ts). Scenarios are written once against `Engine`.
  */
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { PROVIDER_SOURCE, typeNameOf } from "../../provider/src/adapters/terraform/schema";
@@ -73,7 +74,16 @@ export async function tofuEngine(name: string, settings: ProviderSettings): Prom
   const render = (stack: StackSpec) => tofuConfig(stack, settings, PROVIDER_SOURCE, PROVIDER_VERSION);
   // Not in a network namespace of its own: the provider must reach the lab's BMCs on loopback.
   const t = await newTofuProject(name, render({ resources: [] }), { netns: false });
-  const env = { ...secretEnv(settings), BAREMETAL_INVENTORY_URL: `sqlite://${t.dir}/inventory.db` };
+  // OpenTofu's state encryption (what docs/terraform.md recommends): the state file holds no
+  // sensitive value in plain text; the passphrase comes from the environment, like the secrets.
+  const passphrase = randomBytes(24).toString("base64url");
+  const encryption = [
+    `key_provider "pbkdf2" "k" { passphrase = "${passphrase}" }`,
+    `method "aes_gcm" "m" { keys = key_provider.pbkdf2.k }`,
+    `state { method = method.aes_gcm.m }`,
+    `plan { method = method.aes_gcm.m }`,
+  ].join("\n");
+  const env = { ...secretEnv(settings), BAREMETAL_INVENTORY_URL: `sqlite://${t.dir}/inventory.db`, TF_ENCRYPTION: encryption };
   const tofu = (args: string[], allowFail = false) => t.tofu(args, { env, allowFail });
   const write = (stack: StackSpec) => t.writeConfig(render(stack));
   return {
