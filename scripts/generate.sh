@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one generator of the generated artifacts: schema.json from the field definitions, then
-# sdk/nodejs from schema.json by `pulumi package gen-sdk`. Needs the tools (scripts/bootstrap.sh)
+# sdk/nodejs from schema.json by `pulumi package gen-sdk`, then the CDK bindings (sdk/cdk). Needs the tools (scripts/bootstrap.sh)
 # and a built provider (npm run build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +19,4 @@ cp -a "$tmp/nodejs/." sdk/nodejs/
 if [ "$had_bin" = 1 ]; then bash scripts/build-sdk.sh >/dev/null; fi
 # sdk/cdk/cdktf and sdk/cdk/cdktn: the CDK bindings, from the same field definitions (Terraform schema).
 npx --no-install tsx scripts/gen-cdk.ts >/dev/null
-echo "generated schema.json and sdk/nodejs"
+echo "generated schema.json, sdk/nodejs and sdk/cdk"
