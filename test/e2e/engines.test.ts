@@ -8,8 +8,16 @@
  * node (one nothing depends on) forgotten and imported by id converges with no change; a machine powered off by hand
  * shows as a pending change, and the next apply powers it back on; destroy cleans up (disks
  * erased, allocations gone). Against sushy-tools: a node is enrolled, plans empty, is destroyed.
+ * Volumes: an encrypted volume (local key manager, file backend exported by a real tgt) attached
+ * to an allocated node: LUKS2 on disk, the iSCSI target in tgt, an empty plan, all gone on destroy.
  */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, openSync, readSync, closeSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
+import { fileBackend } from "../harness/storage-stack";
+import { startTgt, type TgtInstance, tgtAvailable } from "../harness/tgt";
 import { type SushyInstance, startSushy } from "../harness/sushy";
 import { describeWithPeer } from "../harness/processes";
 import { ENGINES, type Engine } from "../scenarios/engines";
@@ -118,6 +126,67 @@ for (const engineName of Object.keys(ENGINES) as (keyof typeof ENGINES)[]) {
       if (engineName === "opentofu") expect(JSON.parse(state)).toHaveProperty("encrypted_data");
       else expect(state).toContain("4dabf18193072939515e22adb298388d"); // Pulumi's secret signature
       await engine.destroy();
+    });
+  });
+
+  const describeVolumes = engineName === "opentofu" ? describeWithPeer(tofuReady.ok ? tgtAvailable() : tofuReady, "the OpenTofu volume scenario") : describeWithPeer(tgtAvailable(), "the volume scenario");
+  describeVolumes(`${engineName}: an encrypted volume exported to a node`, () => {
+    let lab: Lab;
+    let tgt: TgtInstance;
+    let engine: Engine;
+    const dir = mkdtempSync(join(tmpdir(), `engines-vol-${engineName}-`));
+
+    beforeAll(async () => {
+      [lab, tgt] = await Promise.all([startLab({ flavor: "generic", systems: 1, bootSeconds: 0 }), startTgt()]);
+      engine = await ENGINES[engineName](`engines-vol-${engineName}`, {
+        ...labSettings(lab.info),
+        keyManagers: { value: { local: { driver: "local", address: `file://${join(dir, "keys")}` } } },
+        keyManagerCredentials: { value: { local: { masterKey: randomBytes(32).toString("base64") } }, secret: true },
+        storageBackends: { value: { lab: fileBackend(join(dir, "volumes"), tgt) } },
+      });
+    });
+
+    afterAll(async () => {
+      await engine?.destroy().catch(() => undefined);
+      await engine?.remove();
+      await tgt?.stop();
+      await lab?.stop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    it("apply: LUKS2 on the backing file, the target in tgt with CHAP; plan empty; destroy removes both", async () => {
+      const n = lab.info.nodes[0];
+      const stack: StackSpec = {
+        resources: [
+          { token: "baremetal:compute:Node", name: "n0", props: { bmc: { address: n.address, systemId: n.systemId } } },
+          { token: "baremetal:compute:Allocation", name: "a0", props: { candidateNodes: [ref("n0")] } },
+          { token: "baremetal:keys:EncryptionKey", name: "k0", props: {} },
+          { token: "baremetal:storage:Volume", name: "v0", props: { name: "db", sizeGib: 1, encryption: { keyId: ref("k0", "keyId"), unlockTimeMs: 200 } } },
+          { token: "baremetal:storage:VolumeAttachment", name: "va0", props: { volumeId: ref("v0", "volumeId"), allocationId: ref("a0", "allocationId") } },
+        ],
+        outputs: { volumeId: ref("v0", "volumeId"), luksUuid: ref("v0", "luksUuid"), targetIqn: ref("va0", "targetIqn"), chapSecret: ref("va0", "chapSecret") },
+      };
+      await engine.apply(stack);
+      const out = await engine.outputs();
+      expect(out.luksUuid).toMatch(/^[0-9a-f-]{36}$/);
+      // The backing file starts with a LUKS2 header.
+      const files = readdirSync(join(dir, "volumes"), { recursive: true }).map(String).filter((f) => f.includes("db"));
+      expect(files.length).toBeGreaterThan(0);
+      const fd = openSync(join(dir, "volumes", files[0]), "r");
+      const magic = Buffer.alloc(6);
+      readSync(fd, magic, 0, 6, 0);
+      closeSync(fd);
+      expect(magic.toString("latin1")).toBe("LUKS\xba\xbe");
+      // tgt exports it, with the attachment's CHAP user.
+      const targets = await tgt.tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "show"]);
+      expect(targets).toContain(String(out.targetIqn));
+      expect(String(out.chapSecret).length).toBeGreaterThanOrEqual(12);
+      expect((await engine.pendingChanges(stack)).count).toBe(0);
+      expect(await engine.stateText()).not.toContain(String(out.chapSecret));
+
+      await engine.destroy();
+      expect(await tgt.tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "show"])).not.toContain(String(out.targetIqn));
+      expect(files.some((f) => existsSync(join(dir, "volumes", f)))).toBe(false);
     });
   });
 }

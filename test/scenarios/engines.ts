@@ -10,7 +10,7 @@ import { PROVIDER_SOURCE, typeNameOf } from "../../provider/src/adapters/terrafo
 import { PROVIDER_VERSION } from "../../provider/src/adapters/pulumi/version";
 import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
 import { newTofuProject } from "../harness/tofu-project";
-import { type ProviderSettings, pulumiProgram, type ResourceSpec, secretEnv, type StackSpec, tofuConfig } from "./stack";
+import { configText, type ProviderSettings, pulumiProgram, type ResourceSpec, secretEnv, type StackSpec, tofuConfig } from "./stack";
 
 export interface Engine {
   readonly name: "pulumi" | "opentofu";
@@ -31,7 +31,7 @@ export interface Engine {
 export async function pulumiEngine(name: string, settings: ProviderSettings): Promise<Engine> {
   const p: PulumiProject = await newProject(name, pulumiProgram({ resources: [] }, SDK_IMPORT));
   await p.setConfig("baremetal:inventoryUrl", `sqlite://${p.dir}/inventory.db`, true);
-  for (const [k, s] of Object.entries(settings)) await p.setConfig(`baremetal:${k}`, String(s.value), s.secret);
+  for (const [k, s] of Object.entries(settings)) await p.setConfig(`baremetal:${k}`, configText(s.value), s.secret);
   const urnOf = async (resource: ResourceSpec) => {
     const st = await p.exportStack();
     const r = (st.deployment.resources ?? []).find((x) => String(x.urn).endsWith(`::${resource.name}`) && x.type === resource.token);

@@ -5,8 +5,6 @@
  * TypeScript program, an OpenTofu main.tf.json), so a difference between the adapters shows up
  * as a failing scenario, not as two tests that drifted apart.
  */
-import { configFields } from "../../provider/src/core/config";
-import type { Field } from "../../provider/src/core/fields";
 import { resourcesByToken } from "../../provider/src/resources";
 import { terraformSchema, type TfAttribute, typeNameOf } from "../../provider/src/adapters/terraform/schema";
 
@@ -35,21 +33,20 @@ export interface StackSpec {
   outputs?: Record<string, Ref>;
 }
 
-/** Provider settings by core name; `secret` ones never go into a program or configuration file. */
-export type ProviderSettings = Record<string, { value: string | number | boolean; secret?: boolean }>;
+/**
+ * Provider settings by core name, values as the field types them (objects for JSON settings);
+ * `secret` ones never go into a program or configuration file.
+ */
+export type ProviderSettings = Record<string, { value: unknown; secret?: boolean }>;
+
+/** A setting as Pulumi stack configuration text. */
+export const configText = (v: unknown) => (typeof v === "string" ? v : JSON.stringify(v));
 
 /** Settings of the embedded lab (`lab.info.providerConfig` / `secretConfig`) as ProviderSettings. */
 export function labSettings(info: { providerConfig: Record<string, string | boolean>; secretConfig: string[] }): ProviderSettings {
   const out: ProviderSettings = {};
   for (const [k, v] of Object.entries(info.providerConfig)) out[k.replace(/^baremetal:/, "")] = { value: v, secret: info.secretConfig.includes(k) };
   return out;
-}
-
-/** The environment variable a provider setting is read from (for secrets: never on disk). */
-export function settingEnv(name: string): string {
-  const f = (configFields as Record<string, Field>)[name];
-  if (!f?.env?.length) throw new Error(`provider setting ${name} has no environment variable`);
-  return f.env[0];
 }
 
 // ---- Pulumi --------------------------------------------------------------------------------------
@@ -119,11 +116,16 @@ export function tofuConfig(stack: StackSpec, settings: ProviderSettings, source:
   };
   const resolve = (r: Ref) => tfRef(stack, r, attrsOf);
   const provider: Record<string, unknown> = {};
+  const variable: Record<string, unknown> = {};
   for (const [k, s] of Object.entries(settings)) {
-    if (s.secret) continue;
     const a = schema.provider.attributes.find((x) => x.coreName === k);
     if (!a) throw new Error(`unknown provider setting ${k}`);
-    provider[a.name] = s.value;
+    if (s.secret) {
+      // A sensitive variable, set from the environment (secretEnv): never in the file.
+      // Strings as they are; anything else parsed by tofu as an expression (JSON is one).
+      variable[a.name] = { type: a.type === "string" ? "string" : "any", sensitive: true };
+      provider[a.name] = `\${var.${a.name}}`;
+    } else Object.assign(provider, tfValue({ [k]: s.value as Value }, schema.provider.attributes, resolve));
   }
   const resource: Record<string, Record<string, unknown>> = {};
   for (const r of stack.resources) {
@@ -135,17 +137,24 @@ export function tofuConfig(stack: StackSpec, settings: ProviderSettings, source:
   const output = Object.fromEntries(Object.entries(stack.outputs ?? {}).map(([n, o]) => [n, { value: resolve(o), ...(sensitive(o) ? { sensitive: true } : {}) }]));
   return {
     terraform: { required_providers: { baremetal: { source, version } } },
+    ...(Object.keys(variable).length ? { variable } : {}),
     provider: { baremetal: provider },
     ...(Object.keys(resource).length ? { resource } : {}),
     ...(Object.keys(output).length ? { output } : {}),
   };
 }
 
-/** Secret provider settings as environment variables. */
+/** Secret provider settings as the environment of tofu: the TF_VAR_ of each one's sensitive variable. */
 export function secretEnv(settings: ProviderSettings): Record<string, string> {
+  const schema = terraformSchema();
   return Object.fromEntries(
     Object.entries(settings)
       .filter(([, s]) => s.secret)
-      .map(([k, s]) => [settingEnv(k), String(s.value)]),
+      .map(([k, s]) => {
+        const a = schema.provider.attributes.find((x) => x.coreName === k)!;
+        // Objects as JSON with snake_case attribute names (tofu parses the variable's text as an expression).
+        const value = typeof s.value === "string" ? s.value : JSON.stringify((tfValue({ [k]: s.value as Value }, schema.provider.attributes, () => "") as Record<string, unknown>)[a.name]);
+        return [`TF_VAR_${a.name}`, value];
+      }),
   );
 }

@@ -7,8 +7,9 @@
  * schema.ts), errors <-> diagnostics with attribute paths, and an operation context per call.
  *
  * How the Terraform lifecycle maps onto the core:
- * - ValidateResourceConfig: field validation and the resource's own `check` (unknown values are
- *   not judged), like Pulumi's Check.
+ * - ValidateResourceConfig: field validation (unknown values are not judged); the resource's
+ *   own `check` needs the configured provider, so it runs in PlanResourceChange (together they
+ *   are Pulumi's Check).
  * - PlanResourceChange: create -> inputs with defaults, outputs from `preview` or unknown; update
  *   -> `diffInputs` of the stored inputs against the new ones (plus `pendingChanges`), replacing
  *   properties answered as `requires_replace`; no change -> the prior state as it is (an empty
@@ -184,17 +185,26 @@ export class TerraformProvider {
 
   // ---- resources --------------------------------------------------------------------------------
 
+  /**
+   * Field validation only: OpenTofu validates before it configures the provider, so the
+   * resource's own `check` (which may read the provider's settings) runs when planning.
+   */
   validateResourceConfig = async (req: Msg): Promise<Msg> => {
     try {
       const c = this.resource(req.typeName);
       const inputs = this.inputsOf(c, this.decode(req.config, c.r.block) ?? {});
-      const failures = this.validator(c).check(inputs);
-      if (!failures.length && c.r.def.check) failures.push(...(await c.r.def.check(inputs, this.host.providerContext())));
-      return { diagnostics: failureDiagnostics(failures) };
+      return { diagnostics: failureDiagnostics(this.validator(c).check(inputs)) };
     } catch (e) {
       return { diagnostics: [errorDiagnostic(e)] };
     }
   };
+
+  /** Field validation and the resource's own `check` (Pulumi's Check), on a configured provider. */
+  private async checkInputs(c: Compiled, inputs: Props): Promise<Diagnostic[]> {
+    const failures = this.validator(c).check(inputs);
+    if (!failures.length && c.r.def.check) failures.push(...(await c.r.def.check(inputs, this.host.providerContext())));
+    return failureDiagnostics(failures);
+  }
 
   upgradeResourceState = async (req: Msg): Promise<Msg> => {
     try {
@@ -255,6 +265,8 @@ export class TerraformProvider {
         return { plannedState: req.proposedNewState, diagnostics, requiresReplace: [] };
       }
       const news = this.inputsOf(c, proposed);
+      const failures = await this.checkInputs(c, news);
+      if (failures.length) return { diagnostics: failures };
       if (!prior) {
         await def.authorize?.(ctx, "create", news);
         const known = def.preview ? def.preview(news) : {};
@@ -309,7 +321,9 @@ export class TerraformProvider {
       }
     }
 
-    const news = this.inputsOf(c, planned);
+    // What the plan left unknown is the provider's to compute (an optional input the program
+    // did not set, such as VolumeAttachment.initiatorIqn): the handler gets it unset.
+    const news = this.inputsOf(c, Object.fromEntries(Object.entries(planned).filter(([, v]) => !containsUnknown(v))));
     /**
      * The new state: Terraform requires what the plan knew to stay as planned (and attributes the
      * provider does not compute to stay as configured, null included); the rest from the handler.
