@@ -8,6 +8,8 @@
  * node (one nothing depends on) forgotten and imported by id converges with no change; a machine powered off by hand
  * shows as a pending change, and the next apply powers it back on; destroy cleans up (disks
  * erased, allocations gone). Against sushy-tools: a node is enrolled, plans empty, is destroyed.
+ * Networks: a tenant network and a node's port attached to it on a real Open vSwitch (OVSDB):
+ * the port carries the network's VLAN, the plan is empty, destroy hands the switch port back.
  * Volumes: an encrypted volume (local key manager, file backend exported by a real tgt) attached
  * to an allocated node: LUKS2 on disk, the iSCSI target in tgt, an empty plan, all gone on destroy.
  */
@@ -18,6 +20,7 @@ import { join } from "node:path";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { fileBackend } from "../harness/storage-stack";
 import { startTgt, type TgtInstance, tgtAvailable } from "../harness/tgt";
+import { type OvsInstance, type OvsNode, startOvs } from "../harness/ovs";
 import { type SushyInstance, startSushy } from "../harness/sushy";
 import { describeWithPeer } from "../harness/processes";
 import { ENGINES, type Engine } from "../scenarios/engines";
@@ -187,6 +190,52 @@ for (const engineName of Object.keys(ENGINES) as (keyof typeof ENGINES)[]) {
       await engine.destroy();
       expect(await tgt.tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "show"])).not.toContain(String(out.targetIqn));
       expect(files.some((f) => existsSync(join(dir, "volumes", f)))).toBe(false);
+    });
+  });
+
+  describeEngine(`${engineName}: a tenant network on Open vSwitch`, () => {
+    let lab: Lab;
+    let ovs: OvsInstance;
+    let machine: OvsNode;
+    let engine: Engine;
+
+    beforeAll(async () => {
+      [lab, ovs] = await Promise.all([startLab({ flavor: "generic", systems: 1, bootSeconds: 0 }), startOvs({ switches: 1 })]);
+      machine = await ovs.addNode("m1", { bridge: "br0", ipv4: "10.88.0.200/24" });
+      const fabrics = { lab: { vlanRanges: ["100-199"], quarantineVlan: 999, provisioningVlan: 998, provisioningMode: "shared", switches: { tor1: { driver: "ovsdb", address: ovs.ovsdbUrl, bridge: "br0" } } } };
+      engine = await ENGINES[engineName](`engines-net-${engineName}`, { ...labSettings(lab.info), fabrics: { value: fabrics } });
+    });
+
+    afterAll(async () => {
+      await engine?.destroy().catch(() => undefined);
+      await engine?.remove();
+      await ovs?.stop();
+      await lab?.stop();
+    });
+
+    it("the attached port carries the network's VLAN; plan empty; destroy hands the switch port back as it was", async () => {
+      const n = lab.info.nodes[0];
+      const stack: StackSpec = {
+        resources: [
+          { token: "baremetal:compute:Node", name: "n0", props: { bmc: { address: n.address, systemId: n.systemId } } },
+          { token: "baremetal:network:Port", name: "p0", props: { nodeId: ref("n0"), mac: machine.mac, switchId: "tor1", switchPort: machine.port } },
+          { token: "baremetal:network:TenantNetwork", name: "net0", props: { name: "blue", subnets: [{ cidr: "10.88.0.0/24", allocationPools: [{ start: "10.88.0.10", end: "10.88.0.19" }] }] } },
+          { token: "baremetal:compute:Allocation", name: "a0", props: { candidateNodes: [ref("n0")] } },
+          { token: "baremetal:network:NetworkAttachment", name: "att0", props: { portId: ref("p0", "portId"), networkId: ref("net0", "networkId") } },
+        ],
+        outputs: { vlan: ref("net0", "vlanId"), addresses: ref("att0", "ipAddresses") },
+      };
+      const before = (await ovs.vsctl(["get", "Port", machine.port, "tag"])).trim();
+      await engine.apply(stack);
+      const out = await engine.outputs();
+      expect(Number(out.vlan)).toBeGreaterThanOrEqual(100);
+      expect(Number(out.vlan)).toBeLessThanOrEqual(199);
+      expect((await ovs.vsctl(["get", "Port", machine.port, "tag"])).trim()).toBe(String(out.vlan));
+      expect(JSON.stringify(out.addresses)).toMatch(/10\.88\.0\.1\d/);
+      expect((await engine.pendingChanges(stack)).count).toBe(0);
+      // The Port resource goes too: the switch port is handed back as it was before.
+      await engine.destroy();
+      expect((await ovs.vsctl(["get", "Port", machine.port, "tag"])).trim()).toBe(before);
     });
   });
 }
