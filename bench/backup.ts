@@ -17,7 +17,9 @@
  *   - peak memory of each phase: RSS high-water mark (VmHWM, reset before each phase through
  *     /proc/self/clear_refs) and live ArrayBuffer/Buffer bytes (process.memoryUsage, sampled every
  *     20 ms);
- *   - the nightly window for 1 TB extrapolated at 10 and 25 Gbit/s, and what bounds it.
+ *   - the nightly window for 1 TB extrapolated at 10 and 25 Gbit/s, and what bounds it;
+ *   - the crypto floor: one core's SHA-256, HMAC-SHA256 and AES-256-GCM rates, and the most any
+ *     engine could reach on all cores against the raw read (what a 0.8x target needs of the CPU).
  *
  *   npx tsx bench/backup.ts [--backend file|ceph|both] [--size 10G] [--ceph-size 2G]
  *                           [--written 0.8] [--concurrency N] [--workers N] [--mode envelope|source]
@@ -30,7 +32,7 @@
  * (test/harness/ceph.ts, radosgw.ts) and stops them. Prints figures; asserts nothing about time.
  */
 import { spawn } from "node:child_process";
-import { randomBytes, randomFillSync } from "node:crypto";
+import { createCipheriv, createHash, createHmac, randomBytes, randomFillSync } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -537,6 +539,41 @@ function extrapolate(r: Result): void {
   }
 }
 
+// ---- the crypto floor ----------------------------------------------------------------------------
+
+/**
+ * The most any engine in this process could do, whatever its design: one core's rate of the
+ * primitives a cell needs (Node's OpenSSL on 4 MiB buffers, as the engine calls them), and what
+ * that allows on all cores when the CPU did nothing else (no reading, copying or uploading).
+ */
+function cryptoFloor(rawRate: number): void {
+  const cell = randomFillSync(Buffer.allocUnsafe(CELL_BYTES));
+  const key = randomBytes(32);
+  const rateOf = (fn: () => void) => {
+    for (let i = 0; i < 3; i++) fn();
+    const cpu0 = process.cpuUsage();
+    const n = 32;
+    for (let i = 0; i < n; i++) fn();
+    const c = process.cpuUsage(cpu0);
+    return (n * CELL_BYTES) / MiB / ((c.user + c.system) / 1e6);
+  };
+  const sha = rateOf(() => createHash("sha256").update(cell).digest());
+  const hmac = rateOf(() => createHmac("sha256", key).update(cell).digest());
+  const gcm = rateOf(() => {
+    const c = createCipheriv("aes-256-gcm", key, randomBytes(12));
+    for (let i = 0; i < cell.length; i += 256 * 1024) c.update(cell.subarray(i, i + 256 * 1024));
+    c.final();
+  });
+  const cores = os.cpus().length;
+  const envelope = cores / (1 / hmac + 1 / gcm);
+  const source = cores * sha;
+  console.log(
+    `\ncrypto floor (per core, Node's OpenSSL, 4 MiB cells): SHA-256 ${r0(sha)} MiB/s, HMAC-SHA256 ${r0(hmac)} MiB/s, AES-256-GCM ${r0(gcm)} MiB/s. ` +
+      `With all ${cores} cores doing nothing but that: envelope mode (HMAC + GCM) at most ${r0(envelope)} MiB/s = ${(envelope / rawRate).toFixed(2)}x the raw read, ` +
+      `source mode (SHA-256) ${r0(source)} MiB/s = ${(source / rawRate).toFixed(2)}x; 0.8x of the raw read needs ${((0.8 * rawRate) / (envelope / cores)).toFixed(1)} cores (envelope), ${((0.8 * rawRate) / sha).toFixed(1)} (source) for the crypto alone.`,
+  );
+}
+
 // ---- main ----------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
@@ -562,6 +599,7 @@ async function main(): Promise<void> {
     );
   }
   for (const r of results) extrapolate(r);
+  if (results.length) cryptoFloor(Math.max(...results.map((r) => r.rawRate)));
 }
 
 main().catch((e) => {

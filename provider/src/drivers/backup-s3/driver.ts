@@ -106,6 +106,13 @@ export class S3BackupTarget implements BackupTargetDriver {
     const headers: Record<string, string> = { "content-type": "application/octet-stream" };
     for (const [k, v] of Object.entries(metadata)) headers[`x-amz-meta-${k}`] = v;
 
+    if (Buffer.isBuffer(body) && body.length < partBytes) {
+      // One buffer within one part (a backup chunk): one PutObject of it as it is, with the
+      // payload hash when the caller has it (the engine's chunk id in source mode).
+      if (opts.sizeBytes !== undefined && opts.sizeBytes !== body.length) throw validationError("sizeBytes", `put of '${key}': the body had ${body.length} bytes, sizeBytes said ${opts.sizeBytes}`);
+      const res = await this.client.request({ method: "PUT", key: full, headers, body, bodySha256: opts.sha256, signal, what: `upload of '${key}'` });
+      return { key, sizeBytes: body.length, etag: unquote(res.headers.etag) };
+    }
     const reader = new PartReader(Buffer.isBuffer(body) ? [body] : body, partBytes);
     let total = 0;
     const checkSize = () => {

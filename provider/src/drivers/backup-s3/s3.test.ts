@@ -116,6 +116,18 @@ describeWithPeer(radosgwAvailable(), "s3 backup target against radosgw")("s3 bac
     expect(await target().head("x")).toBeUndefined(); // nothing was written by the refused puts
   });
 
+  test("a payload hash the caller gives (sha256) is what the store checks: right, it stores; wrong, nothing is stored", async () => {
+    const t = target();
+    const body = Buffer.from(new SharedArrayBuffer(64 * 1024)); // shared memory, as the engine's chunks
+    body.fill(7);
+    const sha256 = createHash("sha256").update(body).digest("hex");
+    await t.put("hashed", body, { sha256, sizeBytes: body.length });
+    expect((await t.head("hashed"))?.sizeBytes).toBe(body.length);
+    const e = await failure(t.put("mismatch", body, { sha256: "0".repeat(64) }));
+    expect(e.messageId).toBe("XAmzContentSHA256Mismatch");
+    expect(await t.head("mismatch")).toBeUndefined();
+  });
+
   test("a missing bucket is `not-found` saying to create it; an unreachable store is `transient` with unsent", async () => {
     const nb = target({ address: `s3://127.0.0.1:${rgw.port}/no-such-bucket?tls=false` });
     for (const call of [() => nb.check(), () => nb.put("k", Buffer.from("x")), () => nb.head("k"), () => nb.get("k")]) {

@@ -29,6 +29,11 @@ export interface ObjectInfo {
 export interface PutOptions {
   /** Known size, when the caller has it (lets the driver choose single-part for small objects). */
   sizeBytes?: number;
+  /**
+   * Hex SHA-256 of the body when the caller has it already (a Buffer body): a driver that signs
+   * payloads (S3) uses it instead of hashing the body again. It must be right: the store checks it.
+   */
+  sha256?: string;
   /** Small string metadata stored with the object (S3 user metadata). */
   metadata?: Record<string, string>;
   signal?: AbortSignal;
