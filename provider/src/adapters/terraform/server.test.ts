@@ -67,6 +67,15 @@ describe("Terraform adapter", () => {
     expect(dec(r.plannedState)!.bmc).toEqual(moved.bmc);
   });
 
+  test("state upgrade: the stored JSON re-encoded with the current schema; attributes it no longer has dropped; a newer version refused", async () => {
+    const raw = { id: "n-1", bmc: { address: "https://10.0.0.5", system_id: "s1" }, manufacturer: "Lab", retired_attribute: "x" };
+    const r = await p.upgradeResourceState({ typeName: "baremetal_node", version: 0, rawState: { json: Buffer.from(JSON.stringify(raw)) } });
+    expect(r.diagnostics).toEqual([]);
+    expect(dec(r.upgradedState)).toMatchObject({ id: "n-1", bmc: { address: "https://10.0.0.5", systemId: "s1" }, manufacturer: "Lab" });
+    const newer = await p.upgradeResourceState({ typeName: "baremetal_node", version: 7, rawState: { json: Buffer.from("{}") } });
+    expect(newer.diagnostics[0].summary).toMatch(/written by a newer provider \(schema version 7\); upgrade the provider/);
+  });
+
   test("attribute paths: nested names in snake case, list indexes as element keys", () => {
     expect(attributePath("volumes[2].keyId").steps).toEqual([{ attributeName: "volumes" }, { elementKeyInt: 2 }, { attributeName: "key_id" }]);
     expect(attributePath("bmc.verifyTls").steps).toEqual([{ attributeName: "bmc" }, { attributeName: "verify_tls" }]);
