@@ -835,6 +835,38 @@ describe.each([sqliteBackend, postgresBackend])("inventory conformance: $name", 
 
   // ---- migrations ---------------------------------------------------------------------------
 
+  // ---- the service's tokens and audit log -------------------------------------------------------
+
+  test("API tokens: stored and read back as given, listed by project, revoked once (the first time stays)", async () => {
+    const t = { id: "0123456789abcdef01234567", name: "ci", projectId: "project-a", roles: ["member", "reader"], createdAt: "2026-11-23T00:00:00.000Z", expiresAt: "2026-12-23T00:00:00.000Z", secretHash: "ab".repeat(32), ratePerMinute: 600 };
+    await inv.insertToken(t);
+    await inv.insertToken({ ...t, id: "fedcba9876543210fedcba98", name: "op", projectId: undefined, roles: ["admin"], createdAt: "2026-11-23T00:00:01.000Z", expiresAt: undefined });
+    expect(await inv.getToken(t.id)).toEqual(t);
+    expect(await inv.getToken("000000000000000000000000")).toBeUndefined();
+    expect((await failure(inv.insertToken(t))).code).toBe("conflict");
+    expect((await inv.listTokens("project-a")).map((x) => x.name)).toEqual(["ci"]);
+    expect((await inv.listTokens()).map((x) => x.name)).toEqual(["ci", "op"]);
+    expect(await inv.revokeToken(t.id, "2026-11-24T00:00:00.000Z")).toBe(true);
+    expect(await inv.revokeToken(t.id, "2026-11-25T00:00:00.000Z")).toBe(true);
+    expect((await inv.getToken(t.id))?.revokedAt).toBe("2026-11-24T00:00:00.000Z");
+    expect(await inv.revokeToken("000000000000000000000000", "2026-11-24T00:00:00.000Z")).toBe(false);
+  });
+
+  test("audit log: appended in order with sequence numbers, paged after a sequence, filtered by project", async () => {
+    const base = { at: "2026-11-23T00:00:00.000Z", requestId: "r", operation: "baremetal:node:deploy", outcome: "done" };
+    const a1 = await inv.appendAudit({ ...base, requestId: "r1", tokenId: "t1", projectId: "project-a", target: "n1" });
+    const b1 = await inv.appendAudit({ ...base, requestId: "r2", projectId: "project-b", outcome: "denied", detail: "PolicyNotAuthorized" });
+    const a2 = await inv.appendAudit({ ...base, requestId: "r3", projectId: "project-a" });
+    expect(b1.seq).toBeGreaterThan(a1.seq);
+    expect(a2.seq).toBeGreaterThan(b1.seq);
+    expect((await inv.listAudit()).map((e) => e.requestId)).toEqual(["r1", "r2", "r3"]);
+    expect(await inv.listAudit({ projectId: "project-a" })).toEqual([
+      { ...base, requestId: "r1", tokenId: "t1", projectId: "project-a", target: "n1", seq: a1.seq },
+      { ...base, requestId: "r3", projectId: "project-a", seq: a2.seq },
+    ]);
+    expect((await inv.listAudit({ afterSeq: a1.seq, limit: 1 })).map((e) => e.requestId)).toEqual(["r2"]);
+  });
+
   test("migrations: recorded once, idempotent on re-open, data kept", async () => {
     await inv.upsertNode(node("keep"));
     const again = await open();

@@ -27,6 +27,11 @@
  * - SQLite stores times as ISO 8601 text in UTC (they sort as text) and JSON as text; PostgreSQL
  *   uses timestamptz and jsonb.
  *
+ * Schema notes (v3, the service of issue 8):
+ * - `api_tokens` holds a token's SHA-256 (`secret_hash`), never its secret; `revoked_at` is set
+ *   once and never cleared.
+ * - `audit_log` is append-only: `seq` orders it (and pages it); rows are never updated.
+ *
  * Schema notes (v2, tenant networks):
  * - `networks UNIQUE (fabric, vlan)`: a VLAN id is used once per fabric, whatever the code does.
  *   The choice of the lowest free VLAN is serialised per fabric (SQLite: the write lock;
@@ -300,6 +305,62 @@ export const MIGRATIONS: readonly Migration[] = [
       `CREATE UNIQUE INDEX attachments_one_access_per_port ON attachments (port_id) WHERE mode = 'access'`,
       `CREATE UNIQUE INDEX attachments_one_native_per_port ON attachments (port_id) WHERE native`,
       `CREATE INDEX attachments_network ON attachments (network_id)`,
+    ],
+  },
+  {
+    version: 3,
+    name: "service: api tokens, audit log",
+    sqlite: [
+      `CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        project_id TEXT,
+        roles TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        revoked_at TEXT,
+        secret_hash TEXT NOT NULL,
+        rate_per_minute INTEGER NOT NULL CHECK (rate_per_minute > 0)
+      )`,
+      `CREATE INDEX api_tokens_project ON api_tokens (project_id)`,
+      `CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        token_id TEXT,
+        project_id TEXT,
+        operation TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT
+      )`,
+      `CREATE INDEX audit_log_project ON audit_log (project_id, seq)`,
+    ],
+    postgres: [
+      `CREATE TABLE api_tokens (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        project_id text,
+        roles jsonb NOT NULL,
+        created_at timestamptz NOT NULL,
+        expires_at timestamptz,
+        revoked_at timestamptz,
+        secret_hash text NOT NULL,
+        rate_per_minute integer NOT NULL CHECK (rate_per_minute > 0)
+      )`,
+      `CREATE INDEX api_tokens_project ON api_tokens (project_id)`,
+      `CREATE TABLE audit_log (
+        seq bigserial PRIMARY KEY,
+        at timestamptz NOT NULL,
+        request_id text NOT NULL,
+        token_id text,
+        project_id text,
+        operation text NOT NULL,
+        target text,
+        outcome text NOT NULL,
+        detail text
+      )`,
+      `CREATE INDEX audit_log_project ON audit_log (project_id, seq)`,
     ],
   },
 ];

@@ -120,9 +120,12 @@ import {
   AddressRequest,
   AllocationFilter,
   AllocationRecord,
+  ApiTokenRecord,
   AttachmentFilter,
   AttachmentInput,
   AttachmentRecord,
+  AuditInput,
+  AuditRecord,
   AVAILABLE,
   Claim,
   ClaimRequest,
@@ -200,6 +203,34 @@ function iso(v: unknown): string {
 
 function opt<T>(v: unknown): T | undefined {
   return v === null || v === undefined ? undefined : (v as T);
+}
+
+function toToken(r: Row): ApiTokenRecord {
+  return compact({
+    id: String(r.id),
+    name: String(r.name),
+    projectId: opt<string>(r.project_id),
+    roles: (typeof r.roles === "string" ? JSON.parse(r.roles) : r.roles) as string[],
+    createdAt: iso(r.created_at),
+    expiresAt: r.expires_at === null || r.expires_at === undefined ? undefined : iso(r.expires_at),
+    revokedAt: r.revoked_at === null || r.revoked_at === undefined ? undefined : iso(r.revoked_at),
+    secretHash: String(r.secret_hash),
+    ratePerMinute: Number(r.rate_per_minute),
+  }) as ApiTokenRecord;
+}
+
+function toAudit(r: Row): AuditRecord {
+  return compact({
+    seq: Number(r.seq),
+    at: iso(r.at),
+    requestId: String(r.request_id),
+    tokenId: opt<string>(r.token_id),
+    projectId: opt<string>(r.project_id),
+    operation: String(r.operation),
+    target: opt<string>(r.target),
+    outcome: String(r.outcome),
+    detail: opt<string>(r.detail),
+  }) as AuditRecord;
 }
 
 function toNode(r: Row): NodeRecord {
@@ -1142,6 +1173,55 @@ export class PostgresInventory implements Inventory {
   async listAttachments(filter: AttachmentFilter = {}): Promise<AttachmentRecord[]> {
     const f = normaliseAttachmentFilter(filter);
     return this.attachmentRows(this.plain("listing attachments"), f);
+  }
+
+  // ---- the service's tokens and audit log (issue 8) ----------------------------------------------
+
+  async insertToken(t: ApiTokenRecord): Promise<void> {
+    requireId("id", t.id);
+    const rows = await this.q(
+      "storing an API token",
+      "INSERT INTO api_tokens (id, name, project_id, roles, created_at, expires_at, revoked_at, secret_hash, rate_per_minute) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING id",
+      [t.id, t.name, t.projectId ?? null, JSON.stringify(t.roles), t.createdAt, t.expiresAt ?? null, t.revokedAt ?? null, t.secretHash, t.ratePerMinute],
+    );
+    if (!rows.length) throw new BaremetalError("conflict", `API token ${t.id} exists`);
+  }
+
+  async getToken(id: string): Promise<ApiTokenRecord | undefined> {
+    const rows = await this.q("reading an API token", "SELECT * FROM api_tokens WHERE id = $1", [id]);
+    return rows.length ? toToken(rows[0]) : undefined;
+  }
+
+  async revokeToken(id: string, at: string): Promise<boolean> {
+    const rows = await this.q("revoking an API token", "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING id", [id, at]);
+    return rows.length > 0;
+  }
+
+  async listTokens(projectId?: string): Promise<ApiTokenRecord[]> {
+    const rows =
+      projectId === undefined
+        ? await this.q("listing API tokens", "SELECT * FROM api_tokens ORDER BY created_at, id")
+        : await this.q("listing API tokens", "SELECT * FROM api_tokens WHERE project_id = $1 ORDER BY created_at, id", [projectId]);
+    return rows.map(toToken);
+  }
+
+  async appendAudit(e: AuditInput): Promise<AuditRecord> {
+    const rows = await this.q(
+      "appending to the audit log",
+      "INSERT INTO audit_log (at, request_id, token_id, project_id, operation, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
+      [e.at, e.requestId, e.tokenId ?? null, e.projectId ?? null, e.operation, e.target ?? null, e.outcome, e.detail ?? null],
+    );
+    return { ...e, seq: Number(rows[0].seq) };
+  }
+
+  async listAudit(filter: { projectId?: string; afterSeq?: number; limit?: number } = {}): Promise<AuditRecord[]> {
+    const after = filter.afterSeq ?? 0;
+    const limit = filter.limit ?? 100;
+    const rows =
+      filter.projectId === undefined
+        ? await this.q("reading the audit log", "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", [after, limit])
+        : await this.q("reading the audit log", "SELECT * FROM audit_log WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", [filter.projectId, after, limit]);
+    return rows.map(toAudit);
   }
 
   async close(): Promise<void> {

@@ -99,9 +99,12 @@ import {
   AddressRequest,
   AllocationFilter,
   AllocationRecord,
+  ApiTokenRecord,
   AttachmentFilter,
   AttachmentInput,
   AttachmentRecord,
+  AuditInput,
+  AuditRecord,
   AVAILABLE,
   Claim,
   ClaimRequest,
@@ -181,6 +184,34 @@ function failure(err: unknown, what: string, where: string): BaremetalError {
 
 function opt<T>(v: unknown): T | undefined {
   return v === null || v === undefined ? undefined : (v as T);
+}
+
+function toToken(r: Row): ApiTokenRecord {
+  return compact({
+    id: String(r.id),
+    name: String(r.name),
+    projectId: opt<string>(r.project_id),
+    roles: JSON.parse(String(r.roles)) as string[],
+    createdAt: String(r.created_at),
+    expiresAt: opt<string>(r.expires_at),
+    revokedAt: opt<string>(r.revoked_at),
+    secretHash: String(r.secret_hash),
+    ratePerMinute: Number(r.rate_per_minute),
+  }) as ApiTokenRecord;
+}
+
+function toAudit(r: Row): AuditRecord {
+  return compact({
+    seq: Number(r.seq),
+    at: String(r.at),
+    requestId: String(r.request_id),
+    tokenId: opt<string>(r.token_id),
+    projectId: opt<string>(r.project_id),
+    operation: String(r.operation),
+    target: opt<string>(r.target),
+    outcome: String(r.outcome),
+    detail: opt<string>(r.detail),
+  }) as AuditRecord;
 }
 
 function toNode(r: Row): NodeRecord {
@@ -1005,6 +1036,59 @@ export class SqliteInventory implements Inventory {
   async listAttachments(filter: AttachmentFilter = {}): Promise<AttachmentRecord[]> {
     const f = normaliseAttachmentFilter(filter);
     return this.read("listing attachments", () => this.attachmentRows(f));
+  }
+
+  // ---- the service's tokens and audit log (issue 8) ----------------------------------------------
+
+  async insertToken(t: ApiTokenRecord): Promise<void> {
+    requireId("id", t.id);
+    await this.write("storing an API token", () => {
+      if (this.get("SELECT id FROM api_tokens WHERE id = ?", t.id)) throw new BaremetalError("conflict", `API token ${t.id} exists`);
+      this.run(
+        "INSERT INTO api_tokens (id, name, project_id, roles, created_at, expires_at, revoked_at, secret_hash, rate_per_minute) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        t.id, t.name, t.projectId ?? null, JSON.stringify(t.roles), t.createdAt, t.expiresAt ?? null, t.revokedAt ?? null, t.secretHash, t.ratePerMinute,
+      );
+    });
+  }
+
+  async getToken(id: string): Promise<ApiTokenRecord | undefined> {
+    const r = await this.read("reading an API token", () => this.get("SELECT * FROM api_tokens WHERE id = ?", id));
+    return r ? toToken(r) : undefined;
+  }
+
+  async revokeToken(id: string, at: string): Promise<boolean> {
+    return this.write("revoking an API token", () => {
+      if (!this.get("SELECT id FROM api_tokens WHERE id = ?", id)) return false;
+      this.run("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", at, id);
+      return true;
+    });
+  }
+
+  async listTokens(projectId?: string): Promise<ApiTokenRecord[]> {
+    const rows = await this.read("listing API tokens", () =>
+      projectId === undefined ? this.all("SELECT * FROM api_tokens ORDER BY created_at, id") : this.all("SELECT * FROM api_tokens WHERE project_id = ? ORDER BY created_at, id", projectId),
+    );
+    return rows.map(toToken);
+  }
+
+  async appendAudit(e: AuditInput): Promise<AuditRecord> {
+    return this.write("appending to the audit log", () => {
+      const r = this.stmt(
+        "INSERT INTO audit_log (at, request_id, token_id, project_id, operation, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      ).run(e.at, e.requestId, e.tokenId ?? null, e.projectId ?? null, e.operation, e.target ?? null, e.outcome, e.detail ?? null);
+      return { ...e, seq: Number(r.lastInsertRowid) };
+    });
+  }
+
+  async listAudit(filter: { projectId?: string; afterSeq?: number; limit?: number } = {}): Promise<AuditRecord[]> {
+    const after = filter.afterSeq ?? 0;
+    const limit = filter.limit ?? 100;
+    const rows = await this.read("reading the audit log", () =>
+      filter.projectId === undefined
+        ? this.all("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", after, limit)
+        : this.all("SELECT * FROM audit_log WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?", filter.projectId, after, limit),
+    );
+    return rows.map(toAudit);
   }
 
   async close(): Promise<void> {

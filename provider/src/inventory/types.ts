@@ -479,6 +479,52 @@ export interface Inventory {
   /** Every filter given must hold. Ordered by id (byte order). */
   listAttachments(filter?: AttachmentFilter): Promise<AttachmentRecord[]>;
 
+  /** Stores a new API token (a `conflict` when its id exists). */
+  insertToken(token: ApiTokenRecord): Promise<void>;
+  getToken(id: string): Promise<ApiTokenRecord | undefined>;
+  /** Sets `revokedAt` unless it is set already; false when there is no such token. */
+  revokeToken(id: string, at: string): Promise<boolean>;
+  /** Tokens of a project (every token when omitted), by creation time then id. */
+  listTokens(projectId?: string): Promise<ApiTokenRecord[]>;
+
+  /** Appends one record to the audit log; returns it with its sequence number. */
+  appendAudit(entry: AuditInput): Promise<AuditRecord>;
+  /** Audit records after `afterSeq` (default: from the start), oldest first, at most `limit` (default 100). */
+  listAudit(filter?: { projectId?: string; afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
+
   /** Closes connections. Idempotent; other calls fail afterwards. */
   close(): Promise<void>;
+}
+
+/** An API token of the service (issue 8): the secret's SHA-256 only. */
+export interface ApiTokenRecord {
+  id: string;
+  name: string;
+  projectId?: string;
+  roles: string[];
+  createdAt: string;
+  expiresAt?: string;
+  revokedAt?: string;
+  /** Hex SHA-256 of the secret. */
+  secretHash: string;
+  ratePerMinute: number;
+}
+
+/** One mutating call, as the audit log records it: who, what, when, outcome. */
+export interface AuditInput {
+  at: string;
+  requestId: string;
+  tokenId?: string;
+  projectId?: string;
+  /** The policy operation, e.g. `baremetal:node:deploy`. */
+  operation: string;
+  /** What it was done to (an id). */
+  target?: string;
+  /** `allowed`, `denied`, `failed`, `done`. */
+  outcome: string;
+  detail?: string;
+}
+
+export interface AuditRecord extends AuditInput {
+  seq: number;
 }

@@ -1,5 +1,6 @@
 /**
- * The service's first slice over HTTP on loopback, with a real SQLite inventory: each tenant's
+ * The service's first slice over HTTP on loopback, with a real SQLite inventory (which also holds
+ * the tokens, hashed): each tenant's
  * token lists only the nodes its project owns or leases; keyset pages; one error shape with the
  * request id; 401 without a token; validation of query parameters; one log line per request
  * carrying no secret.
@@ -12,12 +13,12 @@ import Ajv from "ajv";
 import { ProviderHost } from "../core/host";
 import { createService, type LogEntry } from "./api";
 import { OPENAPI } from "./openapi";
-import { MemoryTokenStore, TokenService } from "./tokens";
+import { InventoryTokenStore, TokenService } from "./tokens";
 
 describe("the service API (first slice)", () => {
   const dir = mkdtempSync(join(tmpdir(), "service-api-"));
   const host = new ProviderHost();
-  const tokens = new TokenService(new MemoryTokenStore(), { defaultRatePerMinute: 1000 });
+  let tokens: TokenService;
   const logs: LogEntry[] = [];
   let base: string;
   let server: ReturnType<typeof createService>;
@@ -31,6 +32,8 @@ describe("the service API (first slice)", () => {
   beforeAll(async () => {
     host.configure({ inventoryUrl: `sqlite://${join(dir, "inventory.db")}` });
     const inv = await host.providerContext().inventory();
+    // Tokens in the service's database, as `baremetal serve` keeps them.
+    tokens = new TokenService(new InventoryTokenStore(inv), { defaultRatePerMinute: 1000 });
     for (let i = 0; i < 5; i++) await inv.upsertNode({ id: `https://bmc/redfish/v1/Systems/a${i}`, name: `a-${i}`, owner: "project-a" });
     await inv.upsertNode({ id: "https://bmc/redfish/v1/Systems/l0", name: "leased-0", owner: "project-b", lessee: "project-a" });
     for (let i = 0; i < 3; i++) await inv.upsertNode({ id: `https://bmc/redfish/v1/Systems/b${i}`, name: `b-${i}`, owner: "project-b" });

@@ -22,24 +22,10 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Caller } from "../core/auth";
 import { BaremetalError } from "../core/errors";
 import { OPERATIONS, type Policy, type PolicyTarget } from "../core/policy";
+import type { ApiTokenRecord, Inventory } from "../inventory/types";
 
-export interface TokenRecord {
-  /** Public id (24 hex digits). */
-  id: string;
-  /** What the token is for, e.g. `ci-nightly`. */
-  name: string;
-  /** The project it acts in; none = the installation's operator. */
-  projectId?: string;
-  roles: string[];
-  createdAt: string;
-  /** None: never expires. */
-  expiresAt?: string;
-  revokedAt?: string;
-  /** Hex SHA-256 of the secret. */
-  secretHash: string;
-  /** Requests per minute allowed to this token. */
-  ratePerMinute: number;
-}
+/** A token as stored (the inventory's record: the secret's SHA-256 only). */
+export type TokenRecord = ApiTokenRecord;
 
 /** Where token records live (the service's database; MemoryTokenStore for tests). */
 export interface TokenStore {
@@ -66,6 +52,23 @@ export class MemoryTokenStore implements TokenStore {
   }
   async list(projectId?: string): Promise<TokenRecord[]> {
     return [...this.rows.values()].filter((r) => projectId === undefined || r.projectId === projectId).map((r) => ({ ...r, roles: [...r.roles] }));
+  }
+}
+
+/** Tokens in the service's database (the inventory: SQLite or PostgreSQL), shared by every instance. */
+export class InventoryTokenStore implements TokenStore {
+  constructor(private readonly inventory: Inventory) {}
+  insert(r: TokenRecord): Promise<void> {
+    return this.inventory.insertToken(r);
+  }
+  get(id: string): Promise<TokenRecord | undefined> {
+    return this.inventory.getToken(id);
+  }
+  async update(id: string, patch: Partial<Pick<TokenRecord, "revokedAt">>): Promise<void> {
+    if (patch.revokedAt && !(await this.inventory.revokeToken(id, patch.revokedAt))) throw new BaremetalError("not-found", `no token ${id}`);
+  }
+  list(projectId?: string): Promise<TokenRecord[]> {
+    return this.inventory.listTokens(projectId);
   }
 }
 
