@@ -17,6 +17,9 @@
  *   baremetal lab status --state-file FILE
  *       Prints the lab's JSON if it is running (exit 0), else exits 1.
  *
+ *   baremetal serve / baremetal token ...
+ *       The tenant-facing service and its tokens (see ../service/cli.ts).
+ *
  * Exit codes: 0 success, 1 failure, 2 bad usage.
  */
 import * as fs from "node:fs";
@@ -25,6 +28,7 @@ import * as https from "node:https";
 import * as path from "node:path";
 import { FLAVOR_NAMES, FlavorName } from "../lab/flavors";
 import { LabInfo, LabOptions, startLab } from "../lab/lab";
+import { SERVE_FLAGS, SERVICE_USAGE, serveCommand, TOKEN_FLAGS, tokenCommand } from "../service/cli";
 
 const USAGE = `usage:
   baremetal lab start [--bmcs N] [--systems M] [--flavor F[,F...]] [--latency-ms L] [--boot-seconds B]
@@ -33,6 +37,7 @@ const USAGE = `usage:
   baremetal lab stop   --state-file FILE [--timeout-seconds S]
   baremetal lab wait   --state-file FILE [--timeout-seconds S]
   baremetal lab status --state-file FILE
+${SERVICE_USAGE}
 flavors: ${FLAVOR_NAMES.join(", ")}`;
 
 class UsageError extends Error {}
@@ -335,6 +340,8 @@ export async function main(argv: string[]): Promise<number> {
       console.log(USAGE);
       return group === undefined ? 2 : 0;
     }
+    if (group === "serve") return await serveCommand(parseFlags([command, ...rest].filter((a) => a !== undefined), SERVE_FLAGS));
+    if (group === "token") return await tokenCommand(command, parseFlags(rest, TOKEN_FLAGS));
     if (group !== "lab") throw new UsageError(`unknown command "${group}"`);
     switch (command) {
       case "start":
