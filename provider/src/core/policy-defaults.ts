@@ -60,6 +60,7 @@ export const OPERATIONS = [
   "baremetal:node:update_instance_info",
   "baremetal:node:validate",
   "baremetal:node:set_provision_state",
+  "baremetal:node:set_power_state",
   "baremetal:node:vif:attach",
   "baremetal:node:vif:detach",
   "baremetal:port:get",
@@ -177,6 +178,7 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   "baremetal:node:update_instance_info": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:validate": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:set_provision_state": "rule:system_or_owner_member_and_lessee_admin",
+  "baremetal:node:set_power_state": "rule:system_or_project_member",
   "baremetal:node:vif:attach": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:vif:detach": "rule:system_or_owner_member_and_lessee_admin",
   // Ports are checked against their node's owner and lessee (Ironic passes node.owner/node.lessee).

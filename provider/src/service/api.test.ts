@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Ajv from "ajv";
 import { ProviderHost } from "../core/host";
+import { startLab } from "../lab/lab";
 import { createService, type LogEntry } from "./api";
 import { OPENAPI } from "./openapi";
 import { InventoryTokenStore, TokenService } from "./tokens";
@@ -118,5 +119,65 @@ describe("the service API (first slice)", () => {
     const text = JSON.stringify(logs);
     for (const t of Object.values(tok)) expect(text).not.toContain(t.slice(29));
     expect(logs.find((e) => e.requestId === "req-test-0001")).toMatchObject({ status: 401, errorCode: "Unauthorized" });
+  });
+});
+
+describe("the service's first node action: power, against the lab BMC", () => {
+  const dir = mkdtempSync(join(tmpdir(), "service-power-"));
+  const host = new ProviderHost();
+  let lab: Awaited<ReturnType<typeof startLab>>;
+  let tokens: TokenService;
+  let server: ReturnType<typeof createService>;
+  let base: string;
+  const tok: Record<string, string> = {};
+  /** A node resource's id: its Redfish system URI, absolute. */
+  const nodeId = (i: number) => new URL(lab.info.nodes[i].systemUri, lab.info.nodes[i].address).href;
+  const put = async (id: string, body: unknown, token?: string) => {
+    const res = await fetch(`${base}/v1/nodes/${encodeURIComponent(id)}/power`, { method: "PUT", body: JSON.stringify(body), headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) } });
+    return { status: res.status, body: (await res.json()) as Record<string, any> }; // eslint-disable-line @typescript-eslint/no-explicit-any
+  };
+
+  beforeAll(async () => {
+    lab = await startLab({ flavor: "generic", systems: 2, bootSeconds: 0, powerState: "Off" });
+    host.configure({ inventoryUrl: `sqlite://${join(dir, "inventory.db")}`, bmcUsername: lab.info.credentials.username, bmcPassword: lab.info.credentials.password });
+    const inv = await host.providerContext().inventory();
+    await inv.upsertNode({ id: nodeId(0), name: "a-0", owner: "project-a" });
+    await inv.upsertNode({ id: nodeId(1), name: "b-0", owner: "project-b" });
+    tokens = new TokenService(new InventoryTokenStore(inv));
+    tok.a = (await tokens.issue({ name: "tenant-a", projectId: "project-a", roles: ["member"] })).token;
+    server = createService({ host, tokens, log: () => undefined });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+
+  afterAll(async () => {
+    await new Promise((r) => server.close(r));
+    await host.close();
+    await lab.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a tenant powers its own node through the service; another project's node is refused with 403; both are in the audit log", async () => {
+    const own = await put(nodeId(0), { state: "on" }, tok.a);
+    expect(own).toMatchObject({ status: 200, body: { powerState: "on", changed: true } });
+    expect(lab.bmcs[0].system(1).powerState).toBe("On");
+
+    const foreign = await put(nodeId(1), { state: "on" }, tok.a);
+    expect([foreign.status, foreign.body.errorCode]).toEqual([403, "PolicyNotAuthorized"]);
+    expect(lab.bmcs[0].system(2).powerState).toBe("Off");
+    // The BMC's credentials are in no answer.
+    expect(JSON.stringify([own.body, foreign.body])).not.toContain(lab.info.credentials.password);
+
+    expect((await put("http://nowhere/redfish/v1/Systems/x", { state: "on" }, tok.a)).status).toBe(404);
+    expect((await put(nodeId(0), { state: "sideways" }, tok.a)).body.message).toMatch(/^state: must be equal to one of the allowed values/);
+    expect((await put(nodeId(0), { state: "on" })).status).toBe(401);
+
+    const audit = await (await host.providerContext().inventory()).listAudit();
+    expect(audit.map((e) => [e.operation, e.target, e.projectId, e.outcome])).toEqual([
+      ["baremetal:node:set_power_state", nodeId(0), "project-a", "done"],
+      ["baremetal:node:set_power_state", nodeId(1), "project-a", "denied"],
+      ["baremetal:node:set_power_state", "http://nowhere/redfish/v1/Systems/x", "project-a", "not-found"],
+    ]);
+    expect(audit[1].detail).toBe("PolicyNotAuthorized");
   });
 });

@@ -13,12 +13,19 @@
  *   document (openapi.ts), which the service serves at `/v1/openapi.json`.
  *
  * Endpoints of this slice: `GET /v1/me` (who the token is and what it may do), `GET /v1/nodes`
- * (the nodes the caller may see: owner/lessee filtered, as the provider's getNodes).
+ * (the nodes the caller may see: owner/lessee filtered, as the provider's getNodes), and the
+ * first node action, `PUT /v1/nodes/{id}/power` (`baremetal:node:set_power_state`, done with the
+ * service's BMC credentials). Every mutating call is recorded in the audit log (the inventory's
+ * `audit_log`): who (token, project), what (operation, object), when, and the outcome (`done`,
+ * `denied`, `not-found`, `failed`).
  */
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import Ajv, { type ValidateFunction } from "ajv";
+import { authorize } from "../core/auth";
 import { BaremetalError, isBaremetalError } from "../core/errors";
+import { bmcDriverFor } from "../drivers";
 import type { ProviderHost } from "../core/host";
 import { getNodesFunction } from "../resources/compute/get-nodes";
 import { OPENAPI, type QueryParameter } from "./openapi";
@@ -33,6 +40,8 @@ export interface LogEntry {
   ms: number;
   tokenId?: string;
   errorCode?: string;
+  /** For a failure of the service itself (5xx): what failed, for the operator (the caller gets the request id only). */
+  error?: string;
 }
 
 export interface ServiceOptions {
@@ -81,6 +90,41 @@ export const pageToken = {
 
 type Route = (req: { caller: AuthenticatedCaller; query: Record<string, unknown> }) => Promise<unknown>;
 
+/** A mutating call: authorised by the policy on its object, done, and recorded in the audit log. */
+interface Action {
+  method: string;
+  pattern: RegExp;
+  /** The request body's JSON Schema. */
+  body: Record<string, unknown>;
+  handle(req: { caller: AuthenticatedCaller; params: string[]; body: Record<string, unknown>; audit: (a: { operation: string; target: string }) => void }): Promise<unknown>;
+}
+
+/** The request body, parsed as JSON (at most 64 KiB). */
+function readBody(req: http.IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let n = 0;
+    req.on("data", (b: Buffer) => {
+      n += b.length;
+      if (n > 65536) {
+        reject(new BaremetalError("validation", "the request body is larger than 64 KiB", { property: "body" }));
+        req.destroy();
+        return;
+      }
+      parts.push(b);
+    });
+    req.on("end", () => {
+      const text = Buffer.concat(parts).toString("utf8");
+      try {
+        resolve(text ? JSON.parse(text) : {});
+      } catch {
+        reject(new BaremetalError("validation", "the request body is not JSON", { property: "body" }));
+      }
+    });
+    req.on("error", reject);
+  });
+}
+
 export function createService(opts: ServiceOptions): http.Server {
   const log = opts.log ?? ((e: LogEntry) => process.stdout.write(`${JSON.stringify(e)}\n`));
   const ajv = new Ajv({ allErrors: true, coerceTypes: true, strict: false });
@@ -97,6 +141,13 @@ export function createService(opts: ServiceOptions): http.Server {
       });
       validators.set(path, v);
     }
+    return v;
+  };
+
+  const bodyValidators = new Map<Action, ValidateFunction>();
+  const bodyValidator = (a: Action): ValidateFunction => {
+    let v = bodyValidators.get(a);
+    if (!v) bodyValidators.set(a, (v = ajv.compile(a.body)));
     return v;
   };
 
@@ -125,16 +176,48 @@ export function createService(opts: ServiceOptions): http.Server {
     },
   };
 
+  const actions: Action[] = [
+    {
+      // A tenant's node action: power, with the service's BMC credentials (never the tenant's).
+      method: "PUT",
+      pattern: /^\/v1\/nodes\/([^/]+)\/power$/,
+      body: { type: "object", required: ["state"], properties: { state: { enum: ["on", "off"] } }, additionalProperties: false },
+      async handle({ caller, params, body, audit }) {
+        const id = params[0];
+        audit({ operation: "baremetal:node:set_power_state", target: id });
+        const ctx = { ...opts.host.providerContext(), caller };
+        const node = await (await ctx.inventory()).getNode(id);
+        if (!node) throw new BaremetalError("not-found", `no node ${id}`);
+        authorize(ctx.policy, caller, "baremetal:node:set_power_state", { "node.owner": node.owner, "node.lessee": node.lessee });
+        const uri = new URL(id);
+        const systemId = decodeURIComponent(uri.pathname.split("/").filter(Boolean).pop() ?? "");
+        const cfg = ctx.config;
+        const driver = bmcDriverFor({
+          address: uri.origin,
+          username: cfg.bmcUsername,
+          password: cfg.bmcPassword,
+          verifyTls: cfg.bmcVerifyTls,
+          caBundle: cfg.bmcCaBundle && !cfg.bmcCaBundle.includes("-----BEGIN") ? readFileSync(cfg.bmcCaBundle, "utf8") : cfg.bmcCaBundle,
+          requestTimeoutMs: cfg.bmcRequestTimeoutSeconds * 1000,
+          maxConcurrency: cfg.bmcMaxConcurrency,
+          globalMaxConcurrency: cfg.bmcGlobalMaxConcurrency,
+        });
+        const { changed } = await driver.setPower(systemId, body.state as "on" | "off");
+        return { id, powerState: body.state, changed };
+      },
+    },
+  ];
+
   return http.createServer((req, res) => {
     const started = performance.now();
     const inbound = req.headers["x-request-id"];
     const requestId = typeof inbound === "string" && REQUEST_ID.test(inbound) ? inbound : randomUUID();
     const url = new URL(req.url ?? "/", "http://service");
     let tokenId: string | undefined;
-    const send = (status: number, body: unknown, errorCode?: string) => {
+    const send = (status: number, body: unknown, errorCode?: string, error?: string) => {
       res.writeHead(status, { "content-type": "application/json", "x-request-id": requestId });
       res.end(JSON.stringify(body));
-      log({ time: new Date().toISOString(), requestId, method: req.method ?? "", path: url.pathname, status, ms: Math.round((performance.now() - started) * 10) / 10, ...(tokenId ? { tokenId } : {}), ...(errorCode ? { errorCode } : {}) });
+      log({ time: new Date().toISOString(), requestId, method: req.method ?? "", path: url.pathname, status, ms: Math.round((performance.now() - started) * 10) / 10, ...(tokenId ? { tokenId } : {}), ...(errorCode ? { errorCode } : {}), ...(error ? { error } : {}) });
     };
     const fail = (e: unknown) => {
       const status = statusOf(e);
@@ -142,10 +225,40 @@ export function createService(opts: ServiceOptions): http.Server {
       // Internal errors say no more than that: their text may hold what a tenant must not see.
       const message = isBaremetalError(e) && status < 500 ? e.message : `the service failed (request ${requestId}); the operator's log has the details`;
       if (isBaremetalError(e) && e.retryAfterSeconds !== undefined) res.setHeader("retry-after", String(e.retryAfterSeconds));
-      send(status, { requestId, errorCode, message }, errorCode);
+      send(status, { requestId, errorCode, message }, errorCode, status >= 500 ? (e instanceof Error ? e.message : String(e)) : undefined);
+    };
+    let auditing: { operation: string; target: string; caller: AuthenticatedCaller } | undefined;
+    const record = async (outcome: string, detail?: string) => {
+      if (!auditing) return;
+      const { operation, target, caller } = auditing;
+      auditing = undefined;
+      const inv = await opts.host.providerContext().inventory();
+      await inv.appendAudit({ at: new Date().toISOString(), requestId, tokenId: caller.tokenId, projectId: caller.projectId, operation, target, outcome, ...(detail ? { detail } : {}) });
     };
     (async () => {
       if (req.method === "GET" && url.pathname === "/v1/openapi.json") return send(200, OPENAPI);
+      const action = actions.find((a) => a.method === req.method && a.pattern.test(url.pathname));
+      if (action) {
+        const caller = await opts.tokens.authenticate(req.headers.authorization);
+        tokenId = caller.tokenId;
+        const body = (await readBody(req)) as Record<string, unknown>;
+        const validate = bodyValidator(action);
+        if (!validate(body)) {
+          const first = validate.errors?.[0];
+          const property = first?.instancePath.replace(/^\//, "") || "body";
+          throw new BaremetalError("validation", `${property}: ${first?.message ?? "invalid"}`, { property });
+        }
+        const params = action.pattern.exec(url.pathname)!.slice(1).map(decodeURIComponent);
+        try {
+          const result = await action.handle({ caller, params, body, audit: (a) => (auditing = { ...a, caller }) });
+          await record("done");
+          return send(200, result);
+        } catch (e) {
+          const status = statusOf(e);
+          await record(status === 403 ? "denied" : status === 404 ? "not-found" : "failed", isBaremetalError(e) ? (e.messageId ?? e.code) : "internal").catch(() => undefined);
+          throw e;
+        }
+      }
       const route = routes[url.pathname];
       if (!route) throw new BaremetalError("not-found", `no such endpoint: ${req.method} ${url.pathname} (the API is described at /v1/openapi.json)`);
       if (req.method !== "GET") throw new BaremetalError("validation", `${url.pathname} takes GET`, { httpStatus: 405 });

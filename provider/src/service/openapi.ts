@@ -54,6 +54,25 @@ export const OPENAPI = {
         responses: { "200": { description: "A page of nodes, by name then id.", content: { "application/json": { schema: { $ref: "#/components/schemas/NodePage" } } } }, ...errors },
       },
     },
+    "/v1/nodes/{id}/power": {
+      put: {
+        operationId: "setNodePower",
+        summary: "Powers a node on or off (policy `baremetal:node:set_power_state`), with the service's BMC credentials; recorded in the audit log.",
+        parameters: [{ name: "id", in: "path", required: true, description: "The node's id (URL-encoded).", schema: { type: "string" } }],
+        requestBody: {
+          required: true,
+          content: { "application/json": { schema: { type: "object", required: ["state"], properties: { state: { enum: ["on", "off"] } }, additionalProperties: false } } },
+        },
+        responses: {
+          "200": {
+            description: "Done.",
+            content: { "application/json": { schema: { type: "object", required: ["id", "powerState", "changed"], properties: { id: { type: "string" }, powerState: { enum: ["on", "off"] }, changed: { type: "boolean" } } } } },
+          },
+          ...errors,
+          "404": errorResponse("No such node."),
+        },
+      },
+    },
   },
   components: {
     securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "A service token (`bmt_...`)." } },
