@@ -184,12 +184,17 @@ describe("vault key-manager driver against a real Vault-API server", () => {
     expect(eventsFor(next.id, "create")).toEqual([expect.objectContaining({ outcome: "ok" })]);
   });
 
-  test("concurrent rotations of one key get distinct versions (Vault serialises them), none lost", async () => {
+  test("concurrent rotations of one key get distinct versions, none lost", async () => {
     const a = driver(PA);
     const k = await a.createKey({ name: "rot-par", bits: 256 });
     const got = await Promise.all([1, 2, 3, 4].map(() => a.rotateKey(k.id)));
     expect(new Set(got.map((x) => x.id)).size).toBe(4);
-    expect(got.map((x) => x.version).sort()).toEqual([2, 3, 4, 5]);
+    // Each rotation claims a version through the record's check-and-set: under contention one may
+    // lose the version it read to another and take a later one, so numbers can skip (an unused
+    // transit version, seen in CI: 2, 3, 5, 6), but never repeat.
+    const versions = got.map((x) => x.version as number).sort((x, y) => x - y);
+    expect(new Set(versions).size).toBe(4);
+    expect(versions[0]).toBeGreaterThanOrEqual(2);
     expect(got.every((x) => x.replaces === k.id)).toBe(true);
     const ms = await Promise.all(got.map((x) => material(a, x.id)));
     expect(new Set(ms.map((m) => m.toString("hex"))).size).toBe(4);
