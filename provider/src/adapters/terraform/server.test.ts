@@ -79,6 +79,10 @@ describe("Terraform adapter", () => {
   test("attribute paths: nested names in snake case, list indexes as element keys", () => {
     expect(attributePath("volumes[2].keyId").steps).toEqual([{ attributeName: "volumes" }, { elementKeyInt: 2 }, { attributeName: "key_id" }]);
     expect(attributePath("bmc.verifyTls").steps).toEqual([{ attributeName: "bmc" }, { attributeName: "verify_tls" }]);
+    // Through the schema: a field's terraformName, and the keys of a map of objects.
+    const va = schema.resources.find((r) => r.typeName === "baremetal_volume_attachment")!;
+    expect(attributePath("connection.chapSecret", va.block.attributes).steps).toEqual([{ attributeName: "iscsi_connection" }, { attributeName: "chap_secret" }]);
+    expect(attributePath("keyManagers.barbican.caBundle", schema.provider.attributes).steps).toEqual([{ attributeName: "key_managers" }, { elementKeyString: "barbican" }, { attributeName: "ca_bundle" }]);
   });
 
   test("an unknown resource type is an error diagnostic, not a crash", async () => {

@@ -33,7 +33,7 @@ import { diffInputs } from "../../core/diff";
 import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
 import { applyDefaults, type Fields } from "../../core/fields";
 import { ProviderHost } from "../../core/host";
-import { isPartialCreate, type Props } from "../../core/resource";
+import { isPartialCreate, type OperationContext, type Props } from "../../core/resource";
 import { type CheckFailure, Validator } from "../../core/validate";
 import { UNKNOWN, containsUnknown, deepEqual } from "../../core/values";
 import { decodeDynamic, encodeDynamic, fromCore, toCore } from "./cty";
@@ -52,31 +52,41 @@ interface Diagnostic {
   attribute?: { steps: Msg[] };
 }
 
-/** A dotted core path (`bmc.address`, `volumes[0].keyId`) as a Terraform attribute path. */
-export function attributePath(property: string): { steps: Msg[] } {
+/**
+ * A dotted core path (`bmc.address`, `volumes[0].keyId`) as a Terraform attribute path. Names go
+ * through `attrs` (the block's attribute tree) where given, so a field's `terraformName` and the
+ * keys of a map of objects come out right; without it (or past it), names are snake-cased.
+ */
+export function attributePath(property: string, attrs?: TfAttribute[]): { steps: Msg[] } {
   const steps: Msg[] = [];
+  let level = attrs;
+  let mapKeyNext = false;
   for (const part of property.split(".")) {
     const m = /^([^[\]]*)((?:\[\d+\])*)$/.exec(part);
-    if (!m) {
-      steps.push({ attributeName: snake(part) });
-      continue;
+    const name = m ? m[1] : part;
+    if (name && mapKeyNext) {
+      steps.push({ elementKeyString: name });
+      mapKeyNext = false;
+    } else if (name) {
+      const a = level?.find((x) => x.coreName === name);
+      steps.push({ attributeName: a?.name ?? snake(name) });
+      level = a?.nested?.attributes;
+      mapKeyNext = a?.nested?.nesting === "map";
     }
-    if (m[1]) steps.push({ attributeName: snake(m[1]) });
-    for (const idx of m[2].matchAll(/\[(\d+)\]/g)) steps.push({ elementKeyInt: Number(idx[1]) });
+    if (m) for (const idx of m[2].matchAll(/\[(\d+)\]/g)) steps.push({ elementKeyInt: Number(idx[1]) });
   }
   return { steps };
 }
 
-function errorDiagnostic(e: unknown, fallbackProperty?: string): Diagnostic {
-  const property = isBaremetalError(e) ? e.property : undefined;
+function errorDiagnostic(e: unknown, attrs?: TfAttribute[]): Diagnostic {
   const d: Diagnostic = { severity: SEVERITY.error, summary: isBaremetalError(e) ? e.message : describeError(e) };
-  if (property ?? fallbackProperty) d.attribute = attributePath((property ?? fallbackProperty)!);
+  if (isBaremetalError(e) && e.property) d.attribute = attributePath(e.property, attrs);
   if (isPartialCreate(e)) d.summary = `the object was created but is not fully configured: ${e.reasons.join("; ")}`;
   return d;
 }
 
-function failureDiagnostics(failures: CheckFailure[]): Diagnostic[] {
-  return failures.map((f) => ({ severity: SEVERITY.error, summary: `${f.property}: ${f.reason}`, attribute: attributePath(f.property) }));
+function failureDiagnostics(failures: CheckFailure[], attrs?: TfAttribute[]): Diagnostic[] {
+  return failures.map((f) => ({ severity: SEVERITY.error, summary: `${f.property}: ${f.reason}`, attribute: attributePath(f.property, attrs) }));
 }
 
 function attributeProto(a: TfAttribute): Msg {
@@ -103,6 +113,7 @@ export class TerraformProvider {
   private readonly schema = terraformSchema();
   private readonly resources = new Map<string, Compiled>(this.schema.resources.map((r) => [r.typeName, { r }]));
   private readonly dataSources = new Map<string, TfDataSource>(this.schema.dataSources.map((d) => [d.typeName, d]));
+  private readonly dataValidators = new Map<string, Validator>();
 
   private resource(typeName: string): Compiled {
     const c = this.resources.get(typeName);
@@ -185,121 +196,117 @@ export class TerraformProvider {
 
   // ---- resources --------------------------------------------------------------------------------
 
+  /** A handler on one resource type: an unknown type, or anything a step throws, answers an error diagnostic. */
+  private onResource(handle: (c: Compiled, req: Msg) => Promise<Msg>): (req: Msg) => Promise<Msg> {
+    return async (req) => {
+      let c: Compiled | undefined;
+      try {
+        c = this.resource(req.typeName);
+        return await handle(c, req);
+      } catch (e) {
+        return { diagnostics: [errorDiagnostic(e, c?.r.block.attributes)] };
+      }
+    };
+  }
+
+  /**
+   * Runs one operation on an object with its context (warnings become `diagnostics`); a failure
+   * adds its error diagnostic and answers what `failed` makes of it.
+   */
+  private async run(c: Compiled, id: string | undefined, name: string, diagnostics: Diagnostic[], body: (ctx: OperationContext) => Promise<Msg>, failed: (e: unknown) => Msg): Promise<Msg> {
+    const { ctx, done } = this.operation(c, id, name, diagnostics);
+    try {
+      return await body(ctx);
+    } catch (e) {
+      diagnostics.push(errorDiagnostic(e, c.r.block.attributes));
+      return failed(e);
+    } finally {
+      done();
+    }
+  }
+
   /**
    * Field validation only: OpenTofu validates before it configures the provider, so the
    * resource's own `check` (which may read the provider's settings) runs when planning.
    */
-  validateResourceConfig = async (req: Msg): Promise<Msg> => {
-    try {
-      const c = this.resource(req.typeName);
-      const inputs = this.inputsOf(c, this.decode(req.config, c.r.block) ?? {});
-      return { diagnostics: failureDiagnostics(this.validator(c).check(inputs)) };
-    } catch (e) {
-      return { diagnostics: [errorDiagnostic(e)] };
-    }
-  };
+  validateResourceConfig = this.onResource(async (c, req) => {
+    const inputs = this.inputsOf(c, this.decode(req.config, c.r.block) ?? {});
+    return { diagnostics: failureDiagnostics(this.validator(c).check(inputs), c.r.block.attributes) };
+  });
 
   /** Field validation and the resource's own `check` (Pulumi's Check), on a configured provider. */
   private async checkInputs(c: Compiled, inputs: Props): Promise<Diagnostic[]> {
     const failures = this.validator(c).check(inputs);
     if (!failures.length && c.r.def.check) failures.push(...(await c.r.def.check(inputs, this.host.providerContext())));
-    return failureDiagnostics(failures);
+    return failureDiagnostics(failures, c.r.block.attributes);
   }
 
-  upgradeResourceState = async (req: Msg): Promise<Msg> => {
-    try {
-      const c = this.resource(req.typeName);
-      if (Number(req.version ?? 0) > c.r.version) throw new BaremetalError("validation", `the state of this ${req.typeName} was written by a newer provider (schema version ${req.version}); upgrade the provider`);
-      const raw = req.rawState?.json as Buffer | undefined;
-      if (!raw?.length) throw new BaremetalError("validation", `the state of this ${req.typeName} is in the legacy flatmap form, which this provider never wrote`);
-      // Attributes the current schema no longer has are dropped; new ones start null.
-      const known = new Set(c.r.block.attributes.map((a) => a.name));
-      const parsed = JSON.parse(raw.toString("utf8")) as Record<string, unknown>;
-      const current = Object.fromEntries(Object.entries(parsed).filter(([k]) => known.has(k)));
-      const props = toCore(decodeDynamic({ json: Buffer.from(JSON.stringify(current)) }, c.r.block.type) as Record<string, unknown>, c.r.block.attributes);
-      return { upgradedState: this.encode(props, c.r.block), diagnostics: [] };
-    } catch (e) {
-      return { diagnostics: [errorDiagnostic(e)] };
-    }
-  };
+  upgradeResourceState = this.onResource(async (c, req) => {
+    if (Number(req.version ?? 0) > c.r.version) throw new BaremetalError("validation", `the state of this ${req.typeName} was written by a newer provider (schema version ${req.version}); upgrade the provider`);
+    const raw = req.rawState?.json as Buffer | undefined;
+    if (!raw?.length) throw new BaremetalError("validation", `the state of this ${req.typeName} is in the legacy flatmap form, which this provider never wrote`);
+    // Attributes the current schema no longer has are dropped; new ones start null.
+    const props = toCore(decodeDynamic({ json: raw }, c.r.block.type, { ignoreUnknownAttributes: true }) as Record<string, unknown>, c.r.block.attributes);
+    return { upgradedState: this.encode(props, c.r.block), diagnostics: [] };
+  });
 
-  readResource = async (req: Msg): Promise<Msg> => {
+  readResource = this.onResource(async (c, req) => {
     const diagnostics: Diagnostic[] = [];
-    let c: Compiled;
-    try {
-      c = this.resource(req.typeName);
-    } catch (e) {
-      return { diagnostics: [errorDiagnostic(e)] };
-    }
     const state = this.decode(req.currentState, c.r.block);
     if (!state?.id) return { newState: req.currentState, diagnostics, private: req.private };
     const id = state.id as string;
     const stored = this.inputsOf(c, state);
-    const { ctx, done } = this.operation(c, id, id, diagnostics);
-    try {
-      const result = await c.r.def.read(ctx, id, this.normalized(c, stored), state);
-      if (!result) return { newState: this.encode(undefined, c.r.block), diagnostics, private: req.private };
-      // Keep the configuration's spelling of a value the backend reports normalized.
-      const normalizedStored = this.normalized(c, stored);
-      const inputs: Props = { ...result.inputs };
-      for (const [k, v] of Object.entries(stored)) if (deepEqual(normalizedStored[k], inputs[k])) inputs[k] = v;
-      return { newState: this.encode({ ...result.outputs, ...inputs, id: result.id }, c.r.block), diagnostics, private: req.private };
-    } catch (e) {
-      diagnostics.push(errorDiagnostic(e));
-      return { newState: req.currentState, diagnostics, private: req.private };
-    } finally {
-      done();
-    }
-  };
+    const normalizedStored = this.normalized(c, stored);
+    return this.run(
+      c, id, id, diagnostics,
+      async (ctx) => {
+        const result = await c.r.def.read(ctx, id, normalizedStored, state);
+        if (!result) return { newState: this.encode(undefined, c.r.block), diagnostics, private: req.private };
+        // Keep the configuration's spelling of a value the backend reports normalized.
+        const inputs: Props = { ...result.inputs };
+        for (const [k, v] of Object.entries(stored)) if (deepEqual(normalizedStored[k], inputs[k])) inputs[k] = v;
+        return { newState: this.encode({ ...result.outputs, ...inputs, id: result.id }, c.r.block), diagnostics, private: req.private };
+      },
+      () => ({ newState: req.currentState, diagnostics, private: req.private }),
+    );
+  });
 
-  planResourceChange = async (req: Msg): Promise<Msg> => {
+  planResourceChange = this.onResource(async (c, req) => {
     const diagnostics: Diagnostic[] = [];
-    try {
-      const c = this.resource(req.typeName);
-      const { def } = c.r;
-      const prior = this.decode(req.priorState, c.r.block);
-      const proposed = this.decode(req.proposedNewState, c.r.block);
-      const ctx = this.host.providerContext();
-      if (!proposed) {
-        if (prior) await def.authorize?.(ctx, "delete", this.inputsOf(c, prior), prior);
-        return { plannedState: req.proposedNewState, diagnostics, requiresReplace: [] };
-      }
-      const news = this.inputsOf(c, proposed);
-      const failures = await this.checkInputs(c, news);
-      if (failures.length) return { diagnostics: failures };
-      if (!prior) {
-        await def.authorize?.(ctx, "create", news);
-        const known = def.preview ? def.preview(news) : {};
-        const planned: Props = { ...news, id: UNKNOWN };
-        for (const name of Object.keys(def.outputs)) if (planned[name] === undefined) planned[name] = known[name] ?? UNKNOWN;
-        return { plannedState: this.encode(planned, c.r.block), diagnostics, requiresReplace: [] };
-      }
-      const olds = this.inputsOf(c, prior);
-      const d = diffInputs(def.inputs, olds, news);
-      const pending = def.pendingChanges ? def.pendingChanges(prior, news) : [];
-      if (!d.changes.length && !pending.length) return { plannedState: req.priorState, diagnostics, requiresReplace: [] };
-      if (!d.replaces.length) await def.authorize?.(ctx, "update", news, prior);
-      const planned: Props = { ...news, id: prior.id };
-      for (const [name, f] of Object.entries(def.outputs)) {
-        if (name in def.inputs && news[name] !== undefined) continue;
-        planned[name] = f.stable && !d.replaces.length ? prior[name] : UNKNOWN;
-      }
-      // A change only the state asks for (e.g. a rotation fell due) still needs a planned difference.
-      return { plannedState: this.encode(planned, c.r.block), diagnostics, requiresReplace: d.replaces.map((p) => attributePath(p)) };
-    } catch (e) {
-      diagnostics.push(errorDiagnostic(e));
-      return { diagnostics };
+    const { def } = c.r;
+    const prior = this.decode(req.priorState, c.r.block);
+    const proposed = this.decode(req.proposedNewState, c.r.block);
+    const ctx = this.host.providerContext();
+    if (!proposed) {
+      if (prior) await def.authorize?.(ctx, "delete", this.inputsOf(c, prior), prior);
+      return { plannedState: req.proposedNewState, diagnostics, requiresReplace: [] };
     }
-  };
+    const news = this.inputsOf(c, proposed);
+    const failures = await this.checkInputs(c, news);
+    if (failures.length) return { diagnostics: failures };
+    if (!prior) {
+      await def.authorize?.(ctx, "create", news);
+      const known = def.preview ? def.preview(news) : {};
+      const planned: Props = { ...news, id: UNKNOWN };
+      for (const name of Object.keys(def.outputs)) if (planned[name] === undefined) planned[name] = known[name] ?? UNKNOWN;
+      return { plannedState: this.encode(planned, c.r.block), diagnostics, requiresReplace: [] };
+    }
+    const olds = this.inputsOf(c, prior);
+    const d = diffInputs(def.inputs, olds, news);
+    const pending = def.pendingChanges ? def.pendingChanges(prior, news) : [];
+    if (!d.changes.length && !pending.length) return { plannedState: req.priorState, diagnostics, requiresReplace: [] };
+    if (!d.replaces.length) await def.authorize?.(ctx, "update", news, prior);
+    const planned: Props = { ...news, id: prior.id };
+    for (const [name, f] of Object.entries(def.outputs)) {
+      if (name in def.inputs && news[name] !== undefined) continue;
+      planned[name] = f.stable && !d.replaces.length ? prior[name] : UNKNOWN;
+    }
+    // A change only the state asks for (e.g. a rotation fell due) still needs a planned difference.
+    return { plannedState: this.encode(planned, c.r.block), diagnostics, requiresReplace: d.replaces.map((p) => attributePath(p, c.r.block.attributes)) };
+  });
 
-  applyResourceChange = async (req: Msg): Promise<Msg> => {
+  applyResourceChange = this.onResource(async (c, req) => {
     const diagnostics: Diagnostic[] = [];
-    let c: Compiled;
-    try {
-      c = this.resource(req.typeName);
-    } catch (e) {
-      return { diagnostics: [errorDiagnostic(e)] };
-    }
     const { def } = c.r;
     const prior = this.decode(req.priorState, c.r.block);
     const planned = this.decode(req.plannedState, c.r.block);
@@ -308,17 +315,15 @@ export class TerraformProvider {
       // Destroy.
       const id = prior!.id as string;
       const inputs = this.inputsOf(c, prior!);
-      const { ctx, done } = this.operation(c, id, id, diagnostics);
-      try {
-        await def.authorize?.(ctx, "delete", inputs, prior);
-        await def.delete(ctx, id, this.normalized(c, inputs), prior!);
-        return { newState: this.encode(undefined, c.r.block), diagnostics, private: Buffer.alloc(0) };
-      } catch (e) {
-        diagnostics.push(errorDiagnostic(e));
-        return { newState: req.priorState, diagnostics, private: req.plannedPrivate };
-      } finally {
-        done();
-      }
+      return this.run(
+        c, id, id, diagnostics,
+        async (ctx) => {
+          await def.authorize?.(ctx, "delete", inputs, prior);
+          await def.delete(ctx, id, this.normalized(c, inputs), prior!);
+          return { newState: this.encode(undefined, c.r.block), diagnostics, private: Buffer.alloc(0) };
+        },
+        () => ({ newState: req.priorState, diagnostics, private: req.plannedPrivate }),
+      );
     }
 
     // What the plan left unknown is the provider's to compute (an optional input the program
@@ -341,60 +346,50 @@ export class TerraformProvider {
 
     if (!prior) {
       const name = typeof news.name === "string" && news.name ? news.name : `${c.r.typeName.replace(/^baremetal_/, "").replace(/_/g, "-")}-${randomBytes(4).toString("hex")}`;
-      const { ctx, done } = this.operation(c, undefined, name, diagnostics);
-      try {
-        await def.authorize?.(ctx, "create", news);
-        const result = await def.create(ctx, this.normalized(c, news));
-        return { newState: this.encode(stateOf(result.id, result.outputs), c.r.block), diagnostics, private: Buffer.alloc(0) };
-      } catch (e) {
-        diagnostics.push(errorDiagnostic(e));
-        // Something exists but is not finished: Terraform keeps it (tainted) and replaces it next time.
-        if (isPartialCreate(e)) return { newState: this.encode(stateOf(e.id, e.outputs), c.r.block), diagnostics, private: Buffer.alloc(0) };
-        return { newState: this.encode(undefined, c.r.block), diagnostics };
-      } finally {
-        done();
-      }
+      return this.run(
+        c, undefined, name, diagnostics,
+        async (ctx) => {
+          await def.authorize?.(ctx, "create", news);
+          const result = await def.create(ctx, this.normalized(c, news));
+          return { newState: this.encode(stateOf(result.id, result.outputs), c.r.block), diagnostics, private: Buffer.alloc(0) };
+        },
+        (e) =>
+          // Something exists but is not finished: Terraform keeps it (tainted) and replaces it next time.
+          isPartialCreate(e)
+            ? { newState: this.encode(stateOf(e.id, e.outputs), c.r.block), diagnostics, private: Buffer.alloc(0) }
+            : { newState: this.encode(undefined, c.r.block), diagnostics },
+      );
     }
 
     const id = prior.id as string;
-    const { ctx, done } = this.operation(c, id, id, diagnostics);
-    try {
-      await def.authorize?.(ctx, "update", news, prior);
-      const outputs = await def.update(ctx, id, this.normalized(c, this.inputsOf(c, prior)), this.normalized(c, news), prior);
-      return { newState: this.encode(stateOf(id, outputs), c.r.block), diagnostics, private: req.plannedPrivate };
-    } catch (e) {
-      diagnostics.push(errorDiagnostic(e));
-      return { newState: req.priorState, diagnostics, private: req.plannedPrivate };
-    } finally {
-      done();
-    }
-  };
+    return this.run(
+      c, id, id, diagnostics,
+      async (ctx) => {
+        await def.authorize?.(ctx, "update", news, prior);
+        const outputs = await def.update(ctx, id, this.normalized(c, this.inputsOf(c, prior)), this.normalized(c, news), prior);
+        return { newState: this.encode(stateOf(id, outputs), c.r.block), diagnostics, private: req.plannedPrivate };
+      },
+      () => ({ newState: req.priorState, diagnostics, private: req.plannedPrivate }),
+    );
+  });
 
-  importResourceState = async (req: Msg): Promise<Msg> => {
+  importResourceState = this.onResource(async (c, req) => {
     const diagnostics: Diagnostic[] = [];
-    let c: Compiled;
-    try {
-      c = this.resource(req.typeName);
-    } catch (e) {
-      return { diagnostics: [errorDiagnostic(e)] };
-    }
     const id = String(req.id ?? "");
-    const { ctx, done } = this.operation(c, id, id, diagnostics);
-    try {
-      const result = await c.r.def.read(ctx, id, undefined, undefined);
-      if (!result) {
-        diagnostics.push({ severity: SEVERITY.error, summary: `there is no ${req.typeName} with id ${JSON.stringify(id)} to import (or the caller may not see it)` });
-        return { importedResources: [], diagnostics };
-      }
-      const state = { ...result.outputs, ...result.inputs, id: result.id };
-      return { importedResources: [{ typeName: req.typeName, state: this.encode(state, c.r.block), private: Buffer.alloc(0) }], diagnostics };
-    } catch (e) {
-      diagnostics.push(errorDiagnostic(e));
-      return { importedResources: [], diagnostics };
-    } finally {
-      done();
-    }
-  };
+    return this.run(
+      c, id, id, diagnostics,
+      async (ctx) => {
+        const result = await c.r.def.read(ctx, id, undefined, undefined);
+        if (!result) {
+          diagnostics.push({ severity: SEVERITY.error, summary: `there is no ${req.typeName} with id ${JSON.stringify(id)} to import (or the caller may not see it)` });
+          return { importedResources: [], diagnostics };
+        }
+        const state = { ...result.outputs, ...result.inputs, id: result.id };
+        return { importedResources: [{ typeName: req.typeName, state: this.encode(state, c.r.block), private: Buffer.alloc(0) }], diagnostics };
+      },
+      () => ({ importedResources: [], diagnostics }),
+    );
+  });
 
   // ---- data sources ----------------------------------------------------------------------------
 
@@ -402,7 +397,9 @@ export class TerraformProvider {
     const d = this.dataSources.get(req.typeName);
     if (!d) return { diagnostics: [errorDiagnostic(new BaremetalError("validation", `unknown data source ${req.typeName}`))] };
     const args = pickFields(this.decode(req.config, d.block) ?? {}, d.def.inputs);
-    return { diagnostics: failureDiagnostics(new Validator(d.def.inputs).check(args)) };
+    let validator = this.dataValidators.get(d.typeName);
+    if (!validator) this.dataValidators.set(d.typeName, (validator = new Validator(d.def.inputs)));
+    return { diagnostics: failureDiagnostics(validator.check(args), d.block.attributes) };
   };
 
   readDataSource = async (req: Msg): Promise<Msg> => {
