@@ -77,6 +77,12 @@ export interface ObjectField extends BaseField {
 
 export type Fields = Readonly<Record<string, Field>>;
 
+/** A field's description as the schemas show it (an enum's values appended). */
+export function describeField(field: Field): string {
+  if (field.type === "string" && field.enum) return `${field.description} One of: ${field.enum.map((v) => `\`${v}\``).join(", ")}.`;
+  return field.description;
+}
+
 /** Depth-first walk over every field, with its dotted path (`bmc.password`, `traits[]`). */
 export function walkFields(fields: Fields, visit: (path: string, field: Field) => void, prefix = ""): void {
   for (const [name, field] of Object.entries(fields)) {

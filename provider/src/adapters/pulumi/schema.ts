@@ -3,7 +3,7 @@
  * schema.json (the input of `pulumi package gen-sdk`); GetSchema serves the same document.
  */
 import { configFields } from "../../core/config";
-import { type Field, type Fields, objectTypes } from "../../core/fields";
+import { describeField, type Field, type Fields, objectTypes } from "../../core/fields";
 import type { FunctionDefinition, ResourceDefinition } from "../../core/resource";
 import { functions, resources } from "../../resources";
 import { PROVIDER_VERSION } from "./version";
@@ -26,13 +26,8 @@ function typeSpec(field: Field): Spec {
   }
 }
 
-function describe(field: Field): string {
-  if (field.type === "string" && field.enum) return `${field.description} One of: ${field.enum.map((v) => `\`${v}\``).join(", ")}.`;
-  return field.description;
-}
-
 export function propertySpec(field: Field): Spec {
-  const spec: Spec = { ...typeSpec(field), description: describe(field) };
+  const spec: Spec = { ...typeSpec(field), description: describeField(field) };
   if (field.secret) spec.secret = true;
   if (field.replaceOnChange) spec.replaceOnChanges = true;
   if (field.default !== undefined) spec.default = field.default;

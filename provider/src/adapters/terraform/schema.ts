@@ -23,7 +23,7 @@
  * `tofu providers schema -json` prints, which the CDK binding generators read.
  */
 import { configFields } from "../../core/config";
-import type { Field, Fields } from "../../core/fields";
+import { describeField, type Field, type Fields } from "../../core/fields";
 import type { FunctionDefinition, ResourceDefinition } from "../../core/resource";
 import { functions, resources } from "../../resources";
 
@@ -133,7 +133,7 @@ function attribute(coreName: string, field: Field, role: Role): TfAttribute {
     name: field.terraformName ?? snake(coreName),
     coreName,
     field,
-    description: describe(field),
+    description: describeField(field),
     required,
     optional: input && !required,
     computed: !input || (role === "input" && !required && field.default !== undefined),
@@ -154,11 +154,6 @@ function attribute(coreName: string, field: Field, role: Role): TfAttribute {
     a.nested = { nesting: members.nesting, attributes: Object.entries(members.fields).map(([n, f]) => attribute(n, f, role === "output" ? "output" : role)) };
   }
   return a;
-}
-
-function describe(field: Field): string {
-  if (field.type === "string" && field.enum) return `${field.description} One of: ${field.enum.map((v) => `\`${v}\``).join(", ")}.`;
-  return field.description;
 }
 
 function block(attrs: TfAttribute[]): TfBlock {
