@@ -36,18 +36,22 @@ export class ProviderHost {
    * (`BAREMETAL_*`) adds and the defaults; unknown values are not judged.
    */
   checkConfig(values: Record<string, unknown>): CheckFailure[] {
-    this.validator ??= new Validator(configFields);
-    return this.validator.check(applyDefaults(configFields, withEnvironment(values)));
+    return this.check(applyDefaults(configFields, withEnvironment(values)));
   }
 
   /** Configures the provider from the user's settings (plus environment and defaults). */
   configure(values: Record<string, unknown>): void {
     const merged = applyDefaults(configFields, withEnvironment(values));
-    this.validator ??= new Validator(configFields);
-    const failures = this.validator.check(merged);
+    const failures = this.check(merged);
     if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
     this.configValue = toProviderConfig(merged);
     this.policy = this.configValue.policyFile ? Policy.fromFile(this.configValue.policyFile) : Policy.defaults();
+  }
+
+  /** Validates complete settings (the validator is compiled on first use: start-up stays fast). */
+  private check(merged: Record<string, unknown>): CheckFailure[] {
+    this.validator ??= new Validator(configFields);
+    return this.validator.check(merged);
   }
 
   /** What every handler may use: config, caller, policy and the shared inventory (opened once). */
