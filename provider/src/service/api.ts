@@ -20,14 +20,13 @@
  * `denied`, `not-found`, `failed`).
  */
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import Ajv, { type ValidateFunction } from "ajv";
 import { authorize } from "../core/auth";
 import { BaremetalError, isBaremetalError } from "../core/errors";
-import { bmcDriverFor } from "../drivers";
 import type { ProviderHost } from "../core/host";
 import { getNodesFunction } from "../resources/compute/get-nodes";
+import { withDriver } from "../resources/compute/node";
 import { OPENAPI, type QueryParameter } from "./openapi";
 import type { AuthenticatedCaller, TokenService } from "./tokens";
 
@@ -191,18 +190,10 @@ export function createService(opts: ServiceOptions): http.Server {
         authorize(ctx.policy, caller, "baremetal:node:set_power_state", { "node.owner": node.owner, "node.lessee": node.lessee });
         const uri = new URL(id);
         const systemId = decodeURIComponent(uri.pathname.split("/").filter(Boolean).pop() ?? "");
-        const cfg = ctx.config;
-        const driver = bmcDriverFor({
-          address: uri.origin,
-          username: cfg.bmcUsername,
-          password: cfg.bmcPassword,
-          verifyTls: cfg.bmcVerifyTls,
-          caBundle: cfg.bmcCaBundle && !cfg.bmcCaBundle.includes("-----BEGIN") ? readFileSync(cfg.bmcCaBundle, "utf8") : cfg.bmcCaBundle,
-          requestTimeoutMs: cfg.bmcRequestTimeoutSeconds * 1000,
-          maxConcurrency: cfg.bmcMaxConcurrency,
-          globalMaxConcurrency: cfg.bmcGlobalMaxConcurrency,
-        });
-        const { changed } = await driver.setPower(systemId, body.state as "on" | "off");
+        // The provider's BMC session (closed after), with the service's credentials (no bmc.* of a tenant).
+        const { changed } = await withDriver({ config: ctx.config, progress: () => undefined }, { address: uri.origin }, (driver) =>
+          driver.setPower(systemId, body.state as "on" | "off"),
+        );
         return { id, powerState: body.state, changed };
       },
     },

@@ -168,7 +168,10 @@ function readCaBundle(value: string | undefined, property: string): string | und
   }
 }
 
-function connect(ctx: OperationContext, bmc: BmcInputs, onRequest?: NodeRequestCounter): BmcDriver {
+/** What talking to a BMC needs of an operation's context (the service's API calls give just that). */
+export type BmcContext = Pick<OperationContext, "config" | "progress"> & { signal?: AbortSignal };
+
+function connect(ctx: BmcContext, bmc: BmcInputs, onRequest?: NodeRequestCounter): BmcDriver {
   const cfg = ctx.config;
   return bmcDriverFor({
     address: baseUrl(bmc.address),
@@ -271,7 +274,7 @@ function inventoryOutputs(record: NodeRecord | undefined): Props {
 const str = (v: unknown) => (typeof v === "string" ? v : undefined);
 
 /** One driver (one BMC session) per operation, always closed. */
-export async function withDriver<T>(ctx: OperationContext, bmc: BmcInputs, use: (driver: BmcDriver) => Promise<T>): Promise<T> {
+export async function withDriver<T>(ctx: BmcContext, bmc: BmcInputs, use: (driver: BmcDriver) => Promise<T>): Promise<T> {
   const driver = connect(ctx, bmc, nodeRequestHooks.onRequest);
   try {
     return await use(driver);
