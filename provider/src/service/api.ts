@@ -87,6 +87,13 @@ export const pageToken = {
   },
 };
 
+/** The first failure of an ajv validation, naming the property (or the extra one), else `what`. */
+function invalid(validate: ValidateFunction, what: string): BaremetalError {
+  const first = validate.errors?.[0];
+  const property = first?.instancePath.replace(/^\//, "") || String((first?.params as { additionalProperty?: string })?.additionalProperty ?? what);
+  return new BaremetalError("validation", `${property}: ${first?.message ?? "invalid"}`, { property });
+}
+
 type Route = (req: { caller: AuthenticatedCaller; query: Record<string, unknown> }) => Promise<unknown>;
 
 /** A mutating call: authorised by the policy on its object, done, and recorded in the audit log. */
@@ -235,9 +242,7 @@ export function createService(opts: ServiceOptions): http.Server {
         const body = (await readBody(req)) as Record<string, unknown>;
         const validate = bodyValidator(action);
         if (!validate(body)) {
-          const first = validate.errors?.[0];
-          const property = first?.instancePath.replace(/^\//, "") || "body";
-          throw new BaremetalError("validation", `${property}: ${first?.message ?? "invalid"}`, { property });
+          throw invalid(validate, "body");
         }
         const params = action.pattern.exec(url.pathname)!.slice(1).map(decodeURIComponent);
         try {
@@ -258,9 +263,7 @@ export function createService(opts: ServiceOptions): http.Server {
       const query: Record<string, unknown> = Object.fromEntries(url.searchParams);
       const validate = queryValidator(url.pathname);
       if (!validate(query)) {
-        const first = validate.errors?.[0];
-        const property = first?.instancePath.replace(/^\//, "") || String((first?.params as { additionalProperty?: string })?.additionalProperty ?? "query");
-        throw new BaremetalError("validation", `${property}: ${first?.message ?? "invalid"}`, { property });
+        throw invalid(validate, "query");
       }
       send(200, await route({ caller, query }));
     })().catch(fail);
