@@ -10,7 +10,7 @@
  */
 import { createHash } from "crypto";
 import { BaremetalError } from "../core/errors";
-import { AVAILABLE, ClaimRequest, ENROLL, LockHandle, NodeFilter, NodeInput, NodeRecord } from "./types";
+import { ApiTokenRecord, AuditRecord, AVAILABLE, ClaimRequest, ENROLL, LockHandle, NodeFilter, NodeInput, NodeRecord } from "./types";
 
 const MAX_ID = 1024; // Redfish system URIs with a BMC address in front
 const MAX_TEXT = 255;
@@ -460,4 +460,39 @@ export const NODE_COLUMNS: readonly (keyof NodeColumns)[] = [
 export function compact<T extends object>(o: T): T {
   for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
   return o;
+}
+
+/** A time column as ISO 8601 text: SQLite stores the text, PostgreSQL returns a Date. */
+type TimeText = (v: unknown) => string;
+const optionalTime = (v: unknown, time: TimeText) => (v === null || v === undefined ? undefined : time(v));
+const optionalString = (v: unknown) => (v === null || v === undefined ? undefined : String(v));
+
+/** An `api_tokens` row of either dialect (roles: JSON text in SQLite, jsonb in PostgreSQL). */
+export function tokenFromRow(r: Record<string, unknown>, time: TimeText): ApiTokenRecord {
+  return compact({
+    id: String(r.id),
+    name: String(r.name),
+    projectId: optionalString(r.project_id),
+    roles: (typeof r.roles === "string" ? JSON.parse(r.roles) : r.roles) as string[],
+    createdAt: time(r.created_at),
+    expiresAt: optionalTime(r.expires_at, time),
+    revokedAt: optionalTime(r.revoked_at, time),
+    secretHash: String(r.secret_hash),
+    ratePerMinute: Number(r.rate_per_minute),
+  });
+}
+
+/** An `audit_log` row of either dialect. */
+export function auditFromRow(r: Record<string, unknown>, time: TimeText): AuditRecord {
+  return compact({
+    seq: Number(r.seq),
+    at: time(r.at),
+    requestId: String(r.request_id),
+    tokenId: optionalString(r.token_id),
+    projectId: optionalString(r.project_id),
+    operation: String(r.operation),
+    target: optionalString(r.target),
+    outcome: String(r.outcome),
+    detail: optionalString(r.detail),
+  });
 }

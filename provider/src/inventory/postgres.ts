@@ -54,6 +54,7 @@ import { randomUUID } from "crypto";
 import { Pool, PoolClient, QueryResultRow } from "pg";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import {
+  auditFromRow,
   ClaimValues,
   closedError,
   compact,
@@ -78,6 +79,7 @@ import {
   requireState,
   requireText,
   sameColumns,
+  tokenFromRow,
   sortKeys,
   versionConflict,
 } from "./common";
@@ -203,34 +205,6 @@ function iso(v: unknown): string {
 
 function opt<T>(v: unknown): T | undefined {
   return v === null || v === undefined ? undefined : (v as T);
-}
-
-function toToken(r: Row): ApiTokenRecord {
-  return compact({
-    id: String(r.id),
-    name: String(r.name),
-    projectId: opt<string>(r.project_id),
-    roles: (typeof r.roles === "string" ? JSON.parse(r.roles) : r.roles) as string[],
-    createdAt: iso(r.created_at),
-    expiresAt: r.expires_at === null || r.expires_at === undefined ? undefined : iso(r.expires_at),
-    revokedAt: r.revoked_at === null || r.revoked_at === undefined ? undefined : iso(r.revoked_at),
-    secretHash: String(r.secret_hash),
-    ratePerMinute: Number(r.rate_per_minute),
-  }) as ApiTokenRecord;
-}
-
-function toAudit(r: Row): AuditRecord {
-  return compact({
-    seq: Number(r.seq),
-    at: iso(r.at),
-    requestId: String(r.request_id),
-    tokenId: opt<string>(r.token_id),
-    projectId: opt<string>(r.project_id),
-    operation: String(r.operation),
-    target: opt<string>(r.target),
-    outcome: String(r.outcome),
-    detail: opt<string>(r.detail),
-  }) as AuditRecord;
 }
 
 function toNode(r: Row): NodeRecord {
@@ -1189,7 +1163,7 @@ export class PostgresInventory implements Inventory {
 
   async getToken(id: string): Promise<ApiTokenRecord | undefined> {
     const rows = await this.q("reading an API token", "SELECT * FROM api_tokens WHERE id = $1", [id]);
-    return rows.length ? toToken(rows[0]) : undefined;
+    return rows.length ? tokenFromRow(rows[0], iso) : undefined;
   }
 
   async revokeToken(id: string, at: string): Promise<boolean> {
@@ -1202,7 +1176,7 @@ export class PostgresInventory implements Inventory {
       projectId === undefined
         ? await this.q("listing API tokens", "SELECT * FROM api_tokens ORDER BY created_at, id")
         : await this.q("listing API tokens", "SELECT * FROM api_tokens WHERE project_id = $1 ORDER BY created_at, id", [projectId]);
-    return rows.map(toToken);
+    return rows.map((r) => tokenFromRow(r, iso));
   }
 
   async appendAudit(e: AuditInput): Promise<AuditRecord> {
@@ -1221,7 +1195,7 @@ export class PostgresInventory implements Inventory {
       filter.projectId === undefined
         ? await this.q("reading the audit log", "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", [after, limit])
         : await this.q("reading the audit log", "SELECT * FROM audit_log WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", [filter.projectId, after, limit]);
-    return rows.map(toAudit);
+    return rows.map((r) => auditFromRow(r, iso));
   }
 
   async close(): Promise<void> {

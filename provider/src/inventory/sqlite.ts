@@ -31,6 +31,7 @@ import * as path from "path";
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import {
+  auditFromRow,
   ClaimValues,
   closedError,
   compact,
@@ -58,6 +59,7 @@ import {
   nodeColumns,
   currentColumns,
   sameColumns,
+  tokenFromRow,
   NODE_COLUMNS,
 } from "./common";
 import { Migration, MIGRATIONS, pendingMigrations } from "./migrations";
@@ -184,34 +186,6 @@ function failure(err: unknown, what: string, where: string): BaremetalError {
 
 function opt<T>(v: unknown): T | undefined {
   return v === null || v === undefined ? undefined : (v as T);
-}
-
-function toToken(r: Row): ApiTokenRecord {
-  return compact({
-    id: String(r.id),
-    name: String(r.name),
-    projectId: opt<string>(r.project_id),
-    roles: JSON.parse(String(r.roles)) as string[],
-    createdAt: String(r.created_at),
-    expiresAt: opt<string>(r.expires_at),
-    revokedAt: opt<string>(r.revoked_at),
-    secretHash: String(r.secret_hash),
-    ratePerMinute: Number(r.rate_per_minute),
-  }) as ApiTokenRecord;
-}
-
-function toAudit(r: Row): AuditRecord {
-  return compact({
-    seq: Number(r.seq),
-    at: String(r.at),
-    requestId: String(r.request_id),
-    tokenId: opt<string>(r.token_id),
-    projectId: opt<string>(r.project_id),
-    operation: String(r.operation),
-    target: opt<string>(r.target),
-    outcome: String(r.outcome),
-    detail: opt<string>(r.detail),
-  }) as AuditRecord;
 }
 
 function toNode(r: Row): NodeRecord {
@@ -1053,7 +1027,7 @@ export class SqliteInventory implements Inventory {
 
   async getToken(id: string): Promise<ApiTokenRecord | undefined> {
     const r = await this.read("reading an API token", () => this.get("SELECT * FROM api_tokens WHERE id = ?", id));
-    return r ? toToken(r) : undefined;
+    return r ? tokenFromRow(r, String) : undefined;
   }
 
   async revokeToken(id: string, at: string): Promise<boolean> {
@@ -1068,7 +1042,7 @@ export class SqliteInventory implements Inventory {
     const rows = await this.read("listing API tokens", () =>
       projectId === undefined ? this.all("SELECT * FROM api_tokens ORDER BY created_at, id") : this.all("SELECT * FROM api_tokens WHERE project_id = ? ORDER BY created_at, id", projectId),
     );
-    return rows.map(toToken);
+    return rows.map((r) => tokenFromRow(r, String));
   }
 
   async appendAudit(e: AuditInput): Promise<AuditRecord> {
@@ -1088,7 +1062,7 @@ export class SqliteInventory implements Inventory {
         ? this.all("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", after, limit)
         : this.all("SELECT * FROM audit_log WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?", filter.projectId, after, limit),
     );
-    return rows.map(toAudit);
+    return rows.map((r) => auditFromRow(r, String));
   }
 
   async close(): Promise<void> {
