@@ -20,7 +20,7 @@ import { MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE } from "../provider/src/adapters/t
 import { makeServerCertificate } from "../provider/src/adapters/terraform/tls-cert";
 import { startLab } from "../provider/src/lab/lab";
 import { ENGINES } from "../test/scenarios/engines";
-import { labSettings, ref, type StackSpec } from "../test/scenarios/stack";
+import { deployedMachines, labSettings, type StackSpec } from "../test/scenarios/stack";
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -57,16 +57,6 @@ function startOnce(clientCert: string): Promise<number> {
   });
 }
 
-function labStack(lab: Awaited<ReturnType<typeof startLab>>): StackSpec {
-  const resources: StackSpec["resources"] = [];
-  lab.info.nodes.slice(0, NODES).forEach((n, i) => {
-    resources.push({ token: "baremetal:compute:Node", name: `n${i}`, props: { bmc: { address: n.address, systemId: n.systemId }, resourceClass: "small" } });
-    resources.push({ token: "baremetal:compute:Allocation", name: `a${i}`, props: { candidateNodes: [ref(`n${i}`)] } });
-    resources.push({ token: "baremetal:compute:Deployment", name: `d${i}`, props: { allocationId: ref(`a${i}`, "allocationId"), imageUrl: IMAGE } });
-  });
-  return { resources };
-}
-
 async function timed<T>(fn: () => Promise<T>): Promise<number> {
   const t = performance.now();
   await fn();
@@ -92,7 +82,7 @@ async function main(): Promise<void> {
     const lab = await startLab({ flavor: "generic", systems: NODES, bootSeconds: 1, installSeconds: 1 });
     const engine = await ENGINES[name](`bench-${name}-${randomBytes(3).toString("hex")}`, labSettings(lab.info));
     try {
-      const stack = labStack(lab);
+      const stack: StackSpec = { resources: deployedMachines(lab.info.nodes.slice(0, NODES), IMAGE) };
       const apply = await timed(() => engine.apply(stack));
       const plan = await timed(async () => {
         const p = await engine.pendingChanges(stack);

@@ -24,7 +24,7 @@ import { type OvsInstance, type OvsNode, startOvs } from "../harness/ovs";
 import { type SushyInstance, startSushy } from "../harness/sushy";
 import { describeWithPeer } from "../harness/processes";
 import { ENGINES, type Engine } from "../scenarios/engines";
-import { labSettings, ref, type StackSpec } from "../scenarios/stack";
+import { deployedMachines, labSettings, ref, type StackSpec } from "../scenarios/stack";
 
 jest.setTimeout(600_000);
 
@@ -32,12 +32,7 @@ const IMAGE = "http://images.lab.example/installer.iso";
 
 /** Two machines enrolled, allocated and deployed. */
 function labStack(lab: Lab): StackSpec {
-  const resources: StackSpec["resources"] = [];
-  lab.info.nodes.slice(0, 2).forEach((n, i) => {
-    resources.push({ token: "baremetal:compute:Node", name: `n${i}`, props: { bmc: { address: n.address, systemId: n.systemId }, resourceClass: "small", powerState: "on" } });
-    resources.push({ token: "baremetal:compute:Allocation", name: `a${i}`, props: { candidateNodes: [ref(`n${i}`)] } });
-    resources.push({ token: "baremetal:compute:Deployment", name: `d${i}`, props: { allocationId: ref(`a${i}`, "allocationId"), imageUrl: IMAGE } });
-  });
+  const resources = deployedMachines(lab.info.nodes.slice(0, 2), IMAGE, { powerState: "on" });
   // A third node on its own: nothing depends on it, so either engine may forget and import it.
   const spare = lab.info.nodes[2];
   resources.push({ token: "baremetal:compute:Node", name: "spare", props: { bmc: { address: spare.address, systemId: spare.systemId }, resourceClass: "small" } });

@@ -49,6 +49,18 @@ export function labSettings(info: { providerConfig: Record<string, string | bool
   return out;
 }
 
+/**
+ * Machines enrolled (`n<i>`), allocated (`a<i>`) and deployed with `imageUrl` (`d<i>`): the stack
+ * of the shared lab scenario and of bench/engines.ts. `node` adds properties to each Node.
+ */
+export function deployedMachines(nodes: ReadonlyArray<{ address: string; systemId: string }>, imageUrl: string, node: Record<string, Value> = {}): ResourceSpec[] {
+  return nodes.flatMap((n, i): ResourceSpec[] => [
+    { token: "baremetal:compute:Node", name: `n${i}`, props: { bmc: { address: n.address, systemId: n.systemId }, resourceClass: "small", ...node } },
+    { token: "baremetal:compute:Allocation", name: `a${i}`, props: { candidateNodes: [ref(`n${i}`)] } },
+    { token: "baremetal:compute:Deployment", name: `d${i}`, props: { allocationId: ref(`a${i}`, "allocationId"), imageUrl } },
+  ]);
+}
+
 // ---- Pulumi --------------------------------------------------------------------------------------
 
 const ident = (name: string) => `r_${name.replace(/[^A-Za-z0-9_]/g, "_")}`;
