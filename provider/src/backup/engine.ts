@@ -53,7 +53,7 @@ import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } f
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import type { BackupTargetDriver } from "../drivers/kinds/backup-target";
 import type { Extent, StorageDriver } from "../drivers/kinds/storage";
-import { releaseExtent } from "../drivers/storage-file/extents";
+import { isAllZero, releaseExtent } from "../drivers/storage-file/extents";
 import { type CellCrypto, cellCrypto, defaultWorkers, isShared, type Keys, SharedBuffers, sharedBuffer } from "./cell-crypto";
 
 export const CELL_BYTES = 4 * 1024 * 1024;
@@ -269,6 +269,86 @@ async function fetchCell(target: BackupTargetDriver, prefix: string, crypto: Cel
   }
 }
 
+/** A cell of a volume, assembled from its reader's extents (assembleCells). */
+interface AssembledCell {
+  index: number;
+  cell: Buffer;
+  /** Gives the cell's buffer back (to the reader when `whole`, else to the pool); once nothing needs it. */
+  release: () => void;
+  /** One data extent that is the whole cell, in shared memory: the reader's buffer as it is. */
+  whole: boolean;
+  /** The cell-relative ranges the extents reported (data or zeros), in order. */
+  ranges: [number, number][];
+  /** Bytes of data the extents carried. */
+  bytesRead: number;
+}
+
+/**
+ * The cells of `size` bytes of a volume, from its extents (ordered, no extent across a cell
+ * boundary: read with maxBytes = cellBytes). A cell that one data extent fills, in shared memory,
+ * is handed on as it is (it goes to the worker threads without a copy); any other is assembled in
+ * a buffer of `buffers`, zeros where no extent says anything. An extent past `size` goes to
+ * `past` (which may throw), then back to its reader. A cell not yet handed on when the consumer
+ * stops is given back here; one handed on is the consumer's to release.
+ */
+async function* assembleCells(extents: AsyncIterable<Extent>, cellBytes: number, size: number, buffers: SharedBuffers, past: (e: Extent) => void = () => undefined): AsyncGenerator<AssembledCell> {
+  const cellLength = (i: number) => Math.min(cellBytes, size - i * cellBytes);
+  const own = (index: number) => {
+    const buf = buffers.take();
+    return { cell: buf.subarray(0, cellLength(index)), release: () => buffers.give(buf) };
+  };
+  let current: (AssembledCell & { filled: boolean }) | undefined;
+  try {
+    for await (const e of extents) {
+      const index = Math.floor(e.offset / cellBytes);
+      if (index * cellBytes >= size) {
+        try {
+          past(e);
+        } finally {
+          releaseExtent(e);
+        }
+        continue;
+      }
+      const at = e.offset - index * cellBytes;
+      const length = "data" in e ? e.data.length : e.length;
+      if (!current || current.index !== index) {
+        if (current) {
+          const done = current;
+          current = undefined;
+          yield done;
+        }
+        if ("data" in e && at === 0 && length === cellLength(index) && isShared(e.data)) {
+          current = { index, cell: e.data, release: () => releaseExtent(e), whole: true, ranges: [[0, length]], bytesRead: length, filled: true };
+          continue;
+        }
+        current = { index, ...own(index), whole: false, ranges: [], bytesRead: 0, filled: false };
+      } else if (current.whole) {
+        // More for a cell read whole (overlapping extents): assemble it in a buffer of ours.
+        const mine = own(index);
+        current.cell.copy(mine.cell);
+        current.release();
+        Object.assign(current, mine, { whole: false });
+      }
+      // Ranges no extent covers are zeros: clear the (reused) buffer unless one extent fills the cell.
+      if (!current.filled && !(at === 0 && length === current.cell.length && "data" in e)) current.cell.fill(0);
+      current.filled = true;
+      if ("data" in e) {
+        e.data.copy(current.cell, at);
+        current.bytesRead += length;
+      }
+      releaseExtent(e);
+      current.ranges.push([at, at + length]);
+    }
+    if (current) {
+      const done = current;
+      current = undefined;
+      yield done;
+    }
+  } finally {
+    current?.release();
+  }
+}
+
 export interface BackupRequest {
   storage: StorageDriver;
   backend: string;
@@ -345,7 +425,6 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
   const sealedBuffers = new SharedBuffers(CELL_BYTES + 28);
   /** Chunk ids this backup stored (the others its cells use are shared with earlier backups). */
   const stored = new Set<string>();
-  const cellCount = Math.ceil(info.sizeBytes / CELL_BYTES);
   const cellLength = (i: number) => Math.min(CELL_BYTES, info.sizeBytes - i * CELL_BYTES);
   /**
    * Seal while hashing (one trip to a worker) when most cells read are new: a full backup, or
@@ -421,73 +500,22 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
     }
   };
 
-  /** The cell being assembled; `whole`: it is one extent's buffer (handed back with `release`). */
-  let current: { index: number; cell: Buffer; release: () => void; covered: number; filled: boolean; whole: boolean } | undefined;
-  /** The ranges of each cell the backend reported (changed), cell-relative. */
-  const masks = new Map<number, [number, number][]>();
-  const ownBuffer = (index: number) => {
-    const buf = buffers.take();
-    return { cell: buf.subarray(0, cellLength(index)), release: () => buffers.give(buf) };
-  };
-  const finish = async () => {
-    if (!current) return;
-    const c = current;
-    current = undefined;
-    if (changesOnly && c.covered < c.cell.length) {
-      // Only part of the cell changed: the rest is the parent's.
-      const old = map.get(c.index);
-      const base = old ? await fetchCell(target, prefix, crypto, keys, parentBuffers, old, what, signal) : undefined;
-      const merged = Buffer.from(base?.data ?? Buffer.alloc(c.cell.length));
-      base?.release();
-      for (const [from, to] of masks.get(c.index) ?? []) c.cell.copy(merged, from, from, to);
-      merged.copy(c.cell);
-    }
-    masks.delete(c.index);
-    await cellsInFlight.add(() => storeCell(c.index, c.cell, c.release, !c.whole));
-  };
-
   try {
     try {
-      for await (const e of storage.readExtents(volume, { snapshot, since, maxBytes: CELL_BYTES, signal })) {
-        const index = Math.floor(e.offset / CELL_BYTES);
-        if (index >= cellCount) {
-          releaseExtent(e);
-          continue;
+      const extents = storage.readExtents(volume, { snapshot, since, maxBytes: CELL_BYTES, signal });
+      for await (const c of assembleCells(extents, CELL_BYTES, info.sizeBytes, buffers)) {
+        stats.bytesRead += c.bytesRead;
+        if (changesOnly && c.ranges.reduce((n, [from, to]) => n + to - from, 0) < c.cell.length) {
+          // Only part of the cell changed: the rest is the parent's.
+          const old = map.get(c.index);
+          const base = old ? await fetchCell(target, prefix, crypto, keys, parentBuffers, old, what, signal) : undefined;
+          const merged = Buffer.from(base?.data ?? Buffer.alloc(c.cell.length));
+          base?.release();
+          for (const [from, to] of c.ranges) c.cell.copy(merged, from, from, to);
+          merged.copy(c.cell);
         }
-        const at = e.offset - index * CELL_BYTES;
-        const length = "data" in e ? e.data.length : e.length;
-        if (!current || current.index !== index) {
-          await finish();
-          if ("data" in e && at === 0 && length === cellLength(index) && isShared(e.data)) {
-            // The whole cell in one extent, in shared memory: it goes to the workers as it is.
-            current = { index, cell: e.data, release: () => releaseExtent(e), covered: length, filled: true, whole: true };
-            stats.bytesRead += length;
-            masks.set(index, [[0, length]]);
-            continue;
-          }
-          current = { index, ...ownBuffer(index), covered: 0, filled: false, whole: false };
-        }
-        if (current.whole) {
-          // More for a cell read whole (overlapping extents): assemble it in a buffer of ours.
-          const own = ownBuffer(index);
-          current.cell.copy(own.cell);
-          current.release();
-          Object.assign(current, own, { whole: false });
-        }
-        // Ranges no extent covers are zeros: clear the (reused) buffer unless one extent fills the cell.
-        if (!current.filled && !(at === 0 && length === current.cell.length && "data" in e)) current.cell.fill(0);
-        current.filled = true;
-        if ("data" in e) {
-          e.data.copy(current.cell, at);
-          stats.bytesRead += length;
-        }
-        releaseExtent(e);
-        current.covered += length;
-        const m = masks.get(index) ?? [];
-        m.push([at, at + length]);
-        masks.set(index, m);
+        await cellsInFlight.add(() => storeCell(c.index, c.cell, c.release, !c.whole));
       }
-      await finish();
       await cellsInFlight.wait();
       await uploads.wait();
     } catch (e) {
@@ -615,59 +643,26 @@ async function verifyVolume(storage: StorageDriver, volume: string, m: Manifest,
   const expected = new Map(m.cells.map((c) => [c[0], c[1]]));
   const seen = new Set<number>();
   const checks = new Pool(concurrency);
-  const buffers = new SharedBuffers(m.cellBytes);
-  const cellLength = (index: number) => Math.min(m.cellBytes, m.sizeBytes - index * m.cellBytes);
-  let current: { index: number; cell: Buffer; release: () => void; whole: boolean } | undefined;
-  const check = async () => {
-    if (!current) return;
-    const { index, cell, release } = current;
-    current = undefined;
-    seen.add(index);
-    await checks.add(async () => {
-      try {
-        const want = expected.get(index);
-        const got = await crypto.cell(cell, { zero: true });
-        if (want === undefined ? got !== null : got?.id !== want) {
-          throw new BaremetalError("backend", `${what}: verification failed: cell ${index} (bytes ${index * m.cellBytes}..) differs from the backup`);
-        }
-      } finally {
-        release();
-      }
-    });
+  const past = (e: Extent) => {
+    if ("data" in e && !isAllZero(e.data)) throw new BaremetalError("backend", `${what}: verification failed: data past the backup's size`);
   };
   try {
-    for await (const e of storage.readExtents!(volume, { maxBytes: m.cellBytes, signal })) {
-      const index = Math.floor(e.offset / m.cellBytes);
-      if (index * m.cellBytes >= m.sizeBytes) {
-        const stray = "data" in e && !e.data.equals(Buffer.alloc(e.data.length));
-        releaseExtent(e);
-        if (stray) throw new BaremetalError("backend", `${what}: verification failed: data past the backup's size`);
-        continue;
-      }
-      if (!current || current.index !== index) {
-        await check();
-        if ("data" in e && e.offset === index * m.cellBytes && e.data.length === cellLength(index) && isShared(e.data)) {
-          current = { index, cell: e.data, release: () => releaseExtent(e), whole: true };
-          continue;
+    for await (const c of assembleCells(storage.readExtents!(volume, { maxBytes: m.cellBytes, signal }), m.cellBytes, m.sizeBytes, new SharedBuffers(m.cellBytes), past)) {
+      seen.add(c.index);
+      await checks.add(async () => {
+        try {
+          const want = expected.get(c.index);
+          const got = await crypto.cell(c.cell, { zero: true });
+          if (want === undefined ? got !== null : got?.id !== want) {
+            throw new BaremetalError("backend", `${what}: verification failed: cell ${c.index} (bytes ${c.index * m.cellBytes}..) differs from the backup`);
+          }
+        } finally {
+          c.release();
         }
-        const buf = buffers.take();
-        const cell = buf.subarray(0, cellLength(index));
-        cell.fill(0);
-        current = { index, cell, release: () => buffers.give(buf), whole: false };
-      } else if (current.whole) {
-        const buf = buffers.take();
-        const cell = buf.subarray(0, cellLength(index));
-        current.cell.copy(cell);
-        current.release();
-        current = { index, cell, release: () => buffers.give(buf), whole: false };
-      }
-      if ("data" in e) e.data.copy(current.cell, e.offset - index * m.cellBytes);
-      releaseExtent(e);
+      });
     }
-    await check();
     await checks.wait();
   } catch (e) {
-    current?.release();
     await checks.wait().catch(() => undefined);
     throw e;
   }
