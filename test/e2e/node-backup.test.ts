@@ -40,6 +40,11 @@ if (config.getBoolean("backup")) {
   const b = new baremetal.backup.Backup("nb", { nodeId: d.nodeId, keyId: key.keyId, trigger: config.get("trigger") }, { customTimeouts: { create: "5m" } });
   module.exports.nb = { backupId: b.backupId, bytesRead: b.bytesRead, bytesStored: b.bytesStored, chunksStored: b.chunksStored, chunksReused: b.chunksReused, parent: b.parent, encryption: b.encryption, sizeBytes: b.sizeBytes, checksum: b.checksum };
 }
+const policy = config.get("policy");
+if (policy) {
+  const pol = new baremetal.backup.BackupPolicy("nodes", { schedule: "daily", retention: { last: 1 }, nodes: [{ nodeId, keyId: key.keyId }], backupNow: policy }, { customTimeouts: { create: "5m", update: "5m" } });
+  module.exports.policy = { backups: pol.backups, lastPruned: pol.lastPruned };
+}
 const restore = config.get("restore");
 if (restore) module.exports.restored = new baremetal.storage.Volume("r1", { sizeGib: 1, sourceBackup: { backupId: restore } }).volumeId;
 `;
@@ -214,5 +219,42 @@ describe("a node's disk backed up by booting it into a backup image (lab node em
       await other.pulumi(["destroy", "--yes", "--skip-preview"], { allowFail: true });
       other.remove();
     }
+  });
+
+  it("a BackupPolicy backs the node's disk up each round (incremental on the newest) and retention prunes exactly the older one", async () => {
+    await p.setConfig("backup", "false");
+    await p.setConfig("policy", "1");
+    await p.pulumi(["up", "--yes", "--skip-preview"]);
+    type PolicyOut = { backups: { backupId: string; nodeId?: string; volumeId?: string; sizeBytes: number; checksum: string; encryption: string }[]; lastPruned: string[] };
+    const one = (await p.outputs()).policy as PolicyOut;
+    expect(one.backups).toHaveLength(1);
+    expect(one.backups[0]).toMatchObject({ nodeId: op.nodeIds[0], sizeBytes: DISK_BYTES, encryption: "envelope", checksum: first.checksum });
+    expect(one.backups[0].volumeId).toBeUndefined();
+    expect(one.backups[0].backupId).toMatch(/^project-a\/nodes\/[A-Za-z0-9._-]+\/\d{8}T\d{6}Z-[0-9a-f]{6}$/);
+    expect(one.lastPruned).toEqual([]);
+    // The Backup resources' backups (not the policy's) stay: retention counts only the policy's own.
+    const manifests = async () => {
+      const keys: string[] = [];
+      for await (const o of s3.list("project-a/nodes/")) if (o.key.includes("/backups/")) keys.push(o.key);
+      return keys.sort();
+    };
+    const before = await manifests();
+    expect(before.some((k) => k.endsWith(`${one.backups[0].backupId.split("/").pop()}.json`) || k.includes(one.backups[0].backupId.split("/").pop()!))).toBe(true);
+
+    bmc().clearLog();
+    await p.setConfig("policy", "2"); // backupNow: a round whatever the schedule
+    await p.pulumi(["up", "--yes", "--skip-preview"]);
+    const two = (await p.outputs()).policy as PolicyOut;
+    expect(two.backups).toHaveLength(1);
+    expect(two.backups[0].backupId).not.toBe(one.backups[0].backupId);
+    expect(two.lastPruned).toEqual([one.backups[0].backupId]);
+    expect(bmc().sideEffects("media-insert")).toHaveLength(1); // one boot into the backup image per round
+    const after = await manifests();
+    expect(after.length).toBe(before.length); // one added, one pruned
+    expect(after.some((k) => k.includes(one.backups[0].backupId.split("/").pop()!))).toBe(false);
+    expect(after.some((k) => k.includes(two.backups[0].backupId.split("/").pop()!))).toBe(true);
+    expect(bmc().system(1).powerState).toBe("On");
+    await p.pulumi(["refresh", "--yes", "--skip-preview", "--expect-no-changes"]);
+    await p.setConfig("policy", "");
   });
 });

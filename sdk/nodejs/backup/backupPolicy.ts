@@ -7,7 +7,7 @@ import * as outputs from "../types/output";
 import * as utilities from "../utilities";
 
 /**
- * Backs up volumes of the caller's project on a schedule (when `up` runs and a backup is due: run it from a scheduled CI job) and prunes the policy's backups by retention (7 daily + 4 weekly by default).
+ * Backs up volumes of the caller's project and the disks of nodes it holds on a schedule (when `up` runs and a backup is due: run it from a scheduled CI job) and prunes the policy's backups by retention (7 daily + 4 weekly by default).
  */
 export class BackupPolicy extends pulumi.CustomResource {
     /**
@@ -61,6 +61,10 @@ export class BackupPolicy extends pulumi.CustomResource {
      */
     public /*out*/ readonly nextBackupDue!: pulumi.Output<string>;
     /**
+     * Nodes whose own disks to back up: each is booted once into the backup image per round (see Backup's nodeId), so schedule it when the machines may reboot.
+     */
+    public readonly nodes!: pulumi.Output<outputs.backup.BackedUpNode[] | undefined>;
+    /**
      * Which of the policy's backups to keep (default 7 daily + 4 weekly); the newest is always kept.
      */
     public readonly retention!: pulumi.Output<outputs.backup.Retention | undefined>;
@@ -73,9 +77,9 @@ export class BackupPolicy extends pulumi.CustomResource {
      */
     public readonly target!: pulumi.Output<string | undefined>;
     /**
-     * The volumes to back up.
+     * The volumes to back up (give volumes, nodes or both).
      */
-    public readonly volumes!: pulumi.Output<outputs.backup.BackedUpVolume[]>;
+    public readonly volumes!: pulumi.Output<outputs.backup.BackedUpVolume[] | undefined>;
 
     /**
      * Create a BackupPolicy resource with the given unique name, arguments, and options.
@@ -91,11 +95,9 @@ export class BackupPolicy extends pulumi.CustomResource {
             if ((!args || args.schedule === undefined) && !opts.urn) {
                 throw new Error("Missing required property 'schedule'");
             }
-            if ((!args || args.volumes === undefined) && !opts.urn) {
-                throw new Error("Missing required property 'volumes'");
-            }
             resourceInputs["backupNow"] = args ? args.backupNow : undefined;
             resourceInputs["deleteBackupsOnDestroy"] = (args ? args.deleteBackupsOnDestroy : undefined) ?? false;
+            resourceInputs["nodes"] = args ? args.nodes : undefined;
             resourceInputs["retention"] = args ? args.retention : undefined;
             resourceInputs["schedule"] = args ? args.schedule : undefined;
             resourceInputs["target"] = args ? args.target : undefined;
@@ -111,6 +113,7 @@ export class BackupPolicy extends pulumi.CustomResource {
             resourceInputs["lastBackup"] = undefined /*out*/;
             resourceInputs["lastPruned"] = undefined /*out*/;
             resourceInputs["nextBackupDue"] = undefined /*out*/;
+            resourceInputs["nodes"] = undefined /*out*/;
             resourceInputs["retention"] = undefined /*out*/;
             resourceInputs["schedule"] = undefined /*out*/;
             resourceInputs["target"] = undefined /*out*/;
@@ -134,6 +137,10 @@ export interface BackupPolicyArgs {
      */
     deleteBackupsOnDestroy?: pulumi.Input<boolean>;
     /**
+     * Nodes whose own disks to back up: each is booted once into the backup image per round (see Backup's nodeId), so schedule it when the machines may reboot.
+     */
+    nodes?: pulumi.Input<pulumi.Input<inputs.backup.BackedUpNodeArgs>[]>;
+    /**
      * Which of the policy's backups to keep (default 7 daily + 4 weekly); the newest is always kept.
      */
     retention?: pulumi.Input<inputs.backup.RetentionArgs>;
@@ -146,7 +153,7 @@ export interface BackupPolicyArgs {
      */
     target?: pulumi.Input<string>;
     /**
-     * The volumes to back up.
+     * The volumes to back up (give volumes, nodes or both).
      */
-    volumes: pulumi.Input<pulumi.Input<inputs.backup.BackedUpVolumeArgs>[]>;
+    volumes?: pulumi.Input<pulumi.Input<inputs.backup.BackedUpVolumeArgs>[]>;
 }

@@ -9,6 +9,24 @@ import * as utilities from "../utilities";
 
 export namespace backup {
     /**
+     * A node whose own disk the policy backs up.
+     */
+    export interface BackedUpNodeArgs {
+        /**
+         * The EncryptionKey wrapping the data keys of the disk's backups.
+         */
+        keyId: pulumi.Input<string>;
+        /**
+         * The key manager holding keyId (default: the only one).
+         */
+        keyManager?: pulumi.Input<string>;
+        /**
+         * A Node (its id) held by an allocation of the project (for the operator: one no allocation holds).
+         */
+        nodeId: pulumi.Input<string>;
+    }
+
+    /**
      * A volume the policy backs up.
      */
     export interface BackedUpVolumeArgs {

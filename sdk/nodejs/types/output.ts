@@ -9,6 +9,24 @@ import * as utilities from "../utilities";
 
 export namespace backup {
     /**
+     * A node whose own disk the policy backs up.
+     */
+    export interface BackedUpNode {
+        /**
+         * The EncryptionKey wrapping the data keys of the disk's backups.
+         */
+        keyId: string;
+        /**
+         * The key manager holding keyId (default: the only one).
+         */
+        keyManager?: string;
+        /**
+         * A Node (its id) held by an allocation of the project (for the operator: one no allocation holds).
+         */
+        nodeId: string;
+    }
+
+    /**
      * A volume the policy backs up.
      */
     export interface BackedUpVolume {
@@ -83,7 +101,7 @@ export namespace backup {
      */
     export interface PolicyBackup {
         /**
-         * `<volumeId>/<id>` (restore with a Volume's sourceBackup).
+         * `<volumeId>/<id>`, or `<project>/nodes/<nodeKey>/<id>` for a node's disk (restore with a Volume's sourceBackup).
          */
         backupId: string;
         /**
@@ -103,13 +121,17 @@ export namespace backup {
          */
         encryption: string;
         /**
-         * The volume's size.
+         * The node (for a backup of a node's disk).
+         */
+        nodeId?: string;
+        /**
+         * The volume's (or node disk's) size.
          */
         sizeBytes: number;
         /**
-         * The volume.
+         * The volume (for a volume's backup).
          */
-        volumeId: string;
+        volumeId?: string;
     }
 
     /**

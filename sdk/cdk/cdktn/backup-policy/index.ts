@@ -22,11 +22,17 @@ export interface BackupPolicyConfig extends cdktn.TerraformMetaArguments {
   */
   readonly retention?: BackupPolicyRetention;
   /**
-  * The volumes to back up.
+  * The volumes to back up (give volumes, nodes or both).
   *
   * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs/resources/backup_policy#volumes BackupPolicy#volumes}
   */
-  readonly volumes: BackupPolicyVolumes[] | cdktn.IResolvable;
+  readonly volumes?: BackupPolicyVolumes[] | cdktn.IResolvable;
+  /**
+  * Nodes whose own disks to back up: each is booted once into the backup image per round (see Backup's nodeId), so schedule it when the machines may reboot.
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs/resources/backup_policy#nodes BackupPolicy#nodes}
+  */
+  readonly nodes?: BackupPolicyNodes[] | cdktn.IResolvable;
   /**
   * Which of the provider's `backupTargets` (default: the only one).
   *
@@ -467,6 +473,188 @@ export class BackupPolicyVolumesList extends cdktn.ComplexList {
     return new BackupPolicyVolumesOutputReference(this.terraformResource, this.terraformAttribute, index, this.wrapsSet);
   }
 }
+export interface BackupPolicyNodes {
+  /**
+  * A Node (its id) held by an allocation of the project (for the operator: one no allocation holds).
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs/resources/backup_policy#node_id BackupPolicy#node_id}
+  */
+  readonly nodeId: string;
+  /**
+  * The EncryptionKey wrapping the data keys of the disk's backups.
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs/resources/backup_policy#key_id BackupPolicy#key_id}
+  */
+  readonly keyId: string;
+  /**
+  * The key manager holding keyId (default: the only one).
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs/resources/backup_policy#key_manager BackupPolicy#key_manager}
+  */
+  readonly keyManager?: string;
+}
+
+export function backupPolicyNodesToTerraform(struct?: BackupPolicyNodes | cdktn.IResolvable): any {
+  if (!cdktn.canInspect(struct) || cdktn.Tokenization.isResolvable(struct)) { return struct; }
+  if (cdktn.isComplexElement(struct)) {
+    throw new Error("A complex element was used as configuration, this is not supported: https://cdktn.io/docs/concepts/resources#references");
+  }
+  return {
+    node_id: cdktn.stringToTerraform(struct!.nodeId),
+    key_id: cdktn.stringToTerraform(struct!.keyId),
+    key_manager: cdktn.stringToTerraform(struct!.keyManager),
+  }
+}
+
+
+export function backupPolicyNodesToHclTerraform(struct?: BackupPolicyNodes | cdktn.IResolvable): any {
+  if (!cdktn.canInspect(struct) || cdktn.Tokenization.isResolvable(struct)) { return struct; }
+  if (cdktn.isComplexElement(struct)) {
+    throw new Error("A complex element was used as configuration, this is not supported: https://cdktn.io/docs/concepts/resources#references");
+  }
+  const attrs = {
+    node_id: {
+      value: cdktn.stringToHclTerraform(struct!.nodeId),
+      isBlock: false,
+      type: "simple",
+      storageClassType: "string",
+    },
+    key_id: {
+      value: cdktn.stringToHclTerraform(struct!.keyId),
+      isBlock: false,
+      type: "simple",
+      storageClassType: "string",
+    },
+    key_manager: {
+      value: cdktn.stringToHclTerraform(struct!.keyManager),
+      isBlock: false,
+      type: "simple",
+      storageClassType: "string",
+    },
+  };
+
+  // remove undefined attributes
+  return Object.fromEntries(Object.entries(attrs).filter(([_, value]) => value !== undefined && value.value !== undefined));
+}
+
+export class BackupPolicyNodesOutputReference extends cdktn.ComplexObject {
+  private isEmptyObject = false;
+  private resolvableValue?: cdktn.IResolvable;
+
+  /**
+  * @param terraformResource The parent resource
+  * @param terraformAttribute The attribute on the parent resource this class is referencing
+  * @param complexObjectIndex the index of this item in the list
+  * @param complexObjectIsFromSet whether the list is wrapping a set (will add tolist() to be able to access an item via an index)
+  */
+  public constructor(terraformResource: cdktn.IInterpolatingParent, terraformAttribute: string, complexObjectIndex: number, complexObjectIsFromSet: boolean) {
+    super(terraformResource, terraformAttribute, complexObjectIsFromSet, complexObjectIndex);
+  }
+
+  public get internalValue(): BackupPolicyNodes | cdktn.IResolvable | undefined {
+    if (this.resolvableValue) {
+      return this.resolvableValue;
+    }
+    let hasAnyValues = this.isEmptyObject;
+    const internalValueResult: any = {};
+    if (this._nodeId !== undefined) {
+      hasAnyValues = true;
+      internalValueResult.nodeId = this._nodeId;
+    }
+    if (this._keyId !== undefined) {
+      hasAnyValues = true;
+      internalValueResult.keyId = this._keyId;
+    }
+    if (this._keyManager !== undefined) {
+      hasAnyValues = true;
+      internalValueResult.keyManager = this._keyManager;
+    }
+    return hasAnyValues ? internalValueResult : undefined;
+  }
+
+  public set internalValue(value: BackupPolicyNodes | cdktn.IResolvable | undefined) {
+    if (value === undefined) {
+      this.isEmptyObject = false;
+      this.resolvableValue = undefined;
+      this._nodeId = undefined;
+      this._keyId = undefined;
+      this._keyManager = undefined;
+    }
+    else if (cdktn.Tokenization.isResolvable(value)) {
+      this.isEmptyObject = false;
+      this.resolvableValue = value;
+    }
+    else {
+      this.isEmptyObject = Object.keys(value).length === 0;
+      this.resolvableValue = undefined;
+      this._nodeId = value.nodeId;
+      this._keyId = value.keyId;
+      this._keyManager = value.keyManager;
+    }
+  }
+
+  // node_id - computed: false, optional: false, required: true
+  private _nodeId?: string; 
+  public get nodeId() {
+    return this.getStringAttribute('node_id');
+  }
+  public set nodeId(value: string) {
+    this._nodeId = value;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get nodeIdInput() {
+    return this._nodeId;
+  }
+
+  // key_id - computed: false, optional: false, required: true
+  private _keyId?: string; 
+  public get keyId() {
+    return this.getStringAttribute('key_id');
+  }
+  public set keyId(value: string) {
+    this._keyId = value;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get keyIdInput() {
+    return this._keyId;
+  }
+
+  // key_manager - computed: false, optional: true, required: false
+  private _keyManager?: string; 
+  public get keyManager() {
+    return this.getStringAttribute('key_manager');
+  }
+  public set keyManager(value: string) {
+    this._keyManager = value;
+  }
+  public resetKeyManager() {
+    this._keyManager = undefined;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get keyManagerInput() {
+    return this._keyManager;
+  }
+}
+
+export class BackupPolicyNodesList extends cdktn.ComplexList {
+  public internalValue? : BackupPolicyNodes[] | cdktn.IResolvable
+
+  /**
+  * @param terraformResource The parent resource
+  * @param terraformAttribute The attribute on the parent resource this class is referencing
+  * @param wrapsSet whether the list is wrapping a set (will add tolist() to be able to access an item via an index)
+  */
+  constructor(terraformResource: cdktn.IInterpolatingParent, terraformAttribute: string, wrapsSet: boolean) {
+    super(terraformResource, terraformAttribute, wrapsSet);
+  }
+
+  /**
+  * @param index the index of the item to return
+  */
+  public get(index: number): BackupPolicyNodesOutputReference {
+    return new BackupPolicyNodesOutputReference(this.terraformResource, this.terraformAttribute, index, this.wrapsSet);
+  }
+}
 export interface BackupPolicyBackups {
 }
 
@@ -526,6 +714,11 @@ export class BackupPolicyBackupsOutputReference extends cdktn.ComplexObject {
   // volume_id - computed: true, optional: false, required: false
   public get volumeId() {
     return this.getStringAttribute('volume_id');
+  }
+
+  // node_id - computed: true, optional: false, required: false
+  public get nodeId() {
+    return this.getStringAttribute('node_id');
   }
 
   // created_at - computed: true, optional: false, required: false
@@ -625,6 +818,7 @@ export class BackupPolicy extends cdktn.TerraformResource {
     this._schedule = config.schedule;
     this._retention.internalValue = config.retention;
     this._volumes.internalValue = config.volumes;
+    this._nodes.internalValue = config.nodes;
     this._target = config.target;
     this._backupNow = config.backupNow;
     this._deleteBackupsOnDestroy = config.deleteBackupsOnDestroy;
@@ -668,7 +862,7 @@ export class BackupPolicy extends cdktn.TerraformResource {
     return this._retention.internalValue;
   }
 
-  // volumes - computed: false, optional: false, required: true
+  // volumes - computed: false, optional: true, required: false
   private _volumes = new BackupPolicyVolumesList(this, "volumes", false);
   public get volumes() {
     return this._volumes;
@@ -676,9 +870,28 @@ export class BackupPolicy extends cdktn.TerraformResource {
   public putVolumes(value: BackupPolicyVolumes[] | cdktn.IResolvable) {
     this._volumes.internalValue = value;
   }
+  public resetVolumes() {
+    this._volumes.internalValue = undefined;
+  }
   // Temporarily expose input value. Use with caution.
   public get volumesInput() {
     return this._volumes.internalValue;
+  }
+
+  // nodes - computed: false, optional: true, required: false
+  private _nodes = new BackupPolicyNodesList(this, "nodes", false);
+  public get nodes() {
+    return this._nodes;
+  }
+  public putNodes(value: BackupPolicyNodes[] | cdktn.IResolvable) {
+    this._nodes.internalValue = value;
+  }
+  public resetNodes() {
+    this._nodes.internalValue = undefined;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get nodesInput() {
+    return this._nodes.internalValue;
   }
 
   // target - computed: false, optional: true, required: false
@@ -759,6 +972,7 @@ export class BackupPolicy extends cdktn.TerraformResource {
       schedule: cdktn.stringToTerraform(this._schedule),
       retention: backupPolicyRetentionToTerraform(this._retention.internalValue),
       volumes: cdktn.listMapper(backupPolicyVolumesToTerraform, false)(this._volumes.internalValue),
+      nodes: cdktn.listMapper(backupPolicyNodesToTerraform, false)(this._nodes.internalValue),
       target: cdktn.stringToTerraform(this._target),
       backup_now: cdktn.stringToTerraform(this._backupNow),
       delete_backups_on_destroy: cdktn.booleanToTerraform(this._deleteBackupsOnDestroy),
@@ -784,6 +998,12 @@ export class BackupPolicy extends cdktn.TerraformResource {
         isBlock: true,
         type: "list",
         storageClassType: "BackupPolicyVolumesList",
+      },
+      nodes: {
+        value: cdktn.listMapperHcl(backupPolicyNodesToHclTerraform, false)(this._nodes.internalValue),
+        isBlock: true,
+        type: "list",
+        storageClassType: "BackupPolicyNodesList",
       },
       target: {
         value: cdktn.stringToHclTerraform(this._target),
