@@ -10,7 +10,19 @@
  */
 import { createHash } from "crypto";
 import { BaremetalError } from "../core/errors";
-import { ApiTokenRecord, AuditRecord, AVAILABLE, ClaimRequest, ENROLL, LockHandle, NodeFilter, NodeInput, NodeRecord } from "./types";
+import {
+  ApiTokenRecord,
+  AuditRecord,
+  AVAILABLE,
+  ClaimRequest,
+  ENROLL,
+  LockHandle,
+  NodeFilter,
+  NodeInput,
+  NodeRecord,
+  ServiceResourceChange,
+  ServiceResourceRecord,
+} from "./types";
 
 const MAX_ID = 1024; // Redfish system URIs with a BMC address in front
 const MAX_TEXT = 255;
@@ -495,4 +507,176 @@ export function auditFromRow(r: Record<string, unknown>, time: TimeText): AuditR
     outcome: String(r.outcome),
     detail: optionalString(r.detail),
   });
+}
+
+// ---- objects the service manages for tenants (broker mode, issue 8) ------------------------------
+
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
+
+/** An ISO 8601 time with a zone, normalised to UTC with milliseconds (how both backends return it). */
+export function requireTime(property: string, v: unknown): string {
+  if (typeof v !== "string" || !ISO_TIME.test(v) || Number.isNaN(Date.parse(v))) {
+    throw bad(property, `${property} must be an ISO 8601 time with a zone, such as 2026-11-23T00:00:00.000Z`);
+  }
+  return new Date(v).toISOString();
+}
+
+/** A lone UTF-16 surrogate: SQLite would keep it, PostgreSQL refuses it; refused on both. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function checkUnicode(property: string, v: unknown): void {
+  if (typeof v === "string") {
+    if (LONE_SURROGATE.test(v)) throw bad(property, `${property} must hold well-formed Unicode text (a lone surrogate was found)`);
+  } else if (Array.isArray(v)) {
+    v.forEach((x) => checkUnicode(property, x));
+  } else if (v !== null && typeof v === "object") {
+    for (const [k, x] of Object.entries(v)) {
+      checkUnicode(property, k);
+      checkUnicode(property, x);
+    }
+  }
+}
+
+/** A plain JSON object (required), as stored: keys sorted, undefined members dropped. */
+export function requireJsonObject(property: string, v: unknown): Record<string, unknown> {
+  if (v === undefined || v === null || typeof v !== "object" || Array.isArray(v)) throw bad(property, `${property} must be a JSON object`);
+  const out = normaliseProperties(property, v);
+  checkUnicode(property, out);
+  return out;
+}
+
+function requireBoolean(property: string, v: unknown): boolean {
+  if (typeof v !== "boolean") throw bad(property, `${property} must be a boolean`);
+  return v;
+}
+
+/** A validated, normalised service object (what `insertServiceResource` stores). */
+export function normaliseServiceResource(r: ServiceResourceRecord): ServiceResourceRecord {
+  if (r === null || typeof r !== "object") throw bad("record", "the service object must be an object");
+  return compact({
+    uuid: requireId("uuid", r.uuid),
+    type: requireText("type", r.type),
+    projectId: optionalText("projectId", r.projectId),
+    name: optionalText("name", r.name),
+    resourceId: requireId("resourceId", r.resourceId),
+    inputs: requireJsonObject("inputs", r.inputs),
+    state: requireJsonObject("state", r.state),
+    etag: requireText("etag", r.etag),
+    idempotencyKey: optionalText("idempotencyKey", r.idempotencyKey),
+    partial: requireBoolean("partial", r.partial),
+    createdAt: requireTime("createdAt", r.createdAt),
+    updatedAt: requireTime("updatedAt", r.updatedAt),
+  });
+}
+
+export function normaliseServiceChange(c: ServiceResourceChange): ServiceResourceChange {
+  if (c === null || typeof c !== "object") throw bad("change", "the change must be an object");
+  return {
+    inputs: requireJsonObject("inputs", c.inputs),
+    state: requireJsonObject("state", c.state),
+    etag: requireText("etag", c.etag),
+    partial: requireBoolean("partial", c.partial),
+    updatedAt: requireTime("updatedAt", c.updatedAt),
+  };
+}
+
+/** The one selector of `findServiceResource`; `projectId` ("" or undefined: the operator) goes with a name only. */
+export type ServiceSelector =
+  | { by: "resourceId"; value: string }
+  | { by: "name"; value: string; projectId?: string }
+  | { by: "idempotencyKey"; value: string };
+
+export function normaliseServiceSelector(by: { resourceId?: string; name?: string; projectId?: string; idempotencyKey?: string }): ServiceSelector {
+  if (by === null || typeof by !== "object") throw bad("by", "the selector must be an object");
+  const given = (["resourceId", "name", "idempotencyKey"] as const).filter((k) => by[k] !== undefined && by[k] !== null);
+  if (given.length !== 1) {
+    throw bad("by", `give exactly one of resourceId, name (with projectId) or idempotencyKey, got ${given.length ? given.join(", ") : "none"}`);
+  }
+  if (given[0] !== "name" && by.projectId !== undefined && by.projectId !== null) {
+    throw bad("projectId", "projectId goes with a name only (resourceId and idempotencyKey are unique across projects)");
+  }
+  switch (given[0]) {
+    case "resourceId":
+      return { by: "resourceId", value: requireId("resourceId", by.resourceId) };
+    case "name":
+      return { by: "name", value: requireText("name", by.name), projectId: optionalText("projectId", by.projectId) };
+    default:
+      return { by: "idempotencyKey", value: requireText("idempotencyKey", by.idempotencyKey) };
+  }
+}
+
+export interface ServiceListValues {
+  type?: string;
+  /** null: the operator's objects; undefined: any project. */
+  projectId?: string | null;
+  afterUuid?: string;
+  limit: number;
+}
+
+export function normaliseServiceListFilter(f: { type?: string; projectId?: string | null; afterUuid?: string; limit?: number } | undefined): ServiceListValues {
+  const filter = f ?? {};
+  // An empty project id is refused rather than read as "any project": a tenant's filter must never widen.
+  const projectId = filter.projectId === null ? null : filter.projectId === undefined ? undefined : requireText("projectId", filter.projectId);
+  const limit = filter.limit ?? 100;
+  if (typeof limit !== "number" || !Number.isSafeInteger(limit) || limit < 1) throw bad("limit", "limit must be a whole number >= 1");
+  return {
+    type: filter.type === undefined ? undefined : requireText("type", filter.type),
+    projectId,
+    afterUuid: filter.afterUuid === undefined ? undefined : requireId("afterUuid", filter.afterUuid),
+    limit,
+  };
+}
+
+/** A `service_resources` row of either dialect (JSON: text in SQLite, jsonb in PostgreSQL). */
+export function serviceResourceFromRow(r: Record<string, unknown>, time: TimeText): ServiceResourceRecord {
+  const json = (v: unknown) => (typeof v === "string" ? JSON.parse(v) : v) as Record<string, unknown>;
+  return compact({
+    uuid: String(r.uuid),
+    type: String(r.type),
+    projectId: optionalString(r.project_id),
+    name: optionalString(r.name),
+    resourceId: String(r.resource_id),
+    inputs: json(r.inputs),
+    state: json(r.state),
+    etag: String(r.etag),
+    idempotencyKey: optionalString(r.idempotency_key),
+    partial: r.partial === true || Number(r.partial) === 1,
+    createdAt: time(r.created_at),
+    updatedAt: time(r.updated_at),
+  });
+}
+
+/** `messageId` of an insert refused because the object, or one with the same name, resource id or idempotency key, exists. */
+export const SERVICE_RESOURCE_EXISTS = "inventory.ServiceResourceExists";
+
+/**
+ * The `conflict` of an insert that a unique constraint refused, naming every stored object it
+ * clashes with (`clashes`: read after the refusal). The idempotency key itself is not repeated.
+ */
+export function serviceResourceExists(v: ServiceResourceRecord, clashes: ServiceResourceRecord[]): BaremetalError {
+  const reasons: string[] = [];
+  const scope = (p: string | undefined) => (p === undefined ? "of the operator" : `in project ${JSON.stringify(p)}`);
+  for (const c of clashes) {
+    if (c.uuid === v.uuid) reasons.push(`uuid ${c.uuid} exists (${c.type})`);
+    if (c.type === v.type && c.resourceId === v.resourceId) reasons.push(`${c.type} ${c.uuid} has resourceId ${JSON.stringify(c.resourceId)}`);
+    if (v.name !== undefined && c.type === v.type && c.name === v.name && (c.projectId ?? "") === (v.projectId ?? "")) {
+      reasons.push(`${c.type} ${c.uuid} is named ${JSON.stringify(c.name)} ${scope(c.projectId)}`);
+    }
+    if (v.idempotencyKey !== undefined && c.idempotencyKey === v.idempotencyKey) reasons.push(`${c.type} ${c.uuid} was created with the same idempotency key`);
+  }
+  if (!reasons.length) reasons.push("it clashed with an object that was deleted since; try again");
+  return new BaremetalError("conflict", `${v.type} ${v.uuid} cannot be stored: ${reasons.join("; ")}`, { messageId: SERVICE_RESOURCE_EXISTS });
+}
+
+export function serviceResourceNotFound(uuid: string): BaremetalError {
+  return new BaremetalError("not-found", `service object ${JSON.stringify(uuid)} does not exist`);
+}
+
+/** A `conflict` for a write against a stale etag: the same kind (and messageId) as `versionConflict`. */
+export function etagConflict(uuid: string, expected: string, actual: string): BaremetalError {
+  return new BaremetalError(
+    "conflict",
+    `service object ${JSON.stringify(uuid)} changed concurrently: expected etag ${JSON.stringify(expected)}, found ${JSON.stringify(actual)}; read it again and retry`,
+    { messageId: "inventory.VersionConflict" },
+  );
 }

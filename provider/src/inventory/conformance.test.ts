@@ -25,6 +25,8 @@ import {
   PORT_ATTACHED,
   rankNodes,
   SCHEMA_VERSION,
+  ServiceResourceChange,
+  ServiceResourceRecord,
   sqliteUrl,
   SUBNET_EXHAUSTED,
   SWITCH_PORT_IN_USE,
@@ -865,6 +867,278 @@ describe.each([sqliteBackend, postgresBackend])("inventory conformance: $name", 
       { ...base, requestId: "r3", projectId: "project-a", seq: a2.seq },
     ]);
     expect((await inv.listAudit({ afterSeq: a1.seq, limit: 1 })).map((e) => e.requestId)).toEqual(["r2"]);
+  });
+
+  // ---- objects the service manages for tenants (broker mode) -----------------------------------
+
+  const VOLUME = "baremetal:storage:Volume";
+  const KEY = "baremetal:kms:Key";
+  const T0 = "2026-11-23T00:00:00.000Z";
+  const uuidOf = (n: number) => `00000000-0000-4000-8000-${String(n).padStart(12, "0")}`;
+  const svc = (n: number, extra: Partial<ServiceResourceRecord> = {}): ServiceResourceRecord => ({
+    uuid: uuidOf(n),
+    type: VOLUME,
+    projectId: "project-a",
+    name: `vol-${n}`,
+    resourceId: `pool-1/vol-${n}`,
+    inputs: { sizeGiB: 10 * n },
+    state: { device: `/dev/nvme${n}` },
+    etag: `e${n}`,
+    partial: false,
+    createdAt: T0,
+    updatedAt: T0,
+    ...extra,
+  });
+  const change = (etag: string, extra: Partial<ServiceResourceChange> = {}): ServiceResourceChange => ({
+    inputs: { sizeGiB: 20 },
+    state: { device: "/dev/nvme9", grown: true },
+    etag,
+    partial: false,
+    updatedAt: "2026-11-24T00:00:00.000Z",
+    ...extra,
+  });
+
+  test("service objects: stored and read back as given, found by resourceId, by name in a project (or the operator's) and by idempotency key", async () => {
+    const a = svc(1, { idempotencyKey: "idem-1", partial: true });
+    const op = svc(2, { projectId: undefined, name: "shared", resourceId: "pool-1/op" });
+    const unnamed = svc(3, { name: undefined, resourceId: "pool-1/anon" });
+    for (const r of [a, op, unnamed]) await inv.insertServiceResource(r);
+
+    expect(await inv.getServiceResource(a.uuid)).toEqual(a);
+    const gotOp = await inv.getServiceResource(op.uuid);
+    expect(gotOp).toEqual(op);
+    expect(gotOp).not.toHaveProperty("projectId"); // unset optional fields are absent
+    expect(gotOp).not.toHaveProperty("idempotencyKey");
+    expect(await inv.getServiceResource(unnamed.uuid)).not.toHaveProperty("name");
+    expect(await inv.getServiceResource(uuidOf(99))).toBeUndefined();
+
+    expect(await inv.findServiceResource(VOLUME, { resourceId: "pool-1/vol-1" })).toEqual(a);
+    expect(await inv.findServiceResource(KEY, { resourceId: "pool-1/vol-1" })).toBeUndefined(); // per type
+    expect(await inv.findServiceResource(VOLUME, { name: "vol-1", projectId: "project-a" })).toEqual(a);
+    expect(await inv.findServiceResource(VOLUME, { name: "vol-1", projectId: "project-b" })).toBeUndefined();
+    expect(await inv.findServiceResource(VOLUME, { name: "vol-1" })).toBeUndefined(); // the operator's scope
+    expect(await inv.findServiceResource(VOLUME, { name: "shared" })).toEqual(op);
+    expect(await inv.findServiceResource(VOLUME, { name: "shared", projectId: undefined })).toEqual(op);
+    expect(await inv.findServiceResource(VOLUME, { name: "shared", projectId: "project-a" })).toBeUndefined();
+    expect(await inv.findServiceResource(VOLUME, { idempotencyKey: "idem-1" })).toEqual(a);
+    expect(await inv.findServiceResource(KEY, { idempotencyKey: "idem-1" })).toBeUndefined();
+    expect(await inv.findServiceResource(VOLUME, { idempotencyKey: "idem-2" })).toBeUndefined();
+
+    // Times are stored in UTC with milliseconds, whatever zone they were given in.
+    await inv.insertServiceResource(svc(4, { createdAt: "2026-11-23T01:00:00+01:00", updatedAt: "2026-11-23T00:00:00.5Z" }));
+    expect(await inv.getServiceResource(uuidOf(4))).toMatchObject({ createdAt: T0, updatedAt: "2026-11-23T00:00:00.500Z" });
+  });
+
+  test("service objects: malformed arguments are refused with the property named", async () => {
+    await inv.insertServiceResource(svc(1));
+    const v = (p: Promise<unknown>) => failure(p).then((e) => ({ code: e.code, property: e.property }));
+    expect(await v(inv.findServiceResource(VOLUME, {}))).toEqual({ code: "validation", property: "by" });
+    expect(await v(inv.findServiceResource(VOLUME, { resourceId: "pool-1/vol-1", name: "vol-1" }))).toEqual({ code: "validation", property: "by" });
+    expect(await v(inv.findServiceResource(VOLUME, { resourceId: "pool-1/vol-1", projectId: "project-a" }))).toEqual({ code: "validation", property: "projectId" });
+    expect(await v(inv.findServiceResource("", { resourceId: "x" }))).toEqual({ code: "validation", property: "type" });
+    expect(await v(inv.insertServiceResource(svc(2, { inputs: [] as unknown as Record<string, unknown> })))).toEqual({ code: "validation", property: "inputs" });
+    expect(await v(inv.insertServiceResource(svc(2, { state: { s: "\ud800" } })))).toEqual({ code: "validation", property: "state" });
+    expect(await v(inv.insertServiceResource(svc(2, { state: { s: "a\u0000b" } })))).toEqual({ code: "validation", property: "state" });
+    expect(await v(inv.insertServiceResource(svc(2, { createdAt: "yesterday" })))).toEqual({ code: "validation", property: "createdAt" });
+    expect(await v(inv.insertServiceResource(svc(2, { partial: "no" as unknown as boolean })))).toEqual({ code: "validation", property: "partial" });
+    expect(await v(inv.insertServiceResource(svc(2, { resourceId: "" })))).toEqual({ code: "validation", property: "resourceId" });
+    expect(await v(inv.updateServiceResource(uuidOf(1), change("e2", { updatedAt: "2026-11-24" })))).toEqual({ code: "validation", property: "updatedAt" });
+    expect(await v(inv.listServiceResources({ limit: 0 }))).toEqual({ code: "validation", property: "limit" });
+    // An empty project id never widens a filter to every project.
+    expect(await v(inv.listServiceResources({ projectId: "" }))).toEqual({ code: "validation", property: "projectId" });
+    expect(await inv.listServiceResources()).toHaveLength(1); // nothing malformed was stored
+  });
+
+  test("service objects: every uniqueness is a conflict (uuid, type and resourceId, project type and name, idempotency key)", async () => {
+    const a = svc(1, { idempotencyKey: "idem-1" });
+    await inv.insertServiceResource(a);
+    await inv.insertServiceResource(svc(2, { projectId: undefined, name: "op-vol" }));
+    const refused = async (r: ServiceResourceRecord, why: RegExp) => {
+      const e = await failure(inv.insertServiceResource(r));
+      expect(e).toMatchObject({ code: "conflict", messageId: "inventory.ServiceResourceExists" });
+      expect(e.message).toMatch(why);
+      expect(e.message).not.toContain("idem-1"); // the client's key is not echoed
+    };
+    await refused(svc(1, { type: KEY, name: "other", resourceId: "k1", idempotencyKey: undefined }), new RegExp(`uuid ${uuidOf(1)} exists`));
+    await refused(svc(3, { name: "vol-3", resourceId: a.resourceId }), /has resourceId "pool-1\/vol-1"/);
+    await refused(svc(3, { name: "vol-1" }), /is named "vol-1" in project "project-a"/);
+    await refused(svc(3, { projectId: undefined, name: "op-vol" }), /is named "op-vol" of the operator/);
+    await refused(svc(3, { idempotencyKey: "idem-1" }), /was created with the same idempotency key/);
+    await refused(svc(3, { resourceId: a.resourceId, name: "vol-1", idempotencyKey: "idem-1" }), /resourceId.*named.*idempotency key/);
+
+    // What is unique only in its scope is not refused elsewhere.
+    await inv.insertServiceResource(svc(3, { projectId: "project-b", name: "vol-1" })); // same name, other project
+    await inv.insertServiceResource(svc(4, { projectId: undefined, name: "vol-1" })); // same name, the operator's
+    await inv.insertServiceResource(svc(5, { type: KEY, name: "vol-1", resourceId: a.resourceId })); // same name and resourceId, other type
+    await inv.insertServiceResource(svc(6, { name: undefined })); // unnamed objects never clash by name
+    await inv.insertServiceResource(svc(7, { name: undefined }));
+    expect((await inv.listServiceResources()).map((r) => r.uuid)).toEqual([1, 2, 3, 4, 5, 6, 7].map(uuidOf));
+    expect(await inv.getServiceResource(uuidOf(1))).toEqual(a); // the refusals changed nothing
+
+    // The database itself refuses them, whatever the code does (two service instances, one database).
+    const cols = "(uuid, type, project_id, name, resource_id, inputs, state, etag, idempotency_key, partial, created_at, updated_at)";
+    const row = (uuid: string, project: string, name: string, resourceId: string, key: string) =>
+      `INSERT INTO service_resources ${cols} VALUES ('${uuid}', '${VOLUME}', ${project}, ${name}, '${resourceId}', '{}', '{}', 'e', ${key}, false, '${T0}', '${T0}')`;
+    for (const sql of [
+      row("x1", "'project-z'", "'x1'", "pool-1/vol-1", "NULL"),
+      row("x2", "'project-a'", "'vol-1'", "pool-1/x2", "NULL"),
+      row("x3", "NULL", "'op-vol'", "pool-1/x3", "NULL"),
+      row("x4", "NULL", "NULL", "pool-1/x4", "'idem-1'"),
+    ]) {
+      await expect(db.exec(sql)).rejects.toThrow(/unique/i);
+    }
+  });
+
+  test("service objects: updates compare the etag (matching, stale, absent object), deletes too", async () => {
+    const a = svc(1);
+    await inv.insertServiceResource(a);
+    const updated = await inv.updateServiceResource(a.uuid, change("e2", { partial: true }), "e1");
+    expect(updated).toEqual({ ...a, inputs: { sizeGiB: 20 }, state: { device: "/dev/nvme9", grown: true }, etag: "e2", partial: true, updatedAt: "2026-11-24T00:00:00.000Z" });
+    expect(await inv.getServiceResource(a.uuid)).toEqual(updated); // returned as stored
+
+    const stale = await failure(inv.updateServiceResource(a.uuid, change("e3"), "e1"));
+    expect(stale).toMatchObject({ code: "conflict", messageId: "inventory.VersionConflict" });
+    expect(stale.message).toMatch(/expected etag "e1", found "e2"/);
+    expect(await inv.getServiceResource(a.uuid)).toEqual(updated); // unchanged
+
+    expect(await failure(inv.updateServiceResource(uuidOf(99), change("e3"), "e1"))).toMatchObject({ code: "not-found" });
+    expect(await failure(inv.updateServiceResource(uuidOf(99), change("e3")))).toMatchObject({ code: "not-found" });
+    // Without an expected etag the update is unconditional.
+    expect((await inv.updateServiceResource(a.uuid, change("e3", { partial: false }))).etag).toBe("e3");
+
+    const staleDelete = await failure(inv.deleteServiceResource(a.uuid, "e2"));
+    expect(staleDelete).toMatchObject({ code: "conflict", messageId: "inventory.VersionConflict" });
+    expect(await inv.getServiceResource(a.uuid)).toBeDefined();
+    expect(await inv.deleteServiceResource(a.uuid, "e3")).toBe(true);
+    expect(await inv.getServiceResource(a.uuid)).toBeUndefined();
+    expect(await inv.deleteServiceResource(a.uuid, "e3")).toBe(false);
+    expect(await inv.deleteServiceResource(a.uuid)).toBe(false);
+    await inv.insertServiceResource(svc(2));
+    expect(await inv.deleteServiceResource(uuidOf(2))).toBe(true); // unconditional
+    // Its name, resource id and uuid are free again.
+    await inv.insertServiceResource(a);
+  });
+
+  test("service objects: listed by uuid in byte order, filtered by type and project (null: the operator's), paged by keyset", async () => {
+    // Upper case sorts before lower case in byte order (not in most locales).
+    const ids = ["a0000000-0000-4000-8000-000000000000", "A0000000-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000001", "f0000000-0000-4000-8000-000000000000", "90000000-0000-4000-8000-000000000000"];
+    const projects = ["project-a", undefined, "project-b", "project-a", undefined];
+    const types = [VOLUME, VOLUME, KEY, KEY, VOLUME];
+    for (let i = 0; i < ids.length; i++) {
+      await inv.insertServiceResource(svc(i + 1, { uuid: ids[i], projectId: projects[i], type: types[i] }));
+    }
+    const list = async (f?: Parameters<Inventory["listServiceResources"]>[0]) => (await inv.listServiceResources(f)).map((r) => r.uuid);
+    const sorted = [...ids].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0));
+    expect(sorted[1]).toBe("90000000-0000-4000-8000-000000000000");
+    expect(await list()).toEqual(sorted);
+    expect(await list({ type: KEY })).toEqual([ids[2], ids[3]]);
+    expect(await list({ projectId: "project-a" })).toEqual([ids[0], ids[3]]);
+    expect(await list({ projectId: null })).toEqual([ids[4], ids[1]]);
+    expect(await list({ projectId: null, type: VOLUME })).toEqual([ids[4], ids[1]]);
+    expect(await list({ projectId: "project-a", type: VOLUME })).toEqual([ids[0]]);
+    expect(await list({ projectId: "project-c" })).toEqual([]);
+    expect((await inv.listServiceResources({ projectId: "project-a" }))[0]).toEqual(svc(1, { uuid: ids[0], projectId: "project-a", type: VOLUME }));
+
+    // Keyset pages of two: every object once, in order, whatever happens between the pages.
+    const pages: string[][] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await list({ afterUuid: after, limit: 2 });
+      if (!page.length) break;
+      pages.push(page);
+      after = page[page.length - 1];
+      if (pages.length === 1) await inv.deleteServiceResource(page[0]); // behind the cursor: no page shifts
+    }
+    expect(pages).toEqual([sorted.slice(0, 2), sorted.slice(2, 4), sorted.slice(4)]);
+    expect(await list({ afterUuid: sorted[2], limit: 1 })).toEqual([sorted[3]]);
+    expect(sorted[2]).toBe(ids[1]); // "A0..."; after it: "a0..." (project-a), "f0..." (project-a)
+    expect(await list({ afterUuid: sorted[2], projectId: "project-a" })).toEqual([ids[0], ids[3]]);
+    expect(await list({ afterUuid: sorted[2], projectId: null })).toEqual([]);
+    expect(await list({ afterUuid: "~" })).toEqual([]);
+
+    // The default page is 100 objects.
+    for (let i = 10; i < 115; i++) await inv.insertServiceResource(svc(i, { name: undefined }));
+    expect(await list()).toHaveLength(100);
+    expect(await list({ limit: 1000 })).toHaveLength(109);
+  });
+
+  test("service objects: inputs and state round trip as JSON (nesting, numbers, booleans, null, unicode)", async () => {
+    const inputs = {
+      sizeGiB: 1024,
+      ratio: 0.1,
+      negative: -17.25,
+      big: 9007199254740991,
+      tiny: 5e-324,
+      huge: 1.7976931348623157e308,
+      exp: 1e21,
+      on: true,
+      off: false,
+      none: null,
+      empty: {},
+      emptyList: [],
+      nested: { deeper: { list: [1, [2, [3, { four: "4" }]], "five", { six: [true, false, null] }] } },
+      "clé é 鍵 🔑": "ünïcödé — 日本語 — 🚀 — \u200b — \"quoted\" \\ back\nslash\ttab",
+      order: { z: 1, a: 2, m: [3, 2, 1] },
+    };
+    const state = { wwn: "naa.600", targets: [{ portal: "[2001:db8::1]:3260", lun: 0 }], attempts: [[], [[]], [{}]], "": "empty key" };
+    const a = svc(1, { inputs, state });
+    await inv.insertServiceResource(a);
+    expect(await inv.getServiceResource(a.uuid)).toEqual(a);
+    const reopened = await open(); // another instance reads what this one stored
+    expect((await reopened.getServiceResource(a.uuid))?.inputs).toEqual(inputs);
+    expect((await reopened.findServiceResource(VOLUME, { resourceId: a.resourceId }))?.state).toEqual(state);
+    const changed = await inv.updateServiceResource(a.uuid, change("e2", { inputs: state, state: inputs }), "e1");
+    expect(changed.inputs).toEqual(state);
+    expect(changed.state).toEqual(inputs);
+    expect((await inv.listServiceResources())[0].state).toEqual(inputs);
+    // Undefined members are dropped (as JSON does).
+    await inv.updateServiceResource(a.uuid, change("e3", { state: { kept: 1, dropped: undefined } }));
+    expect((await inv.getServiceResource(a.uuid))?.state).toEqual({ kept: 1 });
+    expect((await inv.getServiceResource(a.uuid))?.state).not.toHaveProperty("dropped");
+  });
+
+  test("service objects: of concurrent writes expecting the same etag exactly one wins (one inventory, and several on one database)", async () => {
+    const a = svc(1);
+    await inv.insertServiceResource(a);
+    const others = [await open(), await open()];
+    const writers = [inv, ...others];
+    let etag = "e1";
+    for (let round = 0; round < 8; round++) {
+      // Several writes per instance, all at once, all expecting the etag read before.
+      const attempts = Array.from({ length: 9 }, (_, i) => ({ by: writers[i % writers.length], etag: `r${round}-w${i}` }));
+      const outcomes = await Promise.allSettled(
+        attempts.map((w, i) => w.by.updateServiceResource(a.uuid, change(w.etag, { state: { round, writer: i } }), etag)),
+      );
+      const won = attempts.filter((_, i) => outcomes[i].status === "fulfilled");
+      expect(won).toHaveLength(1);
+      for (const o of outcomes) {
+        if (o.status === "rejected") expect(o.reason).toMatchObject({ code: "conflict", messageId: "inventory.VersionConflict" });
+      }
+      const stored = await others[round % 2].getServiceResource(a.uuid);
+      expect(stored?.etag).toBe(won[0].etag);
+      expect(stored?.state).toEqual({ round, writer: attempts.indexOf(won[0]) });
+      etag = won[0].etag;
+    }
+
+    // An update and a delete expecting the same etag: exactly one of them happens.
+    for (let round = 0; round < 4; round++) {
+      const [u, d] = await Promise.allSettled([
+        others[0].updateServiceResource(a.uuid, change(`u${round}`), etag),
+        others[1].deleteServiceResource(a.uuid, etag),
+      ]);
+      const stored = await inv.getServiceResource(a.uuid);
+      if (u.status === "fulfilled") {
+        expect(d).toMatchObject({ status: "rejected", reason: { code: "conflict" } });
+        expect(stored?.etag).toBe(`u${round}`);
+        etag = `u${round}`;
+      } else {
+        expect(d).toEqual({ status: "fulfilled", value: true });
+        expect(u.reason).toMatchObject({ code: "not-found" });
+        expect(stored).toBeUndefined();
+        await inv.insertServiceResource(a);
+        etag = a.etag;
+      }
+    }
   });
 
   test("migrations: recorded once, idempotent on re-open, data kept", async () => {

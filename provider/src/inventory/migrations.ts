@@ -32,6 +32,19 @@
  *   once and never cleared.
  * - `audit_log` is append-only: `seq` orders it (and pages it); rows are never updated.
  *
+ * Schema notes (v4, the service's objects in broker mode, issue 8):
+ * - `service_resources` holds what the service keeps of each object it manages for a tenant (a
+ *   resource's inputs and handler state). The uniqueness rules live in the database, so several
+ *   service instances sharing one PostgreSQL cannot both insert the same thing:
+ *   `UNIQUE (type, resource_id)` (the handler's id, per resource type),
+ *   `service_resources_name` on `(coalesce(project_id, ''), type, name) WHERE name IS NOT NULL`
+ *   (a name once per project and type; the operator's objects, without project, form one scope:
+ *   the code never stores an empty project id), and `service_resources_idempotency_key`
+ *   (a client's Idempotency-Key once).
+ * - `etag` is the token of optimistic concurrency: a conditional update or delete is one
+ *   statement `... WHERE uuid = ? AND etag = ?`, never a read then a write.
+ * - `uuid` is ordered byte-wise on both engines (PostgreSQL: `COLLATE "C"`): keyset pages by uuid.
+ *
  * Schema notes (v2, tenant networks):
  * - `networks UNIQUE (fabric, vlan)`: a VLAN id is used once per fabric, whatever the code does.
  *   The choice of the lowest free VLAN is serialised per fabric (SQLite: the write lock;
@@ -361,6 +374,52 @@ export const MIGRATIONS: readonly Migration[] = [
         detail text
       )`,
       `CREATE INDEX audit_log_project ON audit_log (project_id, seq)`,
+    ],
+  },
+  {
+    version: 4,
+    name: "service: objects managed for tenants (broker mode)",
+    sqlite: [
+      `CREATE TABLE service_resources (
+        uuid TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        project_id TEXT,
+        name TEXT,
+        resource_id TEXT NOT NULL,
+        inputs TEXT NOT NULL CHECK (json_valid(inputs) AND json_type(inputs) = 'object'),
+        state TEXT NOT NULL CHECK (json_valid(state) AND json_type(state) = 'object'),
+        etag TEXT NOT NULL,
+        idempotency_key TEXT,
+        partial INTEGER NOT NULL DEFAULT 0 CHECK (partial IN (0, 1)),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (type, resource_id)
+      )`,
+      `CREATE UNIQUE INDEX service_resources_name ON service_resources (coalesce(project_id, ''), type, name) WHERE name IS NOT NULL`,
+      `CREATE UNIQUE INDEX service_resources_idempotency_key ON service_resources (idempotency_key) WHERE idempotency_key IS NOT NULL`,
+      `CREATE INDEX service_resources_project ON service_resources (project_id, uuid)`,
+      `CREATE INDEX service_resources_type ON service_resources (type, uuid)`,
+    ],
+    postgres: [
+      `CREATE TABLE service_resources (
+        uuid text COLLATE "C" PRIMARY KEY,
+        type text NOT NULL,
+        project_id text,
+        name text,
+        resource_id text NOT NULL,
+        inputs jsonb NOT NULL CHECK (jsonb_typeof(inputs) = 'object'),
+        state jsonb NOT NULL CHECK (jsonb_typeof(state) = 'object'),
+        etag text NOT NULL,
+        idempotency_key text,
+        partial boolean NOT NULL DEFAULT false,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        UNIQUE (type, resource_id)
+      )`,
+      `CREATE UNIQUE INDEX service_resources_name ON service_resources (coalesce(project_id, ''), type, name) WHERE name IS NOT NULL`,
+      `CREATE UNIQUE INDEX service_resources_idempotency_key ON service_resources (idempotency_key) WHERE idempotency_key IS NOT NULL`,
+      `CREATE INDEX service_resources_project ON service_resources (project_id, uuid)`,
+      `CREATE INDEX service_resources_type ON service_resources (type, uuid)`,
     ],
   },
 ];

@@ -75,6 +75,15 @@ import {
   optionalVersion,
   redactUrl,
   requireId,
+  canonicalJson,
+  etagConflict,
+  normaliseServiceChange,
+  normaliseServiceListFilter,
+  normaliseServiceResource,
+  normaliseServiceSelector,
+  serviceResourceExists,
+  serviceResourceFromRow,
+  serviceResourceNotFound,
   requireLockRequest,
   requireState,
   requireText,
@@ -143,6 +152,8 @@ import {
   PortFilter,
   PortInput,
   PortRecord,
+  ServiceResourceChange,
+  ServiceResourceRecord,
   SubnetFilter,
   SubnetInput,
   SubnetRecord,
@@ -1196,6 +1207,111 @@ export class PostgresInventory implements Inventory {
         ? await this.q("reading the audit log", "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", [after, limit])
         : await this.q("reading the audit log", "SELECT * FROM audit_log WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", [filter.projectId, after, limit]);
     return rows.map((r) => auditFromRow(r, iso));
+  }
+
+  // ---- objects the service manages for tenants (broker mode, issue 8) ----------------------------
+  //
+  // Each call is one statement (plus a read to explain a refusal): the unique constraints and
+  // indexes arbitrate between service instances sharing the database, and a conditional update or
+  // delete compares the etag in its own WHERE clause. A concurrent writer of the same row waits for
+  // the row lock, then PostgreSQL re-evaluates `etag = $n` on the newest version (EvalPlanQual),
+  // so of two writers expecting the same etag exactly one matches.
+
+  async insertServiceResource(r: ServiceResourceRecord): Promise<void> {
+    const v = normaliseServiceResource(r);
+    // DO NOTHING without a target covers every unique constraint and index, and only those.
+    const rows = await this.q(
+      "storing a service object",
+      `INSERT INTO service_resources (uuid, type, project_id, name, resource_id, inputs, state, etag, idempotency_key, partial, created_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING uuid`,
+      [
+        v.uuid, v.type, v.projectId ?? null, v.name ?? null, v.resourceId, canonicalJson(v.inputs), canonicalJson(v.state), v.etag,
+        v.idempotencyKey ?? null, v.partial, v.createdAt, v.updatedAt,
+      ],
+    );
+    if (rows.length) return;
+    const clashes = await this.q(
+      "storing a service object",
+      `SELECT * FROM service_resources WHERE uuid = $1 OR (type = $2 AND resource_id = $3)
+         OR (type = $2 AND name = $4 AND coalesce(project_id, '') = $5) OR idempotency_key = $6 ORDER BY uuid`,
+      [v.uuid, v.type, v.resourceId, v.name ?? null, v.projectId ?? "", v.idempotencyKey ?? null],
+    );
+    throw serviceResourceExists(v, clashes.map((row) => serviceResourceFromRow(row, iso)));
+  }
+
+  async getServiceResource(uuid: string): Promise<ServiceResourceRecord | undefined> {
+    requireId("uuid", uuid);
+    const rows = await this.q("reading a service object", "SELECT * FROM service_resources WHERE uuid = $1", [uuid]);
+    return rows.length ? serviceResourceFromRow(rows[0], iso) : undefined;
+  }
+
+  async findServiceResource(
+    type: string,
+    by: { resourceId?: string; name?: string; projectId?: string; idempotencyKey?: string },
+  ): Promise<ServiceResourceRecord | undefined> {
+    requireText("type", type);
+    const s = normaliseServiceSelector(by);
+    const rows =
+      s.by === "resourceId"
+        ? await this.q("finding a service object", "SELECT * FROM service_resources WHERE type = $1 AND resource_id = $2", [type, s.value])
+        : s.by === "name"
+          ? await this.q(
+              "finding a service object",
+              "SELECT * FROM service_resources WHERE coalesce(project_id, '') = $1 AND type = $2 AND name = $3",
+              [s.projectId ?? "", type, s.value],
+            )
+          : await this.q("finding a service object", "SELECT * FROM service_resources WHERE idempotency_key = $1 AND type = $2", [s.value, type]);
+    return rows.length ? serviceResourceFromRow(rows[0], iso) : undefined;
+  }
+
+  async updateServiceResource(uuid: string, change: ServiceResourceChange, expectedEtag?: string): Promise<ServiceResourceRecord> {
+    requireId("uuid", uuid);
+    const c = normaliseServiceChange(change);
+    const expected = expectedEtag === undefined ? undefined : requireText("expectedEtag", expectedEtag);
+    const rows = await this.q(
+      "updating a service object",
+      `UPDATE service_resources SET inputs = $1, state = $2, etag = $3, partial = $4, updated_at = $5
+       WHERE uuid = $6 AND ($7::text IS NULL OR etag = $7) RETURNING *`,
+      [canonicalJson(c.inputs), canonicalJson(c.state), c.etag, c.partial, c.updatedAt, uuid, expected ?? null],
+    );
+    if (rows.length) return serviceResourceFromRow(rows[0], iso);
+    // Nothing matched: absent, or (with an expected etag) changed since the caller read it.
+    const cur = await this.q("updating a service object", "SELECT etag FROM service_resources WHERE uuid = $1", [uuid]);
+    if (!cur.length) throw serviceResourceNotFound(uuid);
+    throw etagConflict(uuid, expected!, String(cur[0].etag));
+  }
+
+  async deleteServiceResource(uuid: string, expectedEtag?: string): Promise<boolean> {
+    requireId("uuid", uuid);
+    const expected = expectedEtag === undefined ? undefined : requireText("expectedEtag", expectedEtag);
+    const rows = await this.q(
+      "deleting a service object",
+      "DELETE FROM service_resources WHERE uuid = $1 AND ($2::text IS NULL OR etag = $2) RETURNING uuid",
+      [uuid, expected ?? null],
+    );
+    if (rows.length) return true;
+    if (expected === undefined) return false;
+    const cur = await this.q("deleting a service object", "SELECT etag FROM service_resources WHERE uuid = $1", [uuid]);
+    if (cur.length) throw etagConflict(uuid, expected, String(cur[0].etag));
+    return false;
+  }
+
+  async listServiceResources(filter?: { type?: string; projectId?: string | null; afterUuid?: string; limit?: number }): Promise<ServiceResourceRecord[]> {
+    const f = normaliseServiceListFilter(filter);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const param = (v: unknown) => (params.push(v), `$${params.length}`);
+    if (f.type !== undefined) where.push(`type = ${param(f.type)}`);
+    if (f.projectId === null) where.push("project_id IS NULL");
+    else if (f.projectId !== undefined) where.push(`project_id = ${param(f.projectId)}`);
+    // uuid is COLLATE "C": byte order, as SQLite's BINARY.
+    if (f.afterUuid !== undefined) where.push(`uuid > ${param(f.afterUuid)}`);
+    const rows = await this.q(
+      "listing service objects",
+      `SELECT * FROM service_resources${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY uuid LIMIT ${param(f.limit)}`,
+      params,
+    );
+    return rows.map((r) => serviceResourceFromRow(r, iso));
   }
 
   async close(): Promise<void> {

@@ -32,6 +32,7 @@ import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import {
   auditFromRow,
+  canonicalJson,
   ClaimValues,
   closedError,
   compact,
@@ -49,8 +50,16 @@ import {
   normaliseNode,
   optionalText,
   optionalVersion,
+  normaliseServiceChange,
+  normaliseServiceListFilter,
+  normaliseServiceResource,
+  normaliseServiceSelector,
   rankNodes,
   requireId,
+  etagConflict,
+  serviceResourceExists,
+  serviceResourceFromRow,
+  serviceResourceNotFound,
   requireLockRequest,
   requireState,
   requireText,
@@ -122,6 +131,8 @@ import {
   PortFilter,
   PortInput,
   PortRecord,
+  ServiceResourceChange,
+  ServiceResourceRecord,
   SubnetFilter,
   SubnetInput,
   SubnetRecord,
@@ -1063,6 +1074,99 @@ export class SqliteInventory implements Inventory {
         : this.all("SELECT * FROM audit_log WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?", filter.projectId, after, limit),
     );
     return rows.map((r) => auditFromRow(r, String));
+  }
+
+  // ---- objects the service manages for tenants (broker mode, issue 8) ----------------------------
+
+  async insertServiceResource(r: ServiceResourceRecord): Promise<void> {
+    const v = normaliseServiceResource(r);
+    await this.write("storing a service object", () => {
+      // DO NOTHING covers every unique constraint and index (and only those: CHECKs still fail).
+      const stored = this.run(
+        `INSERT INTO service_resources (uuid, type, project_id, name, resource_id, inputs, state, etag, idempotency_key, partial, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+        v.uuid, v.type, p(v.projectId), p(v.name), v.resourceId, canonicalJson(v.inputs), canonicalJson(v.state), v.etag,
+        p(v.idempotencyKey), p(v.partial), v.createdAt, v.updatedAt,
+      );
+      if (stored === 0) {
+        const clashes = this.all(
+          `SELECT * FROM service_resources WHERE uuid = ? OR (type = ? AND resource_id = ?)
+             OR (type = ? AND name = ? AND coalesce(project_id, '') = ?) OR idempotency_key = ? ORDER BY uuid`,
+          v.uuid, v.type, v.resourceId, v.type, p(v.name), v.projectId ?? "", p(v.idempotencyKey),
+        );
+        throw serviceResourceExists(v, clashes.map((row) => serviceResourceFromRow(row, String)));
+      }
+    });
+  }
+
+  async getServiceResource(uuid: string): Promise<ServiceResourceRecord | undefined> {
+    requireId("uuid", uuid);
+    const r = await this.read("reading a service object", () => this.get("SELECT * FROM service_resources WHERE uuid = ?", uuid));
+    return r ? serviceResourceFromRow(r, String) : undefined;
+  }
+
+  async findServiceResource(
+    type: string,
+    by: { resourceId?: string; name?: string; projectId?: string; idempotencyKey?: string },
+  ): Promise<ServiceResourceRecord | undefined> {
+    requireText("type", type);
+    const s = normaliseServiceSelector(by);
+    const r = await this.read("finding a service object", () =>
+      s.by === "resourceId"
+        ? this.get("SELECT * FROM service_resources WHERE type = ? AND resource_id = ?", type, s.value)
+        : s.by === "name"
+          ? this.get("SELECT * FROM service_resources WHERE coalesce(project_id, '') = ? AND type = ? AND name = ?", s.projectId ?? "", type, s.value)
+          : this.get("SELECT * FROM service_resources WHERE idempotency_key = ? AND type = ?", s.value, type),
+    );
+    return r ? serviceResourceFromRow(r, String) : undefined;
+  }
+
+  async updateServiceResource(uuid: string, change: ServiceResourceChange, expectedEtag?: string): Promise<ServiceResourceRecord> {
+    requireId("uuid", uuid);
+    const c = normaliseServiceChange(change);
+    const expected = expectedEtag === undefined ? undefined : requireText("expectedEtag", expectedEtag);
+    return this.write("updating a service object", () => {
+      // One statement: the etag is compared by the UPDATE itself.
+      const set = "UPDATE service_resources SET inputs = ?, state = ?, etag = ?, partial = ?, updated_at = ? WHERE uuid = ?";
+      const values = [canonicalJson(c.inputs), canonicalJson(c.state), c.etag, p(c.partial), c.updatedAt, uuid];
+      const row =
+        expected === undefined
+          ? this.get(`${set} RETURNING *`, ...values)
+          : this.get(`${set} AND etag = ? RETURNING *`, ...values, expected);
+      if (row) return serviceResourceFromRow(row, String);
+      const cur = this.get("SELECT etag FROM service_resources WHERE uuid = ?", uuid);
+      if (!cur) throw serviceResourceNotFound(uuid);
+      throw etagConflict(uuid, expected!, String(cur.etag));
+    });
+  }
+
+  async deleteServiceResource(uuid: string, expectedEtag?: string): Promise<boolean> {
+    requireId("uuid", uuid);
+    const expected = expectedEtag === undefined ? undefined : requireText("expectedEtag", expectedEtag);
+    return this.write("deleting a service object", () => {
+      const deleted =
+        expected === undefined
+          ? this.run("DELETE FROM service_resources WHERE uuid = ?", uuid)
+          : this.run("DELETE FROM service_resources WHERE uuid = ? AND etag = ?", uuid, expected);
+      if (deleted === 1) return true;
+      const cur = expected === undefined ? undefined : this.get("SELECT etag FROM service_resources WHERE uuid = ?", uuid);
+      if (cur) throw etagConflict(uuid, expected!, String(cur.etag));
+      return false;
+    });
+  }
+
+  async listServiceResources(filter?: { type?: string; projectId?: string | null; afterUuid?: string; limit?: number }): Promise<ServiceResourceRecord[]> {
+    const f = normaliseServiceListFilter(filter);
+    const where: string[] = [];
+    const params: SQLInputValue[] = [];
+    if (f.type !== undefined) (where.push("type = ?"), params.push(f.type));
+    if (f.projectId === null) where.push("project_id IS NULL");
+    else if (f.projectId !== undefined) (where.push("project_id = ?"), params.push(f.projectId));
+    if (f.afterUuid !== undefined) (where.push("uuid > ?"), params.push(f.afterUuid));
+    const rows = await this.read("listing service objects", () =>
+      this.all(`SELECT * FROM service_resources${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY uuid LIMIT ?`, ...params, f.limit),
+    );
+    return rows.map((r) => serviceResourceFromRow(r, String));
   }
 
   async close(): Promise<void> {

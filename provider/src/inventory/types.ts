@@ -492,6 +492,20 @@ export interface Inventory {
   /** Audit records after `afterSeq` (default: from the start), oldest first, at most `limit` (default 100). */
   listAudit(filter?: { projectId?: string; afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
 
+  // ---- objects the service manages for tenants (broker mode, issue 8) ----------------------------
+
+  /** Stores a new service object; a `conflict` error when its uuid, (type, resourceId), (projectId, type, name) or idempotencyKey exists. */
+  insertServiceResource(r: ServiceResourceRecord): Promise<void>;
+  getServiceResource(uuid: string): Promise<ServiceResourceRecord | undefined>;
+  /** The object of `type` with this resourceId, or (projectId, name), or idempotencyKey: give exactly one of resourceId, name (with projectId, which may be undefined for the operator) or idempotencyKey. */
+  findServiceResource(type: string, by: { resourceId?: string; name?: string; projectId?: string; idempotencyKey?: string }): Promise<ServiceResourceRecord | undefined>;
+  /** Replaces inputs/state/etag/partial/updatedAt; `not-found` when absent; a version conflict (the same error kind updates of nodes raise on a stale version: code `conflict`) when `expectedEtag` is given and differs. Returns the record as stored. */
+  updateServiceResource(uuid: string, change: ServiceResourceChange, expectedEtag?: string): Promise<ServiceResourceRecord>;
+  /** Deletes; false when absent; a conflict when `expectedEtag` is given and differs. */
+  deleteServiceResource(uuid: string, expectedEtag?: string): Promise<boolean>;
+  /** Objects ordered by uuid (byte order), after `afterUuid` when given, at most `limit` (default 100); filters all hold when given (projectId: null means the operator's objects, undefined means any project). */
+  listServiceResources(filter?: { type?: string; projectId?: string | null; afterUuid?: string; limit?: number }): Promise<ServiceResourceRecord[]>;
+
   /** Closes connections. Idempotent; other calls fail afterwards. */
   close(): Promise<void>;
 }
@@ -527,4 +541,45 @@ export interface AuditInput {
 
 export interface AuditRecord extends AuditInput {
   seq: number;
+}
+
+/**
+ * An object the service manages for a tenant (broker mode, issue 8): a resource's handler state,
+ * kept by the service.
+ *
+ * Text fields follow the inventory's rules (non-empty, no NUL; an empty optional one means unset).
+ * `inputs` and `state` are plain JSON objects (stored with their keys sorted; `undefined` members
+ * are dropped, strings must be well-formed Unicode). Times are ISO 8601, stored and returned in UTC
+ * with milliseconds (`2026-11-23T00:00:00.000Z`).
+ */
+export interface ServiceResourceRecord {
+  /** The API's id of the object (a UUID). */
+  uuid: string;
+  /** The resource token, e.g. `baremetal:storage:Volume`. */
+  type: string;
+  /** The project owning it (undefined: the operator's). */
+  projectId?: string;
+  /** Optional; unique per (projectId, type) when given. */
+  name?: string;
+  /** The handler's id of the object; unique per type. */
+  resourceId: string;
+  inputs: Record<string, unknown>;
+  state: Record<string, unknown>;
+  /** Changes on every write; what If-Match compares. */
+  etag: string;
+  /** The client's Idempotency-Key of the create (unique when given). */
+  idempotencyKey?: string;
+  /** True after a create that made the object but failed to finish configuring it. */
+  partial: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** What `updateServiceResource` replaces (the rest of the record never changes). */
+export interface ServiceResourceChange {
+  inputs: Record<string, unknown>;
+  state: Record<string, unknown>;
+  etag: string;
+  partial: boolean;
+  updatedAt: string;
 }
