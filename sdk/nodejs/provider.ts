@@ -46,6 +46,8 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["bmcUsername"] = (args ? args.bmcUsername : undefined) ?? utilities.getEnv("BAREMETAL_BMC_USERNAME");
             resourceInputs["bmcVerifyTls"] = pulumi.output((args ? args.bmcVerifyTls : undefined) ?? (utilities.getEnvBoolean("BAREMETAL_BMC_VERIFY_TLS") || true)).apply(JSON.stringify);
             resourceInputs["cleanEraseDisks"] = (args ? args.cleanEraseDisks : undefined) ?? (utilities.getEnv("BAREMETAL_CLEAN_ERASE_DISKS") || "auto");
+            resourceInputs["endpoint"] = (args ? args.endpoint : undefined) ?? utilities.getEnv("BAREMETAL_ENDPOINT");
+            resourceInputs["endpointCaBundle"] = (args ? args.endpointCaBundle : undefined) ?? utilities.getEnv("BAREMETAL_ENDPOINT_CA_BUNDLE");
             resourceInputs["fabrics"] = pulumi.output(args ? args.fabrics : undefined).apply(JSON.stringify);
             resourceInputs["imageStoreUrl"] = (args?.imageStoreUrl ? pulumi.secret(args.imageStoreUrl) : undefined) ?? utilities.getEnv("BAREMETAL_IMAGE_STORE_URL");
             resourceInputs["inventoryUrl"] = (args?.inventoryUrl ? pulumi.secret(args.inventoryUrl) : undefined) ?? utilities.getEnv("BAREMETAL_INVENTORY_URL");
@@ -57,6 +59,7 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["storageBackends"] = pulumi.output(args ? args.storageBackends : undefined).apply(JSON.stringify);
             resourceInputs["storageCredentials"] = pulumi.output(args?.storageCredentials ? pulumi.secret(args.storageCredentials) : undefined).apply(JSON.stringify);
             resourceInputs["switchCredentials"] = pulumi.output(args?.switchCredentials ? pulumi.secret(args.switchCredentials) : undefined).apply(JSON.stringify);
+            resourceInputs["token"] = (args?.token ? pulumi.secret(args.token) : undefined) ?? utilities.getEnv("BAREMETAL_TOKEN");
         }
         opts = pulumi.mergeOptions(utilities.resourceOptsDefaults(), opts);
         super(Provider.__pulumiType, name, resourceInputs, opts);
@@ -108,6 +111,14 @@ export interface ProviderArgs {
      */
     cleanEraseDisks?: pulumi.Input<string>;
     /**
+     * Broker mode: the URL of the tenant-facing service (`baremetal serve`). Every resource and function then goes through the service, which holds the backend credentials and decides the policy for the token's project; the backend settings (BMC, key managers, storage, backup targets, inventory) stay with the service. Give `token` too.
+     */
+    endpoint?: pulumi.Input<string>;
+    /**
+     * Broker mode: PEM certificates (the text, or a path to a file) trusted for the service's TLS in addition to the system's roots.
+     */
+    endpointCaBundle?: pulumi.Input<string>;
+    /**
      * The network fabrics tenant networks live on, by name: their VLAN pool, quarantine and provisioning VLANs, provisioning-network mode (`flat`, `shared`, `private`) and switches. Every stack of one installation must use the same. Set it as a JSON object.
      */
     fabrics?: pulumi.Input<{[key: string]: pulumi.Input<inputs.network.FabricArgs>}>;
@@ -151,4 +162,8 @@ export interface ProviderArgs {
      * Credentials of the switches, by switch id (secret; kept apart from `fabrics` so the topology can be read in plain text).
      */
     switchCredentials?: pulumi.Input<{[key: string]: pulumi.Input<inputs.network.SwitchCredentialsArgs>}>;
+    /**
+     * Broker mode: the API token the service issued (`baremetal token create`), `bmt_<id>_<secret>`.
+     */
+    token?: pulumi.Input<string>;
 }

@@ -17,14 +17,15 @@ import type { Lab } from "../../provider/src/lab/lab";
 import { newProject, type PulumiProject, SDK_IMPORT } from "./pulumi";
 import type { TgtInstance } from "./tgt";
 
-/** Enrolls `nodes` of the lab's systems (config `nodes`: [{address, systemId}]) leased to `lessee`; exports their ids. */
+/** Enrolls `nodes` of the lab's systems (config `nodes`: [{address, systemId}]) leased to `lessee` (or node i to `lessees[i]`); exports their ids. */
 export const OPERATOR_PROGRAM = `
 import * as pulumi from "@pulumi/pulumi";
 ${SDK_IMPORT}
 const config = new pulumi.Config();
 const nodes = config.requireObject<Array<{ address: string; systemId: string }>>("nodes");
-const lessee = config.require("lessee");
-export const nodeIds = nodes.map((n, i) => new baremetal.compute.Node(\`n\${i}\`, { bmc: { address: n.address, systemId: n.systemId }, owner: "operator-proj", lessee }).id);
+const lessees = config.getObject<string[]>("lessees") ?? [];
+const lessee = config.get("lessee");
+export const nodeIds = nodes.map((n, i) => new baremetal.compute.Node(\`n\${i}\`, { bmc: { address: n.address, systemId: n.systemId }, owner: "operator-proj", lessee: lessees[i] ?? lessee }).id);
 `;
 
 export interface OperatorStack {
@@ -39,8 +40,8 @@ export async function setLabConfig(p: PulumiProject, lab: Lab): Promise<void> {
   for (const [k, v] of Object.entries(lab.info.providerConfig)) await p.setConfig(k, String(v), lab.info.secretConfig.includes(k));
 }
 
-/** An operator stack that enrolls the first `nodes` systems of the lab, leased to `lessee`, and is up. */
-export async function operatorStack(name: string, lab: Lab, opts: { nodes?: number; lessee: string }): Promise<OperatorStack> {
+/** An operator stack that enrolls the first `nodes` systems of the lab, leased to `lessee` (node i to `lessee[i]` when a list), and is up. */
+export async function operatorStack(name: string, lab: Lab, opts: { nodes?: number; lessee: string | string[] }): Promise<OperatorStack> {
   const count = opts.nodes ?? 1;
   if (lab.info.nodes.length < count) throw new Error(`the lab has ${lab.info.nodes.length} systems, ${count} wanted: start it with systems >= ${count}`);
   const project = await newProject(name, OPERATOR_PROGRAM);
@@ -48,7 +49,8 @@ export async function operatorStack(name: string, lab: Lab, opts: { nodes?: numb
   await setLabConfig(project, lab);
   await project.setConfig("baremetal:inventoryUrl", inventoryUrl, true);
   await project.setConfig("nodes", JSON.stringify(lab.info.nodes.slice(0, count).map((n) => ({ address: n.address, systemId: n.systemId }))));
-  await project.setConfig("lessee", opts.lessee);
+  if (Array.isArray(opts.lessee)) await project.setConfig("lessees", JSON.stringify(opts.lessee));
+  else await project.setConfig("lessee", opts.lessee);
   await project.pulumi(["up", "--yes", "--skip-preview"]);
   const { nodeIds } = (await project.outputs()) as { nodeIds: string[] };
   return { project, inventoryUrl, nodeIds };

@@ -4,6 +4,7 @@
  * environment variable, in that order of precedence.
  */
 import type { Fields } from "./fields";
+import { checkEndpoint } from "../broker/client";
 import { isUnknown } from "./values";
 import { fabricField, switchCredentialsField, type FabricConfig, type SwitchCredentials } from "./fabric-config";
 import type { BackupTargetCredentials, BackupTargetSettings } from "../drivers/backup-targets";
@@ -115,6 +116,27 @@ export const configFields = {
     description: "The caller's roles in its project (e.g. `admin`, `member`, `reader`), checked by the multi-tenancy policy.",
     env: ["BAREMETAL_ROLES"],
   },
+  endpoint: {
+    type: "string",
+    description:
+      "Broker mode: the URL of the tenant-facing service (`baremetal serve`). Every resource and function then goes through the service, which holds the backend credentials and decides the policy for the token's project; the backend settings (BMC, key managers, storage, backup targets, inventory) stay with the service. Give `token` too.",
+    env: ["BAREMETAL_ENDPOINT"],
+    hint: "Use https://host[:port] (http:// only on loopback)",
+    validate: (v: string) => checkEndpoint(v),
+  },
+  token: {
+    type: "string",
+    secret: true,
+    description: "Broker mode: the API token the service issued (`baremetal token create`), `bmt_<id>_<secret>`.",
+    env: ["BAREMETAL_TOKEN"],
+    hint: "Use the token printed by `baremetal token create`",
+    validate: (v: string) => (/^bmt_[0-9a-f]{24}_[A-Za-z0-9_-]{43}$/.test(v) ? undefined : "is not a token of the baremetal service (bmt_<24 hex>_<43 characters>)"),
+  },
+  endpointCaBundle: {
+    type: "string",
+    description: "Broker mode: PEM certificates (the text, or a path to a file) trusted for the service's TLS in addition to the system's roots.",
+    env: ["BAREMETAL_ENDPOINT_CA_BUNDLE"],
+  },
 } as const satisfies Fields;
 
 export interface ProviderConfig {
@@ -140,6 +162,10 @@ export interface ProviderConfig {
   policyFile?: string;
   project?: string;
   roles: string[];
+  /** Broker mode (endpoint and token): the service does the work. */
+  endpoint?: string;
+  token?: string;
+  endpointCaBundle?: string;
 }
 
 /** Reads an environment value into the field's type (booleans and numbers from text, lists from commas). */
@@ -203,5 +229,8 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     policyFile: v("policyFile") as string | undefined,
     project: v("project") as string | undefined,
     roles: (v("roles") as string[] | undefined) ?? [],
+    endpoint: v("endpoint") as string | undefined,
+    token: v("token") as string | undefined,
+    endpointCaBundle: v("endpointCaBundle") as string | undefined,
   };
 }

@@ -8,8 +8,11 @@ import { callerOf } from "./auth";
 import { type ProviderConfig, configFields, toProviderConfig, withEnvironment } from "./config";
 import { BaremetalError } from "./errors";
 import { applyDefaults } from "./fields";
+import { isUnknown } from "./values";
 import { Policy } from "./policy";
-import type { OperationContext, ProviderContext, ResourceDefinition } from "./resource";
+import type { FunctionDefinition, OperationContext, ProviderContext, ResourceDefinition } from "./resource";
+import { BrokerClient } from "../broker/client";
+import { brokeredFunction, brokeredResource } from "../broker/definitions";
 import { type CheckFailure, Validator } from "./validate";
 import { defaultInventoryUrl, openInventory } from "../inventory";
 import type { Inventory } from "../inventory/types";
@@ -26,6 +29,7 @@ export class ProviderHost {
   private inventoryHandle?: { url: string; opened: Promise<Inventory> };
   private readonly inflight = new Set<AbortController>();
   private validator?: Validator;
+  private broker?: { client: BrokerClient; resources: Map<ResourceDefinition, ResourceDefinition>; functions: Map<FunctionDefinition, FunctionDefinition> };
 
   get config(): ProviderConfig {
     return this.configValue;
@@ -44,8 +48,35 @@ export class ProviderHost {
     const merged = applyDefaults(configFields, withEnvironment(values));
     const failures = this.check(merged);
     if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
-    this.configValue = toProviderConfig(merged);
+    const config = toProviderConfig(merged);
+    if ((config.endpoint === undefined) !== (config.token === undefined) && !isUnknown(merged.endpoint) && !isUnknown(merged.token)) {
+      const missing = config.endpoint === undefined ? "endpoint" : "token";
+      throw new BaremetalError("validation", `broker mode needs both endpoint and token: set ${missing} (${missing === "token" ? "from `baremetal token create`" : "the service's URL"})`, { property: missing });
+    }
+    this.configValue = config;
     this.policy = this.configValue.policyFile ? Policy.fromFile(this.configValue.policyFile) : Policy.defaults();
+    this.broker = config.endpoint && config.token ? { client: new BrokerClient({ endpoint: config.endpoint, token: config.token, caBundle: config.endpointCaBundle }), resources: new Map(), functions: new Map() } : undefined;
+  }
+
+  /** Whether resources go through the service (broker mode: endpoint and token set). */
+  get brokered(): boolean {
+    return this.broker !== undefined;
+  }
+
+  /** The definition whose handlers run `def`'s operations: `def` itself, or in broker mode its service-backed twin. */
+  route(def: ResourceDefinition): ResourceDefinition {
+    if (!this.broker) return def;
+    let r = this.broker.resources.get(def);
+    if (!r) this.broker.resources.set(def, (r = brokeredResource(def, this.broker.client)));
+    return r;
+  }
+
+  /** The same for a function. */
+  routeFunction(fn: FunctionDefinition): FunctionDefinition {
+    if (!this.broker) return fn;
+    let r = this.broker.functions.get(fn);
+    if (!r) this.broker.functions.set(fn, (r = brokeredFunction(fn, this.broker.client)));
+    return r;
   }
 
   /** Validates complete settings (the validator is compiled on first use: start-up stays fast). */

@@ -28,6 +28,7 @@ import type { ProviderHost } from "../core/host";
 import { getNodesFunction } from "../resources/compute/get-nodes";
 import { withDriver } from "../resources/compute/node";
 import { OPENAPI, type QueryParameter } from "./openapi";
+import { ResourceEndpoints } from "./resources";
 import type { AuthenticatedCaller, TokenService } from "./tokens";
 
 export interface LogEntry {
@@ -68,6 +69,8 @@ function statusOf(e: unknown): number {
   if (!isBaremetalError(e)) return 500;
   if (e.code === "auth") return e.httpStatus === 401 ? 401 : 403;
   if (e.code === "transient" && e.httpStatus === 429) return 429;
+  if (e.code === "conflict" && e.messageId === "PreconditionFailed") return 412;
+  if (e.code === "validation" && e.httpStatus === 405) return 405;
   return STATUS[e.code] ?? 500;
 }
 
@@ -105,15 +108,15 @@ interface Action {
   handle(req: { caller: AuthenticatedCaller; params: string[]; body: Record<string, unknown>; audit: (a: { operation: string; target: string }) => void }): Promise<unknown>;
 }
 
-/** The request body, parsed as JSON (at most 64 KiB). */
-function readBody(req: http.IncomingMessage): Promise<unknown> {
+/** The request body, parsed as JSON (at most `max` bytes, 64 KiB by default). */
+function readBody(req: http.IncomingMessage, max = 65536): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let n = 0;
     req.on("data", (b: Buffer) => {
       n += b.length;
-      if (n > 65536) {
-        reject(new BaremetalError("validation", "the request body is larger than 64 KiB", { property: "body" }));
+      if (n > max) {
+        reject(new BaremetalError("validation", `the request body is larger than ${max / 1024} KiB`, { property: "body" }));
         req.destroy();
         return;
       }
@@ -156,6 +159,8 @@ export function createService(opts: ServiceOptions): http.Server {
     if (!v) bodyValidators.set(a, (v = ajv.compile(a.body)));
     return v;
   };
+
+  const resources = new ResourceEndpoints(opts.host);
 
   const routes: Record<string, Route> = {
     "/v1/me": async ({ caller }) => ({
@@ -223,7 +228,8 @@ export function createService(opts: ServiceOptions): http.Server {
       // Internal errors say no more than that: their text may hold what a tenant must not see.
       const message = isBaremetalError(e) && status < 500 ? e.message : `the service failed (request ${requestId}); the operator's log has the details`;
       if (isBaremetalError(e) && e.retryAfterSeconds !== undefined) res.setHeader("retry-after", String(e.retryAfterSeconds));
-      send(status, { requestId, errorCode, message }, errorCode, status >= 500 ? (e instanceof Error ? e.message : String(e)) : undefined);
+      const property = isBaremetalError(e) && status < 500 && e.property ? { property: e.property } : {};
+      send(status, { requestId, errorCode, message, ...property }, errorCode, status >= 500 ? (e instanceof Error ? e.message : String(e)) : undefined);
     };
     let auditing: { operation: string; target: string; caller: AuthenticatedCaller } | undefined;
     const record = async (outcome: string, detail?: string) => {
@@ -235,6 +241,37 @@ export function createService(opts: ServiceOptions): http.Server {
     };
     (async () => {
       if (req.method === "GET" && url.pathname === "/v1/openapi.json") return send(200, OPENAPI);
+      if (ResourceEndpoints.handles(url.pathname)) {
+        const caller = await opts.tokens.authenticate(req.headers.authorization);
+        tokenId = caller.tokenId;
+        const body = req.method === "POST" || req.method === "PUT" ? await readBody(req, 1024 * 1024) : {};
+        if (!body || typeof body !== "object" || Array.isArray(body)) throw new BaremetalError("validation", "the request body must be a JSON object", { property: "body" });
+        try {
+          const answer = await resources.handle({
+            caller,
+            method: req.method ?? "GET",
+            segments: url.pathname.split("/").slice(2),
+            query: url.searchParams,
+            body: body as Record<string, unknown>,
+            headers: req.headers,
+            audit: (a) => (auditing = { ...a, caller }),
+            requestId,
+          });
+          await record("done");
+          for (const [k, v] of Object.entries(answer.headers ?? {})) res.setHeader(k, v);
+          if (answer.status === 204) {
+            res.writeHead(204, { "x-request-id": requestId });
+            res.end();
+            log({ time: new Date().toISOString(), requestId, method: req.method ?? "", path: url.pathname, status: 204, ms: Math.round((performance.now() - started) * 10) / 10, tokenId });
+            return;
+          }
+          return send(answer.status, answer.body);
+        } catch (e) {
+          const status = statusOf(e);
+          await record(status === 403 ? "denied" : status === 404 ? "not-found" : "failed", isBaremetalError(e) ? (e.messageId ?? e.code) : "internal").catch(() => undefined);
+          throw e;
+        }
+      }
       const action = actions.find((a) => a.method === req.method && a.pattern.test(url.pathname));
       if (action) {
         const caller = await opts.tokens.authenticate(req.headers.authorization);

@@ -120,6 +120,28 @@ Object.defineProperty(exports, "cleanEraseDisks", {
 });
 
 /**
+ * Broker mode: the URL of the tenant-facing service (`baremetal serve`). Every resource and function then goes through the service, which holds the backend credentials and decides the policy for the token's project; the backend settings (BMC, key managers, storage, backup targets, inventory) stay with the service. Give `token` too.
+ */
+export declare const endpoint: string | undefined;
+Object.defineProperty(exports, "endpoint", {
+    get() {
+        return __config.get("endpoint") ?? utilities.getEnv("BAREMETAL_ENDPOINT");
+    },
+    enumerable: true,
+});
+
+/**
+ * Broker mode: PEM certificates (the text, or a path to a file) trusted for the service's TLS in addition to the system's roots.
+ */
+export declare const endpointCaBundle: string | undefined;
+Object.defineProperty(exports, "endpointCaBundle", {
+    get() {
+        return __config.get("endpointCaBundle") ?? utilities.getEnv("BAREMETAL_ENDPOINT_CA_BUNDLE");
+    },
+    enumerable: true,
+});
+
+/**
  * The network fabrics tenant networks live on, by name: their VLAN pool, quarantine and provisioning VLANs, provisioning-network mode (`flat`, `shared`, `private`) and switches. Every stack of one installation must use the same. Set it as a JSON object.
  */
 export declare const fabrics: {[key: string]: outputs.network.Fabric} | undefined;
@@ -236,6 +258,17 @@ export declare const switchCredentials: {[key: string]: outputs.network.SwitchCr
 Object.defineProperty(exports, "switchCredentials", {
     get() {
         return __config.getObject<{[key: string]: outputs.network.SwitchCredentials}>("switchCredentials");
+    },
+    enumerable: true,
+});
+
+/**
+ * Broker mode: the API token the service issued (`baremetal token create`), `bmt_<id>_<secret>`.
+ */
+export declare const token: string | undefined;
+Object.defineProperty(exports, "token", {
+    get() {
+        return __config.get("token") ?? utilities.getEnv("BAREMETAL_TOKEN");
     },
     enumerable: true,
 });

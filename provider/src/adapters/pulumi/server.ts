@@ -64,7 +64,8 @@ export class BaremetalProvider {
       c = { def, validator: new Validator(def.inputs), secretPaths: declaredSecretPaths({ ...def.inputs, ...def.outputs }) };
       this.compiled.set(token, c);
     }
-    return c;
+    // Broker mode: the same fields, with handlers that call the service.
+    return this.host.brokered ? { ...c, def: this.host.route(c.def) } : c;
   }
 
   private log(severity: engproto.LogSeverity, message: string, urn?: string, ephemeral = false): void {
@@ -154,7 +155,7 @@ export class BaremetalProvider {
       resp.setFailuresList(failures.map((f) => new provproto.CheckFailure().setProperty(f.property).setReason(f.reason)));
       return resp;
     }
-    const result = await fn.invoke(this.providerContext(), applyDefaults(fn.inputs, args.value));
+    const result = await this.host.routeFunction(fn).invoke(this.providerContext(), applyDefaults(fn.inputs, args.value));
     return resp.setReturn(toStruct(result, new Set([...args.secretPaths, ...declaredSecretPaths(fn.outputs)])));
   };
 

@@ -237,7 +237,8 @@ export class TerraformProvider {
   /** Field validation and the resource's own `check` (Pulumi's Check), on a configured provider. */
   private async checkInputs(c: Compiled, inputs: Props): Promise<Diagnostic[]> {
     const failures = this.validator(c).check(inputs);
-    if (!failures.length && c.r.def.check) failures.push(...(await c.r.def.check(inputs, this.host.providerContext())));
+    const routed = this.host.route(c.r.def);
+    if (!failures.length && routed.check) failures.push(...(await routed.check(inputs, this.host.providerContext())));
     return failureDiagnostics(failures, c.r.block.attributes);
   }
 
@@ -260,7 +261,7 @@ export class TerraformProvider {
     return this.run(
       c, id, id, diagnostics,
       async (ctx) => {
-        const result = await c.r.def.read(ctx, id, normalizedStored, state);
+        const result = await this.host.route(c.r.def).read(ctx, id, normalizedStored, state);
         if (!result) return { newState: this.encode(undefined, c.r.block), diagnostics, private: req.private };
         // Keep the configuration's spelling of a value the backend reports normalized.
         const inputs: Props = { ...result.inputs };
@@ -273,7 +274,7 @@ export class TerraformProvider {
 
   planResourceChange = this.onResource(async (c, req) => {
     const diagnostics: Diagnostic[] = [];
-    const { def } = c.r;
+    const def = this.host.route(c.r.def);
     const prior = this.decode(req.priorState, c.r.block);
     const proposed = this.decode(req.proposedNewState, c.r.block);
     const ctx = this.host.providerContext();
@@ -307,7 +308,7 @@ export class TerraformProvider {
 
   applyResourceChange = this.onResource(async (c, req) => {
     const diagnostics: Diagnostic[] = [];
-    const { def } = c.r;
+    const def = this.host.route(c.r.def);
     const prior = this.decode(req.priorState, c.r.block);
     const planned = this.decode(req.plannedState, c.r.block);
 
@@ -379,7 +380,7 @@ export class TerraformProvider {
     return this.run(
       c, id, id, diagnostics,
       async (ctx) => {
-        const result = await c.r.def.read(ctx, id, undefined, undefined);
+        const result = await this.host.route(c.r.def).read(ctx, id, undefined, undefined);
         if (!result) {
           diagnostics.push({ severity: SEVERITY.error, summary: `there is no ${req.typeName} with id ${JSON.stringify(id)} to import (or the caller may not see it)` });
           return { importedResources: [], diagnostics };
@@ -407,7 +408,7 @@ export class TerraformProvider {
     if (!d) return { diagnostics: [errorDiagnostic(new BaremetalError("validation", `unknown data source ${req.typeName}`))] };
     try {
       const args = applyDefaults(d.def.inputs, pickFields(this.decode(req.config, d.block) ?? {}, d.def.inputs));
-      const result = await d.def.invoke(this.host.providerContext(), args);
+      const result = await this.host.routeFunction(d.def).invoke(this.host.providerContext(), args);
       return { state: this.encode({ ...result, ...args, id: d.typeName }, d.block), diagnostics: [] };
     } catch (e) {
       return { diagnostics: [errorDiagnostic(e)] };

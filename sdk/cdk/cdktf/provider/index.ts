@@ -136,6 +136,24 @@ export interface BaremetalProviderConfig {
   */
   readonly roles?: string[];
   /**
+  * Broker mode: the URL of the tenant-facing service (`baremetal serve`). Every resource and function then goes through the service, which holds the backend credentials and decides the policy for the token's project; the backend settings (BMC, key managers, storage, backup targets, inventory) stay with the service. Give `token` too.
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs#endpoint BaremetalProvider#endpoint}
+  */
+  readonly endpoint?: string;
+  /**
+  * Broker mode: the API token the service issued (`baremetal token create`), `bmt_<id>_<secret>`.
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs#token BaremetalProvider#token}
+  */
+  readonly token?: string;
+  /**
+  * Broker mode: PEM certificates (the text, or a path to a file) trusted for the service's TLS in addition to the system's roots.
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs#endpoint_ca_bundle BaremetalProvider#endpoint_ca_bundle}
+  */
+  readonly endpointCaBundle?: string;
+  /**
   * Alias name
   *
   * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs#alias BaremetalProvider#alias}
@@ -1016,6 +1034,9 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
     this._policyFile = config.policyFile;
     this._project = config.project;
     this._roles = config.roles;
+    this._endpoint = config.endpoint;
+    this._token = config.token;
+    this._endpointCaBundle = config.endpointCaBundle;
     this._alias = config.alias;
   }
 
@@ -1359,6 +1380,54 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
     return this._roles;
   }
 
+  // endpoint - computed: false, optional: true, required: false
+  private _endpoint?: string; 
+  public get endpoint() {
+    return this._endpoint;
+  }
+  public set endpoint(value: string | undefined) {
+    this._endpoint = value;
+  }
+  public resetEndpoint() {
+    this._endpoint = undefined;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get endpointInput() {
+    return this._endpoint;
+  }
+
+  // token - computed: false, optional: true, required: false
+  private _token?: string; 
+  public get token() {
+    return this._token;
+  }
+  public set token(value: string | undefined) {
+    this._token = value;
+  }
+  public resetToken() {
+    this._token = undefined;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get tokenInput() {
+    return this._token;
+  }
+
+  // endpoint_ca_bundle - computed: false, optional: true, required: false
+  private _endpointCaBundle?: string; 
+  public get endpointCaBundle() {
+    return this._endpointCaBundle;
+  }
+  public set endpointCaBundle(value: string | undefined) {
+    this._endpointCaBundle = value;
+  }
+  public resetEndpointCaBundle() {
+    this._endpointCaBundle = undefined;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get endpointCaBundleInput() {
+    return this._endpointCaBundle;
+  }
+
   // alias - computed: false, optional: true, required: false
   private _alias?: string; 
   public get alias() {
@@ -1402,6 +1471,9 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
       policy_file: cdktf.stringToTerraform(this._policyFile),
       project: cdktf.stringToTerraform(this._project),
       roles: cdktf.listMapper(cdktf.stringToTerraform, false)(this._roles),
+      endpoint: cdktf.stringToTerraform(this._endpoint),
+      token: cdktf.stringToTerraform(this._token),
+      endpoint_ca_bundle: cdktf.stringToTerraform(this._endpointCaBundle),
       alias: cdktf.stringToTerraform(this._alias),
     };
   }
@@ -1533,6 +1605,24 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
         isBlock: false,
         type: "list",
         storageClassType: "stringList",
+      },
+      endpoint: {
+        value: cdktf.stringToHclTerraform(this._endpoint),
+        isBlock: false,
+        type: "simple",
+        storageClassType: "string",
+      },
+      token: {
+        value: cdktf.stringToHclTerraform(this._token),
+        isBlock: false,
+        type: "simple",
+        storageClassType: "string",
+      },
+      endpoint_ca_bundle: {
+        value: cdktf.stringToHclTerraform(this._endpointCaBundle),
+        isBlock: false,
+        type: "simple",
+        storageClassType: "string",
       },
       alias: {
         value: cdktf.stringToHclTerraform(this._alias),
