@@ -572,6 +572,7 @@ export function normaliseServiceResource(r: ServiceResourceRecord): ServiceResou
 export function normaliseServiceChange(c: ServiceResourceChange): ServiceResourceChange {
   if (c === null || typeof c !== "object") throw bad("change", "the change must be an object");
   return {
+    ...(c.resourceId !== undefined ? { resourceId: requireText("resourceId", c.resourceId) } : {}),
     inputs: requireJsonObject("inputs", c.inputs),
     state: requireJsonObject("state", c.state),
     etag: requireText("etag", c.etag),

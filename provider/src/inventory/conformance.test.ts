@@ -1005,6 +1005,11 @@ describe.each([sqliteBackend, postgresBackend])("inventory conformance: $name", 
     expect(await failure(inv.updateServiceResource(uuidOf(99), change("e3")))).toMatchObject({ code: "not-found" });
     // Without an expected etag the update is unconditional.
     expect((await inv.updateServiceResource(a.uuid, change("e3", { partial: false }))).etag).toBe("e3");
+    // A create's record gets its handler id once the handler returns (found by it afterwards); omitted, the id stays.
+    const renamed = await inv.updateServiceResource(a.uuid, { ...change("e3"), resourceId: "pool-1/renamed" }, "e3");
+    expect(renamed.resourceId).toBe("pool-1/renamed");
+    expect((await inv.findServiceResource(a.type, { resourceId: "pool-1/renamed" }))?.uuid).toBe(a.uuid);
+    expect((await inv.updateServiceResource(a.uuid, change("e3"))).resourceId).toBe("pool-1/renamed");
 
     const staleDelete = await failure(inv.deleteServiceResource(a.uuid, "e2"));
     expect(staleDelete).toMatchObject({ code: "conflict", messageId: "inventory.VersionConflict" });

@@ -1270,9 +1270,9 @@ export class PostgresInventory implements Inventory {
     const expected = expectedEtag === undefined ? undefined : requireText("expectedEtag", expectedEtag);
     const rows = await this.q(
       "updating a service object",
-      `UPDATE service_resources SET inputs = $1, state = $2, etag = $3, partial = $4, updated_at = $5
+      `UPDATE service_resources SET inputs = $1, state = $2, etag = $3, partial = $4, updated_at = $5, resource_id = coalesce($8::text, resource_id)
        WHERE uuid = $6 AND ($7::text IS NULL OR etag = $7) RETURNING *`,
-      [canonicalJson(c.inputs), canonicalJson(c.state), c.etag, c.partial, c.updatedAt, uuid, expected ?? null],
+      [canonicalJson(c.inputs), canonicalJson(c.state), c.etag, c.partial, c.updatedAt, uuid, expected ?? null, c.resourceId ?? null],
     );
     if (rows.length) return serviceResourceFromRow(rows[0], iso);
     // Nothing matched: absent, or (with an expected etag) changed since the caller read it.

@@ -1127,8 +1127,8 @@ export class SqliteInventory implements Inventory {
     const expected = expectedEtag === undefined ? undefined : requireText("expectedEtag", expectedEtag);
     return this.write("updating a service object", () => {
       // One statement: the etag is compared by the UPDATE itself.
-      const set = "UPDATE service_resources SET inputs = ?, state = ?, etag = ?, partial = ?, updated_at = ? WHERE uuid = ?";
-      const values = [canonicalJson(c.inputs), canonicalJson(c.state), c.etag, p(c.partial), c.updatedAt, uuid];
+      const set = "UPDATE service_resources SET resource_id = coalesce(?, resource_id), inputs = ?, state = ?, etag = ?, partial = ?, updated_at = ? WHERE uuid = ?";
+      const values = [c.resourceId ?? null, canonicalJson(c.inputs), canonicalJson(c.state), c.etag, p(c.partial), c.updatedAt, uuid];
       const row =
         expected === undefined
           ? this.get(`${set} RETURNING *`, ...values)

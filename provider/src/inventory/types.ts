@@ -577,6 +577,8 @@ export interface ServiceResourceRecord {
 
 /** What `updateServiceResource` replaces (the rest of the record never changes). */
 export interface ServiceResourceChange {
+  /** A new handler id (a create's, once its handler returned); unchanged when omitted. */
+  resourceId?: string;
   inputs: Record<string, unknown>;
   state: Record<string, unknown>;
   etag: string;

@@ -272,13 +272,9 @@ export class ResourceEndpoints {
     return { status: 201, body: view(stored, partial), headers: { etag: stored.etag } };
   }
 
-  /** Fills in a created object's record (its handler id known now). */
+  /** Fills in a created object's record (its handler id known now), in one conditional write. */
   private async store(inv: Inventory, record: ServiceResourceRecord, id: string, inputs: Props, state: Props, partial: boolean): Promise<ServiceResourceRecord> {
-    // The record keeps the handler id; an update replaces inputs/state, so the id goes by delete + insert.
-    await inv.deleteServiceResource(record.uuid);
-    const stored: ServiceResourceRecord = { ...record, resourceId: id, inputs, state, partial, etag: randomUUID(), updatedAt: new Date().toISOString() };
-    await inv.insertServiceResource(stored);
-    return stored;
+    return inv.updateServiceResource(record.uuid, { resourceId: id, inputs, state, partial, etag: randomUUID(), updatedAt: new Date().toISOString() }, record.etag);
   }
 
   private async list(def: ResourceDefinition, req: ResourceRequest): Promise<ResourceAnswer> {
