@@ -29,7 +29,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #     ovs-vswitchd, userspace datapath) with network-namespace nodes pinging each other through
 #     it, the peer of tenant networks' VLAN isolation (test/harness/ovs.ts; ethtool turns off
 #     the nodes' checksum offload, which the userspace datapath does not complete)
-APT_PACKAGES=(openssl postgresql python3-sushy xorriso genisoimage openvswitch-switch iproute2 iputils-ping ethtool openssh-server cryptsetup-bin python3-pykmip tgt libiscsi-bin qemu-utils qemu-block-extra barbican-api ceph tgt-rbd radosgw)
+APT_PACKAGES=(openssl postgresql python3-sushy xorriso genisoimage openvswitch-switch iproute2 iputils-ping ethtool openssh-server cryptsetup-bin python3-pykmip tgt libiscsi-bin qemu-utils qemu-block-extra barbican-api ceph tgt-rbd radosgw chromium)
 
 # Python packages installed next to sushy-tools, pinned so that the venv directory name
 # (keyed by the sushy-tools version) always means the same set. sushy-tools' fake system
