@@ -10,3 +10,5 @@ if ! git diff --quiet -- schema.json sdk || [ -n "$(git ls-files --others --excl
   exit 1
 fi
 echo "schema.json and sdk/ are up to date"
+# The service API: CI rejects an incompatible change to a released version.
+npx tsx scripts/openapi.ts check
