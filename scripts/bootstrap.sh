@@ -3,7 +3,7 @@
 # checks that the cached tools run, and takes a few seconds.
 #
 #   scripts/bootstrap.sh                # everything
-#   scripts/bootstrap.sh apt sushy      # only some steps: apt node pulumi tofu sushy
+#   scripts/bootstrap.sh apt sushy      # only some steps: apt node pulumi tofu sushy schemathesis
 #
 # Everything slow is cached outside the clone, under
 # ${BAREMETAL_CACHE:-$HOME/.cache/pulumi-baremetal}, in directories named by version
@@ -53,6 +53,37 @@ WebOb==1.8.11
 Werkzeug==3.1.9
 "
 
+# Python packages installed with schemathesis (the API fuzzer), pinned for the same reason: the
+# venv directory is keyed by the schemathesis version alone. Its whole dependency set at 4.32.5.
+SCHEMATHESIS_CONSTRAINTS="
+anyio==4.16.0
+certifi==2026.10.18
+charset-normalizer==3.5.2
+click==8.5.1
+graphql-core==3.3.2
+harfile==0.6.0
+hypothesis==6.170.15
+hypothesis-graphql==0.13.5
+idna==3.20
+iniconfig==2.3.1
+jsonschema_rs==0.60.3
+markdown-it-py==4.3.0
+MarkupSafe==3.0.4
+mdurl==0.1.2
+packaging==26.3
+pluggy==1.7.0
+Pygments==2.21.0
+pyrate-limiter==4.5.1
+pytest==9.2.0
+PyYAML==6.0.3
+requests==2.34.2
+rich==15.0.0
+sortedcontainers==2.4.0
+typing_extensions==4.16.0
+urllib3==2.8.0
+Werkzeug==3.1.9
+"
+
 LOG_DIR="$BAREMETAL_CACHE/logs"
 T_START=$(date +%s%N)
 TMP_DIRS=()
@@ -90,10 +121,10 @@ new_tmp() { # new_tmp VAR NAME: VAR= a temp dir inside the cache (same filesyste
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---- which steps --------------------------------------------------------------------
-STEPS=(apt node pulumi tofu sushy)
+STEPS=(apt node pulumi tofu sushy schemathesis)
 if (($#)); then
   for s in "$@"; do
-    case "$s" in apt|node|pulumi|tofu|sushy) ;; -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    case "$s" in apt|node|pulumi|tofu|sushy|schemathesis) ;; -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
       *) die "unknown step '$s' (steps: ${STEPS[*]})" ;; esac
   done
   STEPS=("$@")
@@ -138,6 +169,10 @@ sushy_ok() {
     "$BAREMETAL_SUSHY_EMULATOR" --help >/dev/null 2>&1 &&
     [[ "$("$BAREMETAL_OPENBAO" version 2>/dev/null)" == "OpenBao v$BAREMETAL_OPENBAO_VERSION "* ]]
 }
+schemathesis_ok() {
+  [[ "$(sed -n 1p "$BAREMETAL_SCHEMATHESIS_VENV/.bootstrap-complete" 2>/dev/null)" == "schemathesis $BAREMETAL_SCHEMATHESIS_VERSION" && -x "$BAREMETAL_SCHEMATHESIS" ]] &&
+    [[ "$("$BAREMETAL_SCHEMATHESIS" --version 2>/dev/null)" == "st, version $BAREMETAL_SCHEMATHESIS_VERSION" ]]
+}
 # A `go` that can build the wrapper module: >= 1.21 fetches any newer toolchain that
 # go.mod asks for by itself (GOTOOLCHAIN=auto, through the module proxy).
 go_usable() {
@@ -147,11 +182,12 @@ go_usable() {
 GO_TOOLCHAIN_DIR="$BAREMETAL_CACHE/go-$BAREMETAL_GO_TOOLCHAIN_VERSION"
 
 new_tmp PULUMI_CHECK_HOME pulumi-home
-NODE_READY=0 PULUMI_READY=0 TOFU_READY=0 SUSHY_READY=0
+NODE_READY=0 PULUMI_READY=0 TOFU_READY=0 SUSHY_READY=0 SCHEMATHESIS_READY=0
 want node && node_ok && NODE_READY=1
 want pulumi && pulumi_ok && PULUMI_READY=1
 want tofu && tofu_ok && TOFU_READY=1
 want sushy && sushy_ok && SUSHY_READY=1
+want schemathesis && schemathesis_ok && SCHEMATHESIS_READY=1
 
 # ---- Debian packages ------------------------------------------------------------------
 # The listed packages, plus whatever the missing tools need to be fetched on a bare machine.
@@ -164,7 +200,7 @@ if { want pulumi && ((!PULUMI_READY)); } || { want tofu && ((!TOFU_READY)); }; t
     have python3 || apt_wanted+=(python3)
   fi
 fi
-if want sushy && ((!SUSHY_READY)); then
+if { want sushy && ((!SUSHY_READY)); } || { want schemathesis && ((!SCHEMATHESIS_READY)); }; then
   if ! have python3; then
     apt_wanted+=(python3 python3-venv)
   elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -416,6 +452,26 @@ install_sushy() {
 }
 if want sushy; then
   if ((SUSHY_READY)); then say "sushy-tools $BAREMETAL_SUSHY_TOOLS_VERSION (cached)"; else install_sushy; fi
+fi
+
+# ---- schemathesis (the API fuzzer) ---------------------------------------------------
+install_schemathesis() {
+  local t log="$LOG_DIR/schemathesis.log" py
+  t=$(date +%s%N)
+  py="$(python3 -c 'import sys; print(sys.executable)')"
+  # Built in place like sushy-tools' venv (a venv records absolute paths); the marker file
+  # written last tells a complete venv from an interrupted one.
+  rm -rf "$BAREMETAL_SCHEMATHESIS_VENV"
+  run_logged "$log" "$py" -m venv "$BAREMETAL_SCHEMATHESIS_VENV"
+  printf '%s\n' "$SCHEMATHESIS_CONSTRAINTS" >"$BAREMETAL_SCHEMATHESIS_VENV/constraints.txt"
+  run_logged "$log" "$BAREMETAL_SCHEMATHESIS_VENV/bin/pip" install --no-input --disable-pip-version-check \
+    -c "$BAREMETAL_SCHEMATHESIS_VENV/constraints.txt" "schemathesis==$BAREMETAL_SCHEMATHESIS_VERSION"
+  run_logged "$log" "$BAREMETAL_SCHEMATHESIS" --version
+  printf 'schemathesis %s\npython %s\n' "$BAREMETAL_SCHEMATHESIS_VERSION" "$py" >"$BAREMETAL_SCHEMATHESIS_VENV/.bootstrap-complete"
+  say "schemathesis $BAREMETAL_SCHEMATHESIS_VERSION (installed in $(elapsed "$t") s)"
+}
+if want schemathesis; then
+  if ((SCHEMATHESIS_READY)); then say "schemathesis $BAREMETAL_SCHEMATHESIS_VERSION (cached)"; else install_schemathesis; fi
 fi
 
 say "bootstrap: done in $(elapsed "$T_START") s (cache: $BAREMETAL_CACHE)"

