@@ -16,6 +16,11 @@ import {
   AVAILABLE,
   ClaimRequest,
   ENROLL,
+  LEASE_STATES,
+  LeaseFilter,
+  LeaseInput,
+  LeaseRecord,
+  LeaseState,
   LockHandle,
   NodeFilter,
   NodeInput,
@@ -680,4 +685,98 @@ export function etagConflict(uuid: string, expected: string, actual: string): Ba
     `service object ${JSON.stringify(uuid)} changed concurrently: expected etag ${JSON.stringify(expected)}, found ${JSON.stringify(actual)}; read it again and retry`,
     { messageId: "inventory.VersionConflict" },
   );
+}
+
+// ---- leases of nodes (issue 8) --------------------------------------------------------------------
+
+/** `messageId` of a lease refused because its window overlaps another lease of the node (or its id exists). */
+export const LEASE_OVERLAP = "inventory.LeaseOverlap";
+
+function requireLeaseState(property: string, v: unknown): LeaseState {
+  if (typeof v !== "string" || !(LEASE_STATES as readonly string[]).includes(v)) throw bad(property, `${property} must be one of ${LEASE_STATES.join(", ")}`);
+  return v as LeaseState;
+}
+
+/** A validated lease to insert (times in UTC with milliseconds, so that text order is time order). */
+export function normaliseLease(l: LeaseInput): Required<Pick<LeaseRecord, "id" | "nodeId" | "lessee" | "startTime" | "endTime" | "state" | "createdAt">> & { owner?: string } {
+  if (l === null || typeof l !== "object") throw bad("lease", "the lease must be an object");
+  const state = l.state === undefined ? "pending" : requireLeaseState("state", l.state);
+  if (state !== "pending" && state !== "active") throw bad("state", "a new lease is pending or active");
+  const startTime = requireTime("startTime", l.startTime);
+  const endTime = requireTime("endTime", l.endTime);
+  if (Date.parse(endTime) <= Date.parse(startTime)) throw bad("endTime", `endTime (${endTime}) must be after startTime (${startTime})`);
+  return compact({
+    id: requireId("id", l.id),
+    nodeId: requireId("nodeId", l.nodeId),
+    owner: optionalText("owner", l.owner),
+    lessee: requireText("lessee", l.lessee),
+    startTime,
+    endTime,
+    state,
+    createdAt: l.createdAt === undefined ? new Date().toISOString() : requireTime("createdAt", l.createdAt),
+  });
+}
+
+export interface LeaseFilterValues {
+  nodeId?: string;
+  states?: LeaseState[];
+  lessee?: string;
+  owner?: string;
+  dueAt?: string;
+}
+
+export function normaliseLeaseFilter(f: LeaseFilter | undefined): LeaseFilterValues {
+  const filter = f ?? {};
+  const states = filter.state === undefined ? undefined : (Array.isArray(filter.state) ? filter.state : [filter.state]).map((s) => requireLeaseState("state", s));
+  if (states && !states.length) throw bad("state", "give at least one state");
+  return compact({
+    nodeId: filter.nodeId === undefined ? undefined : requireId("nodeId", filter.nodeId),
+    states,
+    lessee: filter.lessee === undefined ? undefined : requireText("lessee", filter.lessee),
+    owner: filter.owner === undefined ? undefined : requireText("owner", filter.owner),
+    dueAt: filter.dueAt === undefined ? undefined : requireTime("dueAt", filter.dueAt),
+  });
+}
+
+export function normaliseLeaseChange(from: readonly LeaseState[], to: LeaseState, detail: { endedAt?: string; endReason?: string } | undefined) {
+  if (!Array.isArray(from) || !from.length) throw bad("from", "give the states the lease may change from");
+  return {
+    from: from.map((s) => requireLeaseState("from", s)),
+    to: requireLeaseState("to", to),
+    endedAt: detail?.endedAt === undefined ? undefined : requireTime("endedAt", detail.endedAt),
+    endReason: optionalText("endReason", detail?.endReason),
+  };
+}
+
+/** A `leases` row of either dialect. */
+export function leaseFromRow(r: Record<string, unknown>, time: TimeText): LeaseRecord {
+  return compact({
+    id: String(r.id),
+    nodeId: String(r.node_id),
+    owner: optionalString(r.owner),
+    lessee: String(r.lessee),
+    startTime: time(r.start_time),
+    endTime: time(r.end_time),
+    state: String(r.state) as LeaseState,
+    createdAt: time(r.created_at),
+    endedAt: optionalTime(r.ended_at, time),
+    endReason: optionalString(r.end_reason),
+  });
+}
+
+/** The `conflict` of a lease whose window overlaps `other` (a lease of the same node that has not ended). */
+export function leaseOverlap(v: { id: string; nodeId: string; startTime: string; endTime: string }, other: LeaseRecord): BaremetalError {
+  return new BaremetalError(
+    "conflict",
+    `node ${v.nodeId} cannot be leased from ${v.startTime} to ${v.endTime}: lease ${other.id} (to project ${other.lessee}, ${other.state}) holds it from ${other.startTime} to ${other.endTime}; choose a window after its end, or end it first`,
+    { messageId: LEASE_OVERLAP, property: "startTime" },
+  );
+}
+
+export function leaseExists(id: string): BaremetalError {
+  return new BaremetalError("conflict", `lease ${id} exists`, { messageId: LEASE_OVERLAP, property: "id" });
+}
+
+export function leaseNotFound(id: string): BaremetalError {
+  return new BaremetalError("not-found", `lease ${JSON.stringify(id)} does not exist`);
 }

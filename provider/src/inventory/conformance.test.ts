@@ -15,6 +15,7 @@ import {
   ID_IN_USE,
   IN_USE,
   Inventory,
+  LEASE_OVERLAP,
   MAC_IN_USE,
   Migration,
   MIGRATIONS,
@@ -1145,6 +1146,98 @@ describe.each([sqliteBackend, postgresBackend])("inventory conformance: $name", 
         etag = a.etag;
       }
     }
+  });
+
+  // ---- leases of nodes (issue 8) --------------------------------------------------------------
+
+  test("leases: stored with times in UTC, read, listed by node, state, lessee and due time", async () => {
+    const n = await inv.upsertNode(node("leased", { owner: "project-o" }));
+    const a = await inv.insertLease({ id: "lease-a", nodeId: n.id, owner: "project-o", lessee: "project-a", startTime: "2030-01-01T01:00:00+01:00", endTime: "2030-01-01T01:00:00Z" });
+    expect(a).toEqual({
+      id: "lease-a",
+      nodeId: n.id,
+      owner: "project-o",
+      lessee: "project-a",
+      startTime: "2030-01-01T00:00:00.000Z",
+      endTime: "2030-01-01T01:00:00.000Z",
+      state: "pending",
+      createdAt: expect.stringMatching(/Z$/),
+    });
+    expect(await inv.getLease("lease-a")).toEqual(a);
+    expect(await inv.getLease("nope")).toBeUndefined();
+    const b = await inv.insertLease({ id: "lease-b", nodeId: n.id, lessee: "project-b", startTime: "2030-01-01T01:00:00Z", endTime: "2030-01-01T02:00:00Z", state: "active" });
+    expect(b).not.toHaveProperty("owner");
+    expect(b.state).toBe("active");
+    expect((await inv.listLeases()).map((l) => l.id)).toEqual(["lease-a", "lease-b"]);
+    expect((await inv.listLeases({ nodeId: n.id, state: "active" })).map((l) => l.id)).toEqual(["lease-b"]);
+    expect((await inv.listLeases({ state: ["pending", "active"], lessee: "project-a" })).map((l) => l.id)).toEqual(["lease-a"]);
+    expect((await inv.listLeases({ owner: "project-o" })).map((l) => l.id)).toEqual(["lease-a"]);
+    expect(await inv.listLeases({ nodeId: "https://bmc.example/redfish/v1/Systems/other" })).toEqual([]);
+    // Due: a pending lease once its start is reached, an active one once its end is, every ending one.
+    expect((await inv.listLeases({ dueAt: "2029-12-31T23:59:59Z" })).map((l) => l.id)).toEqual([]);
+    expect((await inv.listLeases({ dueAt: "2030-01-01T00:00:00Z" })).map((l) => l.id)).toEqual(["lease-a"]);
+    expect((await inv.listLeases({ dueAt: "2030-01-01T02:00:00Z" })).map((l) => l.id)).toEqual(["lease-a", "lease-b"]);
+    await inv.changeLeaseState("lease-a", ["pending"], "ending");
+    expect((await inv.listLeases({ dueAt: "2000-01-01T00:00:00Z" })).map((l) => l.id)).toEqual(["lease-a"]);
+  });
+
+  test("leases: an overlapping window of the same node is refused until the other lease ended; bad input is refused", async () => {
+    const n = await inv.upsertNode(node("busy"));
+    const other = await inv.upsertNode(node("free"));
+    const base = { nodeId: n.id, lessee: "project-a" };
+    await inv.insertLease({ id: "l1", ...base, startTime: "2030-01-01T00:00:00Z", endTime: "2030-01-01T10:00:00Z" });
+    for (const [start, end] of [["2030-01-01T09:59:59Z", "2030-01-02T00:00:00Z"], ["2029-12-31T00:00:00Z", "2030-01-01T00:00:01Z"], ["2030-01-01T01:00:00Z", "2030-01-01T02:00:00Z"]]) {
+      const refused = await failure(inv.insertLease({ id: `x-${start}`, ...base, lessee: "project-b", startTime: start, endTime: end }));
+      expect(refused).toMatchObject({ code: "conflict", messageId: LEASE_OVERLAP });
+      expect(refused.message).toMatch(/lease l1 \(to project project-a, pending\)/);
+    }
+    // Touching windows do not overlap ([start, end)); another node is independent.
+    await inv.insertLease({ id: "l2", ...base, startTime: "2030-01-01T10:00:00Z", endTime: "2030-01-01T11:00:00Z" });
+    await inv.insertLease({ id: "l3", ...base, nodeId: other.id, startTime: "2030-01-01T00:00:00Z", endTime: "2030-01-01T10:00:00Z" });
+    expect(await failure(inv.insertLease({ id: "l1", ...base, startTime: "2031-01-01T00:00:00Z", endTime: "2031-01-02T00:00:00Z" }))).toMatchObject({ code: "conflict", property: "id" });
+    // Once l1 ended, its window is free again.
+    await inv.changeLeaseState("l1", ["pending"], "ended", { endedAt: "2030-01-01T00:30:00Z", endReason: "deleted" });
+    await inv.insertLease({ id: "l4", ...base, startTime: "2030-01-01T05:00:00Z", endTime: "2030-01-01T06:00:00Z" });
+    expect(await failure(inv.insertLease({ id: "l5", ...base, nodeId: "https://bmc.example/redfish/v1/Systems/ghost", startTime: "2030-01-01T00:00:00Z", endTime: "2030-01-01T01:00:00Z" }))).toMatchObject({
+      code: "not-found",
+      property: "nodeId",
+    });
+    expect(await failure(inv.insertLease({ id: "l6", ...base, startTime: "2031-01-01T01:00:00Z", endTime: "2031-01-01T01:00:00Z" }))).toMatchObject({ code: "validation", property: "endTime" });
+    expect(await failure(inv.insertLease({ id: "l7", ...base, startTime: "tomorrow", endTime: "2031-01-01T01:00:00Z" }))).toMatchObject({ code: "validation", property: "startTime" });
+    expect(await failure(inv.insertLease({ id: "l8", ...base, lessee: "", startTime: "2032-01-01T00:00:00Z", endTime: "2032-01-01T01:00:00Z" }))).toMatchObject({ code: "validation", property: "lessee" });
+    expect(await failure(inv.listLeases({ state: "gone" as never }))).toMatchObject({ code: "validation", property: "state" });
+  });
+
+  test("leases: concurrent inserts of overlapping windows for one node: exactly one is stored", async () => {
+    const n = await inv.upsertNode(node("race"));
+    const second = await open();
+    const results = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) =>
+        (i % 2 ? second : inv).insertLease({ id: `race-${i}`, nodeId: n.id, lessee: `project-${i}`, startTime: `2030-01-01T0${i}:00:00Z`, endTime: "2030-01-02T00:00:00Z" }),
+      ),
+    );
+    expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+    for (const r of results) if (r.status === "rejected") expect(r.reason).toMatchObject({ code: "conflict", messageId: LEASE_OVERLAP });
+    expect(await inv.listLeases({ nodeId: n.id })).toHaveLength(1);
+  });
+
+  test("leases: a state change is conditional, so two callers ending a lease at once end it once", async () => {
+    const n = await inv.upsertNode(node("ending"));
+    await inv.insertLease({ id: "e1", nodeId: n.id, lessee: "project-a", startTime: "2030-01-01T00:00:00Z", endTime: "2030-01-01T01:00:00Z", state: "active" });
+    const second = await open();
+    const [x, y] = await Promise.all([inv.changeLeaseState("e1", ["active"], "ending"), second.changeLeaseState("e1", ["active"], "ending")]);
+    expect([x, y].filter((r) => r !== undefined)).toHaveLength(1);
+    expect((x ?? y)!.state).toBe("ending");
+    // From a state it is not in: nothing changes.
+    expect(await inv.changeLeaseState("e1", ["pending", "active"], "ended")).toBeUndefined();
+    const ended = await inv.changeLeaseState("e1", ["ending"], "ended", { endedAt: "2030-01-01T01:00:05+00:00", endReason: "expired" });
+    expect(ended).toMatchObject({ state: "ended", endedAt: "2030-01-01T01:00:05.000Z", endReason: "expired" });
+    expect(await inv.getLease("e1")).toEqual(ended);
+    // Kept when not given again.
+    expect(await inv.changeLeaseState("e1", ["ended"], "ended")).toMatchObject({ endedAt: "2030-01-01T01:00:05.000Z", endReason: "expired" });
+    expect(await failure(inv.changeLeaseState("nope", ["active"], "ending"))).toMatchObject({ code: "not-found" });
+    expect(await failure(inv.changeLeaseState("e1", [], "ending"))).toMatchObject({ code: "validation", property: "from" });
+    expect(await failure(inv.changeLeaseState("e1", ["active"], "over" as never))).toMatchObject({ code: "validation", property: "to" });
   });
 
   test("migrations: recorded once, idempotent on re-open, data kept", async () => {

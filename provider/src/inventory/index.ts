@@ -23,7 +23,7 @@ import { SqliteInventory, SqliteOptions } from "./sqlite";
 import type { Inventory } from "./types";
 
 export * from "./types";
-export { NO_MATCH, rankNodes, rendezvousKey, redactUrl } from "./common";
+export { LEASE_OVERLAP, NO_MATCH, rankNodes, rendezvousKey, redactUrl } from "./common";
 export { MIGRATIONS, SCHEMA_VERSION } from "./migrations";
 export {
   ADDRESS_IN_USE,

@@ -422,6 +422,44 @@ export const MIGRATIONS: readonly Migration[] = [
       `CREATE INDEX service_resources_type ON service_resources (type, uuid)`,
     ],
   },
+  {
+    version: 5,
+    name: "service: leases of nodes (owner -> lessee for a time window)",
+    sqlite: [
+      `CREATE TABLE leases (
+        id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        owner TEXT,
+        lessee TEXT NOT NULL,
+        start_time TEXT NOT NULL,
+        end_time TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'ending', 'ended')),
+        created_at TEXT NOT NULL,
+        ended_at TEXT,
+        end_reason TEXT,
+        CHECK (end_time > start_time)
+      )`,
+      `CREATE INDEX leases_node ON leases (node_id, state)`,
+      `CREATE INDEX leases_state_end ON leases (state, end_time)`,
+    ],
+    postgres: [
+      `CREATE TABLE leases (
+        id text COLLATE "C" PRIMARY KEY,
+        node_id text NOT NULL,
+        owner text,
+        lessee text NOT NULL,
+        start_time timestamptz NOT NULL,
+        end_time timestamptz NOT NULL,
+        state text NOT NULL CHECK (state IN ('pending', 'active', 'ending', 'ended')),
+        created_at timestamptz NOT NULL,
+        ended_at timestamptz,
+        end_reason text,
+        CHECK (end_time > start_time)
+      )`,
+      `CREATE INDEX leases_node ON leases (node_id, state)`,
+      `CREATE INDEX leases_state_end ON leases (state, end_time)`,
+    ],
+  },
 ];
 
 /** The schema version this code writes. */

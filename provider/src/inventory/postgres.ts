@@ -77,6 +77,13 @@ import {
   requireId,
   canonicalJson,
   etagConflict,
+  leaseExists,
+  leaseFromRow,
+  leaseNotFound,
+  leaseOverlap,
+  normaliseLease,
+  normaliseLeaseChange,
+  normaliseLeaseFilter,
   normaliseServiceChange,
   normaliseServiceListFilter,
   normaliseServiceResource,
@@ -141,6 +148,10 @@ import {
   Claim,
   ClaimRequest,
   Inventory,
+  LeaseFilter,
+  LeaseInput,
+  LeaseRecord,
+  LeaseState,
   LockHandle,
   LockInfo,
   NetworkFilter,
@@ -1312,6 +1323,70 @@ export class PostgresInventory implements Inventory {
       params,
     );
     return rows.map((r) => serviceResourceFromRow(r, iso));
+  }
+
+  // ---- leases of nodes (issue 8) ----------------------------------------------------------------
+  //
+  // An insert locks the node's row (FOR UPDATE) before it looks for overlapping leases: inserts
+  // for the same node queue on that lock, and under READ COMMITTED the next one's overlap query
+  // (a new snapshot) sees the lease the previous one committed. A state change is one conditional
+  // UPDATE: of two concurrent callers expecting the same state, the second re-evaluates the WHERE
+  // on the first's row version and matches nothing.
+
+  async insertLease(lease: LeaseInput): Promise<LeaseRecord> {
+    const v = normaliseLease(lease);
+    return this.tx("storing a lease", async (q) => {
+      if (!(await this.nodeRow(q, v.nodeId, true))) throw new BaremetalError("not-found", `node ${v.nodeId} is not enrolled`, { property: "nodeId" });
+      if ((await q("SELECT id FROM leases WHERE id = $1", [v.id])).length) throw leaseExists(v.id);
+      const other = await q(
+        "SELECT * FROM leases WHERE node_id = $1 AND state <> 'ended' AND start_time < $2::timestamptz AND $3::timestamptz < end_time ORDER BY start_time, id LIMIT 1",
+        [v.nodeId, v.endTime, v.startTime],
+      );
+      if (other.length) throw leaseOverlap(v, leaseFromRow(other[0], iso));
+      const rows = await q(
+        "INSERT INTO leases (id, node_id, owner, lessee, start_time, end_time, state, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+        [v.id, v.nodeId, v.owner ?? null, v.lessee, v.startTime, v.endTime, v.state, v.createdAt],
+      );
+      return leaseFromRow(rows[0], iso);
+    });
+  }
+
+  async getLease(id: string): Promise<LeaseRecord | undefined> {
+    requireId("id", id);
+    const rows = await this.q("reading a lease", "SELECT * FROM leases WHERE id = $1", [id]);
+    return rows.length ? leaseFromRow(rows[0], iso) : undefined;
+  }
+
+  async listLeases(filter?: LeaseFilter): Promise<LeaseRecord[]> {
+    const f = normaliseLeaseFilter(filter);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const param = (v: unknown) => (params.push(v), `$${params.length}`);
+    if (f.nodeId !== undefined) where.push(`node_id = ${param(f.nodeId)}`);
+    if (f.states) where.push(`state = ANY(${param(f.states)}::text[])`);
+    if (f.lessee !== undefined) where.push(`lessee = ${param(f.lessee)}`);
+    if (f.owner !== undefined) where.push(`owner = ${param(f.owner)}`);
+    if (f.dueAt !== undefined) {
+      const at = param(f.dueAt);
+      where.push(`((state = 'pending' AND start_time <= ${at}::timestamptz) OR (state = 'active' AND end_time <= ${at}::timestamptz) OR state = 'ending')`);
+    }
+    // id is COLLATE "C": byte order, as SQLite's BINARY.
+    const rows = await this.q("listing leases", `SELECT * FROM leases${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY start_time, id`, params);
+    return rows.map((r) => leaseFromRow(r, iso));
+  }
+
+  async changeLeaseState(id: string, from: readonly LeaseState[], to: LeaseState, detail?: { endedAt?: string; endReason?: string }): Promise<LeaseRecord | undefined> {
+    requireId("id", id);
+    const c = normaliseLeaseChange(from, to, detail);
+    const rows = await this.q(
+      "changing a lease's state",
+      `UPDATE leases SET state = $1, ended_at = coalesce($2::timestamptz, ended_at), end_reason = coalesce($3::text, end_reason)
+       WHERE id = $4 AND state = ANY($5::text[]) RETURNING *`,
+      [c.to, c.endedAt ?? null, c.endReason ?? null, id, c.from],
+    );
+    if (rows.length) return leaseFromRow(rows[0], iso);
+    if (!(await this.q("changing a lease's state", "SELECT id FROM leases WHERE id = $1", [id])).length) throw leaseNotFound(id);
+    return undefined;
   }
 
   async close(): Promise<void> {

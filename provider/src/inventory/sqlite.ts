@@ -57,6 +57,13 @@ import {
   rankNodes,
   requireId,
   etagConflict,
+  leaseExists,
+  leaseFromRow,
+  leaseNotFound,
+  leaseOverlap,
+  normaliseLease,
+  normaliseLeaseChange,
+  normaliseLeaseFilter,
   serviceResourceExists,
   serviceResourceFromRow,
   serviceResourceNotFound,
@@ -120,6 +127,10 @@ import {
   Claim,
   ClaimRequest,
   Inventory,
+  LeaseFilter,
+  LeaseInput,
+  LeaseRecord,
+  LeaseState,
   LockHandle,
   LockInfo,
   NetworkFilter,
@@ -1167,6 +1178,69 @@ export class SqliteInventory implements Inventory {
       this.all(`SELECT * FROM service_resources${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY uuid LIMIT ?`, ...params, f.limit),
     );
     return rows.map((r) => serviceResourceFromRow(r, String));
+  }
+
+  // ---- leases of nodes (issue 8) ----------------------------------------------------------------
+  //
+  // Times are stored as ISO 8601 UTC text with milliseconds (normalised on the way in), so text
+  // order is time order. The overlap check and the insert run in one write transaction, which
+  // holds the database's single write lock: two inserts for the same node never both pass.
+
+  async insertLease(lease: LeaseInput): Promise<LeaseRecord> {
+    const v = normaliseLease(lease);
+    return this.write("storing a lease", () => {
+      if (!this.nodeRow(v.nodeId)) throw new BaremetalError("not-found", `node ${v.nodeId} is not enrolled`, { property: "nodeId" });
+      if (this.get("SELECT id FROM leases WHERE id = ?", v.id)) throw leaseExists(v.id);
+      const other = this.get(
+        "SELECT * FROM leases WHERE node_id = ? AND state <> 'ended' AND start_time < ? AND ? < end_time ORDER BY start_time, id LIMIT 1",
+        v.nodeId, v.endTime, v.startTime,
+      );
+      if (other) throw leaseOverlap(v, leaseFromRow(other, String));
+      this.run(
+        "INSERT INTO leases (id, node_id, owner, lessee, start_time, end_time, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        v.id, v.nodeId, p(v.owner), v.lessee, v.startTime, v.endTime, v.state, v.createdAt,
+      );
+      return leaseFromRow(this.get("SELECT * FROM leases WHERE id = ?", v.id)!, String);
+    });
+  }
+
+  async getLease(id: string): Promise<LeaseRecord | undefined> {
+    requireId("id", id);
+    const r = await this.read("reading a lease", () => this.get("SELECT * FROM leases WHERE id = ?", id));
+    return r ? leaseFromRow(r, String) : undefined;
+  }
+
+  async listLeases(filter?: LeaseFilter): Promise<LeaseRecord[]> {
+    const f = normaliseLeaseFilter(filter);
+    const where: string[] = [];
+    const params: SQLInputValue[] = [];
+    if (f.nodeId !== undefined) (where.push("node_id = ?"), params.push(f.nodeId));
+    if (f.states) (where.push(`state IN (${f.states.map(() => "?").join(", ")})`), params.push(...f.states));
+    if (f.lessee !== undefined) (where.push("lessee = ?"), params.push(f.lessee));
+    if (f.owner !== undefined) (where.push("owner = ?"), params.push(f.owner));
+    if (f.dueAt !== undefined) {
+      where.push("((state = 'pending' AND start_time <= ?) OR (state = 'active' AND end_time <= ?) OR state = 'ending')");
+      params.push(f.dueAt, f.dueAt);
+    }
+    const rows = await this.read("listing leases", () =>
+      this.all(`SELECT * FROM leases${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY start_time, id`, ...params),
+    );
+    return rows.map((r) => leaseFromRow(r, String));
+  }
+
+  async changeLeaseState(id: string, from: readonly LeaseState[], to: LeaseState, detail?: { endedAt?: string; endReason?: string }): Promise<LeaseRecord | undefined> {
+    requireId("id", id);
+    const c = normaliseLeaseChange(from, to, detail);
+    return this.write("changing a lease's state", () => {
+      const row = this.get(
+        `UPDATE leases SET state = ?, ended_at = coalesce(?, ended_at), end_reason = coalesce(?, end_reason)
+         WHERE id = ? AND state IN (${c.from.map(() => "?").join(", ")}) RETURNING *`,
+        c.to, p(c.endedAt), p(c.endReason), id, ...c.from,
+      );
+      if (row) return leaseFromRow(row, String);
+      if (!this.get("SELECT id FROM leases WHERE id = ?", id)) throw leaseNotFound(id);
+      return undefined;
+    });
   }
 
   async close(): Promise<void> {

@@ -506,6 +506,26 @@ export interface Inventory {
   /** Objects ordered by uuid (byte order), after `afterUuid` when given, at most `limit` (default 100); filters all hold when given (projectId: null means the operator's objects, undefined means any project). */
   listServiceResources(filter?: { type?: string; projectId?: string | null; afterUuid?: string; limit?: number }): Promise<ServiceResourceRecord[]>;
 
+  // ---- leases of nodes (issue 8, the ESI model) -----------------------------------------------
+
+  /**
+   * Stores a new lease (state `pending` unless given `active`). Atomic against other inserts for
+   * the same node: a `conflict` (messageId `inventory.LeaseOverlap`, naming the other lease) when
+   * its window [startTime, endTime) overlaps that of a lease of the node that has not ended, or
+   * when its id exists; `not-found` (property `nodeId`) when the node is not enrolled.
+   */
+  insertLease(lease: LeaseInput): Promise<LeaseRecord>;
+  getLease(id: string): Promise<LeaseRecord | undefined>;
+  /** Every filter given must hold. Ordered by start time, then id (byte order). */
+  listLeases(filter?: LeaseFilter): Promise<LeaseRecord[]>;
+  /**
+   * Moves the lease to `to` only if its state is one of `from`, in one statement: of two callers
+   * making the same change at once exactly one gets the record back, the other `undefined`.
+   * `endedAt` and `endReason` are set when given (kept otherwise). `not-found` when there is no
+   * such lease.
+   */
+  changeLeaseState(id: string, from: readonly LeaseState[], to: LeaseState, detail?: { endedAt?: string; endReason?: string }): Promise<LeaseRecord | undefined>;
+
   /** Closes connections. Idempotent; other calls fail afterwards. */
   close(): Promise<void>;
 }
@@ -584,4 +604,57 @@ export interface ServiceResourceChange {
   etag: string;
   partial: boolean;
   updatedAt: string;
+}
+
+/**
+ * A lease of a node (issue 8, the MOC ESI model): its owner lends it to a lessee project for a
+ * time window. `pending` until its start, `active` while the lessee holds it, `ending` while the
+ * lessee's use of the node is torn down (retried until every step succeeds), then `ended`.
+ */
+export type LeaseState = "pending" | "active" | "ending" | "ended";
+
+export const LEASE_STATES: readonly LeaseState[] = ["pending", "active", "ending", "ended"];
+
+export interface LeaseInput {
+  id: string;
+  nodeId: string;
+  /** The node's owner project when the lease was made (undefined: an ownerless node, leased by the operator). */
+  owner?: string;
+  lessee: string;
+  /** ISO 8601 with a zone; stored in UTC with milliseconds. */
+  startTime: string;
+  /** After `startTime`. */
+  endTime: string;
+  /** Default `pending`; `active` for a lease that starts at once. */
+  state?: "pending" | "active";
+  /** Default: now. */
+  createdAt?: string;
+}
+
+export interface LeaseRecord {
+  id: string;
+  nodeId: string;
+  owner?: string;
+  lessee: string;
+  startTime: string;
+  endTime: string;
+  state: LeaseState;
+  createdAt: string;
+  /** When the lease reached `ended`. */
+  endedAt?: string;
+  /** Why it ended (`expired`, `deleted`, ...). */
+  endReason?: string;
+}
+
+export interface LeaseFilter {
+  nodeId?: string;
+  /** One state or any of several. */
+  state?: LeaseState | readonly LeaseState[];
+  lessee?: string;
+  owner?: string;
+  /**
+   * Only leases the reaper has to act on at this time (ISO 8601): `pending` ones whose start is
+   * at or before it, `active` ones whose end is at or before it, and every `ending` one.
+   */
+  dueAt?: string;
 }
