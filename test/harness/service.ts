@@ -25,11 +25,13 @@ export interface IssuedToken {
 
 export interface ServiceInstance {
   url: string;
+  /** The `baremetal serve` process's PID. */
+  pid: number;
   /** The settings file (0600). */
   config: string;
   /** The service's request log so far (one JSON object per line). */
   log(): Array<Record<string, unknown>>;
-  token(name: string, project: string | undefined, roles: string[]): Promise<IssuedToken>;
+  token(name: string, project: string | undefined, roles: string[], opts?: { ratePerMinute?: number }): Promise<IssuedToken>;
   /** Another instance serving the same settings (and so the same inventory). */
   another(): Promise<ServiceInstance>;
   stop(): Promise<void>;
@@ -57,15 +59,17 @@ async function serve(config: string): Promise<ServiceInstance> {
   });
   return {
     url,
+    pid: child.pid!,
     config,
     log: () =>
       out
         .split("\n")
         .filter((l) => l.startsWith("{") && !l.includes('"listening"'))
         .map((l) => JSON.parse(l) as Record<string, unknown>),
-    async token(name, project, roles) {
+    async token(name, project, roles, opts = {}) {
       const args = ["token", "create", "--config", config, "--name", name, "--roles", roles.join(",")];
       if (project) args.push("--project", project);
+      if (opts.ratePerMinute !== undefined) args.push("--rate-per-minute", String(opts.ratePerMinute));
       return JSON.parse(await cli(args)) as IssuedToken;
     },
     another: () => serve(config),
