@@ -17,12 +17,18 @@
  * refilled continuously). Several service instances each allow the rate: behind a load
  * balancer a token gets up to N times its rate (documented; a shared limiter would need the
  * database on every request).
+ *
+ * JWTs: with an OidcVerifier (oidc.ts, for sites with an identity provider), a bearer token of
+ * three base64url parts is verified as a JWT of the configured issuer instead; it becomes the same
+ * caller (tokenId `oidc:<sub>`), is limited per subject at the verifier's rate (default: this
+ * service's default rate), and any verification failure is the one 401 `the token is not valid`.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Caller } from "../core/auth";
 import { BaremetalError } from "../core/errors";
 import { OPERATIONS, type Policy, type PolicyTarget } from "../core/policy";
 import type { ApiTokenRecord, Inventory } from "../inventory/types";
+import { looksLikeJwt, type OidcVerifier } from "./oidc";
 
 /** A token as stored (the inventory's record: the secret's SHA-256 only). */
 export type TokenRecord = ApiTokenRecord;
@@ -95,13 +101,15 @@ export class TokenService {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private readonly now: () => number;
   readonly defaultRatePerMinute: number;
+  private readonly oidc?: OidcVerifier;
 
   constructor(
     private readonly store: TokenStore,
-    opts: { now?: () => number; defaultRatePerMinute?: number } = {},
+    opts: { now?: () => number; defaultRatePerMinute?: number; oidc?: OidcVerifier } = {},
   ) {
     this.now = opts.now ?? Date.now;
     this.defaultRatePerMinute = opts.defaultRatePerMinute ?? 600;
+    this.oidc = opts.oidc;
   }
 
   /** Issues a token; the returned text is the only copy of its secret. */
@@ -127,12 +135,17 @@ export class TokenService {
     return { token: `bmt_${id}_${secret}`, record };
   }
 
-  /** The caller of an `Authorization` header value (`Bearer bmt_...`); throws 401 or 429. */
+  /** The caller of an `Authorization` header value (`Bearer bmt_...`, or `Bearer <JWT>` with OIDC configured); throws 401 or 429. */
   async authenticate(authorization: string | undefined): Promise<AuthenticatedCaller> {
     if (!authorization) throw unauthorized("no token: send `Authorization: Bearer <token>`");
     const m = /^Bearer\s+(\S+)$/i.exec(authorization.trim());
+    if (m && this.oidc && !m[1].startsWith("bmt_") && looksLikeJwt(m[1])) {
+      const caller = await this.oidc.verify(m[1]);
+      this.take(caller.tokenId, caller.tokenName, this.oidc.settings.ratePerMinute ?? this.defaultRatePerMinute);
+      return caller;
+    }
     const parsed = m ? TOKEN_RE.exec(m[1]) : null;
-    if (!parsed) throw unauthorized("the Authorization header is not `Bearer <token>` with a baremetal token (bmt_...)");
+    if (!parsed) throw unauthorized(this.oidc ? "the Authorization header is not `Bearer <token>` with a baremetal token (bmt_...) or a JWT" : "the Authorization header is not `Bearer <token>` with a baremetal token (bmt_...)");
     const [, id, secret] = parsed;
     const record = await this.store.get(id);
     // Compare in constant time even when the id is unknown (against a hash that cannot match).
@@ -141,7 +154,7 @@ export class TokenService {
     if (!ok) throw unauthorized("the token is not valid");
     if (record.revokedAt) throw unauthorized(`token ${id} (${record.name}) was revoked at ${record.revokedAt}`);
     if (record.expiresAt && Date.parse(record.expiresAt) <= this.now()) throw unauthorized(`token ${id} (${record.name}) expired at ${record.expiresAt}; ask for a new one`);
-    this.take(record);
+    this.take(record.id, record.name, record.ratePerMinute);
     return { tokenId: id, tokenName: record.name, projectId: record.projectId, roles: [...record.roles], operator: !record.projectId };
   }
 
@@ -164,18 +177,19 @@ export class TokenService {
     return { projectId: caller.projectId, roles: caller.roles, operator: caller.operator, ownProject: judge(targetOf(own)), otherProjects: judge(targetOf(`${own}-other-project`)) };
   }
 
-  private take(r: TokenRecord): void {
+  /** One request of token (or OIDC subject) `id` at `ratePerMinute`; 429 when its bucket is empty. */
+  private take(id: string, name: string, ratePerMinute: number): void {
     const now = this.now();
-    const perMs = r.ratePerMinute / 60000;
-    const b = this.buckets.get(r.id) ?? { tokens: r.ratePerMinute, at: now };
-    b.tokens = Math.min(r.ratePerMinute, b.tokens + (now - b.at) * perMs);
+    const perMs = ratePerMinute / 60000;
+    const b = this.buckets.get(id) ?? { tokens: ratePerMinute, at: now };
+    b.tokens = Math.min(ratePerMinute, b.tokens + (now - b.at) * perMs);
     b.at = now;
     if (b.tokens < 1) {
-      this.buckets.set(r.id, b);
+      this.buckets.set(id, b);
       const wait = Math.ceil((1 - b.tokens) / perMs / 1000);
-      throw new BaremetalError("transient", `token ${r.id} (${r.name}) is over its rate of ${r.ratePerMinute} requests per minute; retry in ${wait} s`, { httpStatus: 429, messageId: "TooManyRequests", retryAfterSeconds: wait });
+      throw new BaremetalError("transient", `token ${id} (${name}) is over its rate of ${ratePerMinute} requests per minute; retry in ${wait} s`, { httpStatus: 429, messageId: "TooManyRequests", retryAfterSeconds: wait });
     }
     b.tokens -= 1;
-    this.buckets.set(r.id, b);
+    this.buckets.set(id, b);
   }
 }
