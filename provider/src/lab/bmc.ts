@@ -87,6 +87,7 @@ import { labDiskSerial, labMac, labSerial, labUuid, MAX_INDEX, memoryGiB, profil
 import { Flavor, FlavorName, flavorByName, StorageSpec } from "./flavors";
 import { errorBody, fail, Json, message, messagesBody, RedfishError, Reply } from "./messages";
 import { bootPlan, describeFunction, functionChanges, iscsiLogin, type LabDeviceFunction, type LabIscsiBoot, NDF_BOOT_MODES, newDeviceFunction, renderIscsi } from "./iscsi-boot";
+import { HOTKEY, LabSerialConsole } from "./serial-console";
 
 export type { Reply } from "./messages";
 
@@ -165,6 +166,12 @@ export interface LabBmcOptions {
   admin?: boolean;
   /** Shown by GET /lab (the lab runner sets it, with its pid, so `lab stop` can check whom it stops). */
   labId?: string;
+  /**
+   * Run the serial console (serial-console.ts): an SSH server on the BMC's host, on its own port
+   * (`{ port }`, or true: any free port). Default false here (a bare BMC's Redfish shapes stay
+   * those of the mockup); startLab turns it on. Flavors whose SerialConsole lacks SSH have none.
+   */
+  serialConsole?: boolean | { port: number };
 }
 
 interface MediaState {
@@ -366,6 +373,8 @@ export interface LabBmcInfo {
     virtualMediaUri: string;
     resourceClass: string;
   }>;
+  /** The serial console (SSH; select a system with `console <systemId>`), or null. */
+  serialConsole: { host: string; port: number; url: string } | null;
 }
 
 export interface FaultMatch {
@@ -542,6 +551,8 @@ export class LabBmc {
   /** iSCSI logins of booting systems in flight (see iscsi-boot.ts). */
   private readonly iscsiLogins = new Set<Promise<void>>();
   private readonly fetchAbort = new AbortController();
+  /** The serial console (serial-console.ts), once started. */
+  private serial?: LabSerialConsole;
 
   private constructor(opts: LabBmcOptions) {
     this.index = opts.index ?? 1;
@@ -625,7 +636,46 @@ export class LabBmc {
     bmc._port = port;
     const host = bmc.host.includes(":") ? `[${bmc.host}]` : bmc.host;
     bmc._url = `${bmc.tls ? "https" : "http"}://${host}:${port}`;
+    try {
+      if (opts.serialConsole) await bmc.startSerialConsole(opts.serialConsole === true ? 0 : opts.serialConsole.port);
+    } catch (e) {
+      await bmc.close();
+      throw e;
+    }
     return bmc;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Serial console (serial-console.ts): SSH on its own port; output from the side effects below
+
+  private async startSerialConsole(port: number): Promise<void> {
+    if (!this.flavor.serialConsole.ServiceEnabled || !this.flavor.serialConsole.ConnectTypesSupported.includes("SSH")) return;
+    this.serial = await LabSerialConsole.start(
+      {
+        index: this.index,
+        systems: () => this.systemsList.map((s) => ({ id: s.id, uri: s.uri, name: s.name })),
+        login: (user, password) => this.login(user, password, this.clock.now()),
+        mayType: (roleId) => (ROLE_PRIVILEGES[roleId] ?? []).includes("ConfigureComponents"),
+        settle: () => this.settle(),
+        now: () => this.clock.now(),
+      },
+      { host: this.host as "127.0.0.1" | "::1", port },
+    );
+  }
+
+  /** The serial console server (null when this BMC has none). */
+  get serialConsole(): LabSerialConsole | null {
+    return this.serial ?? null;
+  }
+
+  /** ComputerSystem.SerialConsole (HostSerialConsole, ComputerSystem v1_13+): where and how to reach this system's console. */
+  private renderHostSerialConsole(s: SystemState): Json {
+    const c = this.serial!;
+    return {
+      MaxConcurrentSessions: this.flavor.serialConsole.MaxConcurrentSessions,
+      SSH: { ServiceEnabled: true, Port: c.port, SharedWithManagerCLI: false, ConsoleEntryCommand: LabSerialConsole.entryCommand(s.id), HotKeySequenceDisplay: `Press ${HOTKEY} at the start of a line to exit` },
+      IPMI: { ServiceEnabled: false },
+    };
   }
 
   /** e.g. http://127.0.0.1:41234 (the BMC address to give a client; /redfish/v1 is below it). */
@@ -642,6 +692,7 @@ export class LabBmc {
     if (this.closed) return;
     this.closed = true;
     this.fetchAbort.abort();
+    await this.serial?.close();
     await Promise.allSettled([...this.imageFetches]); // backup agents stop at the abort
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
@@ -874,6 +925,7 @@ export class LabBmc {
       managerId: this.managerId,
       managerUri: this.managerUri,
       username: this.username,
+      serialConsole: this.serial ? { host: this.serial.host, port: this.serial.port, url: `ssh://${this.serial.host.includes(":") ? `[${this.serial.host}]` : this.serial.host}:${this.serial.port}` } : null,
       systems: this.systemsList.map((s) => ({
         id: s.id,
         uri: s.uri,
@@ -1182,6 +1234,7 @@ export class LabBmc {
     this.effects.push(e);
     if (this.effects.length > LOG_LIMIT) this.effects.shift();
     this.stats.sideEffects[kind] = (this.stats.sideEffects[kind] ?? 0) + 1;
+    this.serial?.sideEffect(e); // what the machine prints on its serial port
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1700,6 +1753,7 @@ export class LabBmc {
     if (s.lastResetAt !== undefined) sys.LastResetTime = isoTime(s.lastResetAt);
     if (f.virtualMedia === "system") sys.VirtualMedia = link(`${s.uri}/VirtualMedia`);
     if (f.storage) sys.Storage = link(`${s.uri}/Storage`);
+    if (this.serial) sys.SerialConsole = this.renderHostSerialConsole(s);
     return sys;
   }
 

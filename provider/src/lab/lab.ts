@@ -18,6 +18,7 @@ import { type LabImageStore, startImageStore } from "./image-store";
 import { Clock, SystemClock } from "./clock";
 import { LAB_PERSONAS, LAB_PROJECTS, LabProject, MAX_INDEX, ownerOf } from "./fixtures";
 import { FLAVOR_NAMES, FlavorName, flavorByName } from "./flavors";
+import { LabSerialConsole } from "./serial-console";
 
 export interface LabOptions {
   /** Number of BMCs (default 1). */
@@ -57,6 +58,8 @@ export interface LabOptions {
    * images"). Default: none (disks are labels only).
    */
   diskBytes?: number;
+  /** Each BMC runs its serial console over SSH (serial-console.ts) on a free loopback port (default true). */
+  serialConsole?: boolean;
 }
 
 export interface LabNode {
@@ -74,6 +77,8 @@ export interface LabNode {
   resourceClass: string;
   /** The tenant project that owns the machine in multi-tenancy tests. */
   owner: string;
+  /** The BMC's serial console (SSH) and the command that selects this machine's console on it; null without one. */
+  serialConsole: { url: string; entryCommand: string } | null;
 }
 
 /** Everything a user or a test needs to use the lab; printed as JSON by `baremetal lab start`. */
@@ -193,6 +198,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
             taskSeconds: opts.taskSeconds,
             tls,
             labId: id,
+            serialConsole: opts.serialConsole ?? true,
             ...(diskDir ? { diskDir, diskBytes: opts.diskBytes } : {}),
           }),
         );
@@ -226,6 +232,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
         virtualMediaUri: s.virtualMediaUri,
         resourceClass: s.resourceClass,
         owner: ownerOf(n),
+        serialConsole: b.serialConsole ? { url: b.serialConsole.url, entryCommand: LabSerialConsole.entryCommand(s.id) } : null,
       });
     }
   }
