@@ -21,6 +21,7 @@
  */
 import { randomUUID } from "node:crypto";
 import * as http from "node:http";
+import * as https from "node:https";
 import Ajv, { type ValidateFunction } from "ajv";
 import { authorize } from "../core/auth";
 import { BaremetalError, isBaremetalError } from "../core/errors";
@@ -28,6 +29,7 @@ import type { ProviderHost } from "../core/host";
 import { getNodesFunction } from "../resources/compute/get-nodes";
 import { withDriver } from "../resources/compute/node";
 import { OPENAPI, type QueryParameter } from "./openapi";
+import { attachConsole } from "./console";
 import { ResourceEndpoints } from "./resources";
 import type { AuthenticatedCaller, TokenService } from "./tokens";
 
@@ -50,6 +52,8 @@ export interface ServiceOptions {
   tokens: TokenService;
   /** One structured line per request (default: JSON to stdout). */
   log?: (e: LogEntry) => void;
+  /** Serve HTTPS with this certificate and key (PEM); with clientCa, every client must present a certificate chaining to it (mutual TLS, refused in the handshake otherwise). */
+  tls?: { cert: string | Buffer; key: string | Buffer; clientCa?: string | Buffer };
 }
 
 const STATUS: Record<string, number> = {
@@ -211,7 +215,10 @@ export function createService(opts: ServiceOptions): http.Server {
     },
   ];
 
-  return http.createServer((req, res) => {
+  const t = opts.tls;
+  const createServer = (handler: http.RequestListener): http.Server =>
+    t ? https.createServer({ cert: t.cert, key: t.key, ...(t.clientCa ? { ca: t.clientCa, requestCert: true, rejectUnauthorized: true } : {}) }, handler) : http.createServer(handler);
+  const server = createServer((req, res) => {
     const started = performance.now();
     const inbound = req.headers["x-request-id"];
     const requestId = typeof inbound === "string" && REQUEST_ID.test(inbound) ? inbound : randomUUID();
@@ -305,4 +312,6 @@ export function createService(opts: ServiceOptions): http.Server {
       send(200, await route({ caller, query }));
     })().catch(fail);
   });
+  attachConsole(server, opts); // the browser console: GET /console and the websocket on /v1/nodes/{id}/console (console.ts)
+  return server;
 }
