@@ -90,6 +90,8 @@ export const OPERATIONS = [
   "baremetal:allocation:create_restricted",
   "baremetal:allocation:delete",
   "baremetal:allocation:update",
+  "baremetal:lease:create",
+  "baremetal:lease:delete",
 ] as const;
 
 export type Operation = (typeof OPERATIONS)[number];
@@ -122,6 +124,8 @@ const PERSONAS: Record<string, string> = {
   lessee_manager: "role:manager and project_id:%(node.lessee)s",
 
   allocation_owner_member: "role:member and project_id:%(allocation.owner)s",
+  // A lease's owner (the project that owned the node when it was leased): not Ironic's, esi-leap's.
+  lease_owner_manager: "role:manager and project_id:%(lease.owner)s",
   allocation_owner_reader: "role:reader and project_id:%(allocation.owner)s",
 
   // Tenant networks (Neutron's model: a project's members manage its own networks).
@@ -212,6 +216,14 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   "baremetal:allocation:create_restricted": "rule:system_member",
   "baremetal:allocation:delete": "rule:allocation_member",
   "baremetal:allocation:update": "rule:allocation_member",
+  // Leases (not Ironic's: MOC's esi-leap, esi_leap/common/policy.py). There `esi_leap:lease:create`
+  // is `rule:is_admin or rule:is_owner` (the roles admin/esi_leap_admin, owner/esi_leap_owner) and
+  // the API also requires the node to be the caller project's; here the owner persona is the
+  // node's owner project with the manager role (Keystone's project manager), and the admins are
+  // system-scoped. Ending a lease early: its owner's managers and the system admins (esi-leap
+  // also lets the lessee end it; a lessee who wants out releases its allocation instead).
+  "baremetal:lease:create": "(rule:system_admin) or (rule:owner_manager)",
+  "baremetal:lease:delete": "(rule:system_admin) or (rule:lease_owner_manager)",
 };
 
 /** The effective rule table when no policy file overrides anything. */

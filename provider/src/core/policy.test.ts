@@ -321,6 +321,9 @@ const expected: Record<string, string> = {
   "baremetal:allocation:create_restricted": "Y N Y N N N N N N N N N",
   "baremetal:allocation:delete": "Y N Y Y Y N N N N N N N",
   "baremetal:allocation:update": "Y N Y Y Y N N N N N N N",
+  // esi-leap's: the node owner's managers and the system admins (the target has no lease.owner).
+  "baremetal:lease:create": "Y N N Y N N N N N N N N",
+  "baremetal:lease:delete": "Y N N N N N N N N N N N",
 };
 
 describe("default rules", () => {

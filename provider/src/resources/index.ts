@@ -6,6 +6,7 @@ import { backupResource } from "./backup/backup";
 import { backupPolicyResource } from "./backup/policy";
 import { deploymentResource } from "./compute/deployment";
 import { getNodesFunction } from "./compute/get-nodes";
+import { leaseResource } from "./compute/lease";
 import { nodeResource } from "./compute/node";
 import { encryptionKeyResource } from "./keys/encryption-key";
 import { keyRotationPolicyResource } from "./keys/rotation-policy";
@@ -15,7 +16,7 @@ import { tenantNetworkResource } from "./network/tenant-network";
 import { volumeResource } from "./storage/volume";
 import { volumeAttachmentResource } from "./storage/volume-attachment";
 
-export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource, volumeResource, volumeAttachmentResource, keyRotationPolicyResource, backupResource, backupPolicyResource];
+export const resources: readonly ResourceDefinition[] = [nodeResource, allocationResource, deploymentResource, consoleAccessResource, portResource, tenantNetworkResource, networkAttachmentResource, encryptionKeyResource, volumeResource, volumeAttachmentResource, keyRotationPolicyResource, backupResource, backupPolicyResource, leaseResource];
 
 export const resourcesByToken: ReadonlyMap<string, ResourceDefinition> = new Map(resources.map((r) => [r.token, r]));
 

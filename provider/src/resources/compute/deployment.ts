@@ -343,7 +343,7 @@ async function redeliverConfigDrive(ctx: OperationContext, id: string, news: Pro
 }
 
 /** Deletes the deployment's config drive from the image store (its user data must not outlive it). */
-async function removeConfigDrive(ctx: OperationContext, state: Props | undefined): Promise<void> {
+export async function removeConfigDrive(ctx: OperationContext, state: Props | undefined): Promise<void> {
   const url = state?.configDriveUrl as string | undefined;
   if (!url) return;
   if (!ctx.config.imageStoreUrl) {
@@ -546,20 +546,27 @@ export const deploymentResource: ResourceDefinition = {
     const node = await inventory.getNode(id);
     await removeConfigDrive(ctx, state);
     if (!node) return; // un-enrolled: nothing left to clean
-    const { address, systemId } = parseNodeId(id);
-    await withNodeLock(ctx, inventory, id, "clean", async () => {
-      await inventory.setProvisionState(id, "cleaning");
-      // Cut off from every tenant network BEFORE the machine is touched (moved to the provisioning network).
-      await syncNodePorts(ctx, inventory, id);
-      try {
-        await withDriver(ctx, { address }, (driver) => clean(ctx, driver, systemId).catch(rethrowAttributed));
-      } catch (e) {
-        await inventory.setProvisionState(id, "clean failed", describeError(e));
-        throw e;
-      }
-      await inventory.setProvisionState(id, "available");
-      // Still held by its allocation: back into the holder's networks (quarantine if none).
-      await syncNodePorts(ctx, inventory, id);
-    });
+    await withNodeLock(ctx, inventory, id, "clean", () => undeployAndClean(ctx, inventory, id));
   },
 };
+
+/**
+ * Undeploy and clean (what destroying a Deployment does to its node), for a caller that holds the
+ * node's lock: off the tenant networks, powered off, media ejected, boot override cleared, disks
+ * erased per `cleanEraseDisks`; the node ends `available` (or `clean failed`, and the error is thrown).
+ */
+export async function undeployAndClean(ctx: OperationContext, inventory: Inventory, id: string): Promise<void> {
+  const { address, systemId } = parseNodeId(id);
+  await inventory.setProvisionState(id, "cleaning");
+  // Cut off from every tenant network BEFORE the machine is touched (moved to the provisioning network).
+  await syncNodePorts(ctx, inventory, id);
+  try {
+    await withDriver(ctx, { address }, (driver) => clean(ctx, driver, systemId).catch(rethrowAttributed));
+  } catch (e) {
+    await inventory.setProvisionState(id, "clean failed", describeError(e));
+    throw e;
+  }
+  await inventory.setProvisionState(id, "available");
+  // Still held by its allocation: back into the holder's networks (quarantine if none).
+  await syncNodePorts(ctx, inventory, id);
+}
