@@ -14,5 +14,6 @@ export * as volumeAttachment from './volume-attachment';
 export * as keyRotationPolicy from './key-rotation-policy';
 export * as backup from './backup';
 export * as backupPolicy from './backup-policy';
+export * as lease from './lease';
 export * as dataBaremetalNodes from './data-baremetal-nodes';
 export * as provider from './provider';

@@ -14,5 +14,6 @@ export * as volumeAttachment from './volume-attachment/index';
 export * as keyRotationPolicy from './key-rotation-policy/index';
 export * as backup from './backup/index';
 export * as backupPolicy from './backup-policy/index';
+export * as lease from './lease/index';
 export * as dataBaremetalNodes from './data-baremetal-nodes/index';
 export * as provider from './provider/index';

@@ -25,6 +25,11 @@ export const getNodes: typeof import("./getNodes").getNodes = null as any;
 export const getNodesOutput: typeof import("./getNodes").getNodesOutput = null as any;
 utilities.lazyLoad(exports, ["getNodes","getNodesOutput"], () => require("./getNodes"));
 
+export { LeaseArgs } from "./lease";
+export type Lease = import("./lease").Lease;
+export const Lease: typeof import("./lease").Lease = null as any;
+utilities.lazyLoad(exports, ["Lease"], () => require("./lease"));
+
 export { NodeArgs } from "./node";
 export type Node = import("./node").Node;
 export const Node: typeof import("./node").Node = null as any;
@@ -41,6 +46,8 @@ const _module = {
                 return new ConsoleAccess(name, <any>undefined, { urn })
             case "baremetal:compute:Deployment":
                 return new Deployment(name, <any>undefined, { urn })
+            case "baremetal:compute:Lease":
+                return new Lease(name, <any>undefined, { urn })
             case "baremetal:compute:Node":
                 return new Node(name, <any>undefined, { urn })
             default:
