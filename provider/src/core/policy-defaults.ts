@@ -61,6 +61,7 @@ export const OPERATIONS = [
   "baremetal:node:validate",
   "baremetal:node:set_provision_state",
   "baremetal:node:set_power_state",
+  "baremetal:node:get_console",
   "baremetal:node:vif:attach",
   "baremetal:node:vif:detach",
   "baremetal:port:get",
@@ -183,6 +184,9 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   "baremetal:node:validate": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:set_provision_state": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:set_power_state": "rule:system_or_project_member",
+  // The node's serial console (Ironic: GET /nodes/{node_ident}/states/console): the owner's
+  // members, not the lessee's, as in Ironic (SYSTEM_MEMBER_OR_OWNER_MEMBER).
+  "baremetal:node:get_console": "rule:system_member_or_owner_member",
   "baremetal:node:vif:attach": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:vif:detach": "rule:system_or_owner_member_and_lessee_admin",
   // Ports are checked against their node's owner and lessee (Ironic passes node.owner/node.lessee).
