@@ -194,7 +194,14 @@ export function normaliseFilter(f: NodeFilter | undefined): NodeFilter {
     visibleTo: optionalText("visibleTo", f.visibleTo),
     provisionState: f.provisionState === undefined ? undefined : requireState("provisionState", f.provisionState),
     resourceClass: optionalText("resourceClass", f.resourceClass),
+    ...(f.after !== undefined ? { after: { name: requireText("after.name", f.after?.name), id: requireText("after.id", f.after?.id) } } : {}),
+    ...(f.limit !== undefined ? { limit: positiveLimit(f.limit) } : {}),
   };
+}
+
+function positiveLimit(v: unknown): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) throw bad("limit", `${JSON.stringify(v)} is not a page size: give a whole number of at least 1`);
+  return v;
 }
 
 /** Plain byte-wise (code unit) order, the same as SQLite's BINARY and PostgreSQL's "C" collation for ASCII. */

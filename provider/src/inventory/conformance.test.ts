@@ -214,6 +214,13 @@ describe.each([sqliteBackend, postgresBackend])("inventory conformance: $name", 
     expect(await names({ visibleTo: "nobody" })).toEqual([]);
     expect(await names({ resourceClass: "gpu", provisionState: "available" })).toEqual(["a"]);
     expect(await names({ owner: "p2", visibleTo: "p1" })).toEqual(["a"]);
+    // Keyset pages in the database: after a (name, id), at most `limit`, the same order.
+    const ids = new Map((await inv.listNodes()).map((n) => [n.name, n.id]));
+    expect(await names({ limit: 2 })).toEqual(["a", "b"]);
+    expect(await names({ after: { name: "b", id: ids.get("b")! }, limit: 2 })).toEqual(["c", "d"]);
+    expect(await names({ after: { name: "a", id: ids.get("a")! }, visibleTo: "p1" })).toEqual(["c"]);
+    expect(await names({ after: { name: "d", id: ids.get("d")! } })).toEqual([]);
+    expect(await failure(inv.listNodes({ limit: 0 }))).toMatchObject({ code: "validation", property: "limit" });
   });
 
   test("sets provision state and last error; not-found for unknown nodes", async () => {

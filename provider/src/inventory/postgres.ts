@@ -543,9 +543,14 @@ export class PostgresInventory implements Inventory {
     if (f.visibleTo !== undefined) add((x) => `(owner = ${x} OR lessee = ${x})`, f.visibleTo);
     if (f.provisionState !== undefined) add((x) => `provision_state = ${x}`, f.provisionState);
     if (f.resourceClass !== undefined) add((x) => `resource_class = ${x}`, f.resourceClass);
+    if (f.after !== undefined) {
+      params.push(f.after.name, f.after.id);
+      const [n, i] = [`$${params.length - 1}`, `$${params.length}`];
+      where.push(`(name COLLATE "C" > ${n} OR (name = ${n} AND id COLLATE "C" > ${i}))`);
+    }
     const rows = await this.q(
       "listing nodes",
-      `SELECT * FROM nodes${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY name COLLATE "C", id COLLATE "C"`,
+      `SELECT * FROM nodes${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY name COLLATE "C", id COLLATE "C"${f.limit !== undefined ? ` LIMIT ${f.limit}` : ""}`,
       params,
     );
     return rows.map(toNode);

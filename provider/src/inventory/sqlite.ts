@@ -519,7 +519,8 @@ export class SqliteInventory implements Inventory {
     if (f.visibleTo !== undefined) (where.push("(owner = ? OR lessee = ?)"), params.push(f.visibleTo, f.visibleTo));
     if (f.provisionState !== undefined) (where.push("provision_state = ?"), params.push(f.provisionState));
     if (f.resourceClass !== undefined) (where.push("resource_class = ?"), params.push(f.resourceClass));
-    const sql = `SELECT * FROM nodes${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY name, id`;
+    if (f.after !== undefined) (where.push("(name > ? OR (name = ? AND id > ?))"), params.push(f.after.name, f.after.name, f.after.id));
+    const sql = `SELECT * FROM nodes${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY name, id${f.limit !== undefined ? ` LIMIT ${f.limit}` : ""}`;
     return this.read("listing nodes", () => this.all(sql, ...params).map(toNode));
   }
 

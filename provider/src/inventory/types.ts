@@ -82,6 +82,10 @@ export interface NodeFilter {
   visibleTo?: string;
   provisionState?: string;
   resourceClass?: string;
+  /** Keyset paging: only nodes after this (name, id) in the listing's order. */
+  after?: { name: string; id: string };
+  /** At most this many nodes (the first ones in the listing's order). */
+  limit?: number;
 }
 
 export interface ClaimRequest {

@@ -26,7 +26,7 @@ import Ajv, { type ValidateFunction } from "ajv";
 import { authorize } from "../core/auth";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import type { ProviderHost } from "../core/host";
-import { getNodesFunction } from "../resources/compute/get-nodes";
+import { summary, visibleNodes } from "../resources/compute/get-nodes";
 import { withDriver } from "../resources/compute/node";
 import { OPENAPI, type QueryParameter } from "./openapi";
 import { attachConsole } from "./console";
@@ -174,20 +174,14 @@ export function createService(opts: ServiceOptions): http.Server {
     }),
     "/v1/nodes": async ({ caller, query }) => {
       const ctx = { ...opts.host.providerContext(), caller };
-      const { nodes } = (await getNodesFunction.invoke(ctx, {
-        owner: query.owner,
-        lessee: query.lessee,
-        resourceClass: query.resourceClass,
-        provisionState: query.provisionState,
-      })) as { nodes: Array<{ id: string; name: string }> };
-      // Keyset: items after the page token's (name, id), in (name, id) order.
+      // Keyset in the database: nodes after the page token's (name, id), one more than the page to know if another follows.
       const after = typeof query.pageToken === "string" ? pageToken.decode(query.pageToken) : undefined;
-      const sorted = nodes.sort((a, b) => (a.name === b.name ? (a.id < b.id ? -1 : 1) : a.name < b.name ? -1 : 1));
-      const rest = after ? sorted.filter((n) => n.name > after[0] || (n.name === after[0] && n.id > after[1])) : sorted;
       const limit = (query.limit as number | undefined) ?? 100;
-      const items = rest.slice(0, limit);
+      const filter = visibleNodes(ctx, query);
+      const rows = await (await ctx.inventory()).listNodes({ ...filter, ...(after ? { after: { name: after[0], id: after[1] ?? "" } } : {}), limit: limit + 1 });
+      const items = rows.slice(0, limit).map(summary) as Array<{ id: string; name: string }>;
       const last = items[items.length - 1];
-      return { items, ...(rest.length > limit && last ? { nextPageToken: pageToken.encode([last.name, last.id]) } : {}) };
+      return { items, ...(rows.length > limit && last ? { nextPageToken: pageToken.encode([last.name, last.id]) } : {}) };
     },
   };
 

@@ -6,7 +6,7 @@
  */
 import { authorize } from "../../core/auth";
 import type { Fields } from "../../core/fields";
-import type { FunctionDefinition } from "../../core/resource";
+import type { FunctionDefinition, ProviderContext } from "../../core/resource";
 import type { NodeFilter, NodeRecord } from "../../inventory/types";
 
 const inputs = {
@@ -37,7 +37,7 @@ const outputs = {
   },
 } as const satisfies Fields;
 
-function summary(n: NodeRecord): Record<string, unknown> {
+export function summary(n: NodeRecord): Record<string, unknown> {
   return {
     id: n.id,
     name: n.name,
@@ -59,17 +59,24 @@ export const getNodesFunction: FunctionDefinition = {
   outputs,
 
   async invoke(ctx, args) {
-    const { caller, policy } = ctx;
-    authorize(policy, caller, "baremetal:node:list", {});
-    const seeAll = caller.operator || policy.check("baremetal:node:list_all", caller, {}).allowed;
-    const filter: NodeFilter = {
-      owner: args.owner as string | undefined,
-      lessee: args.lessee as string | undefined,
-      resourceClass: args.resourceClass as string | undefined,
-      provisionState: args.provisionState as string | undefined,
-      ...(seeAll ? {} : { visibleTo: caller.projectId }),
-    };
-    const nodes = await (await ctx.inventory()).listNodes(filter);
+    const nodes = await (await ctx.inventory()).listNodes(visibleNodes(ctx, args));
     return { nodes: nodes.map(summary) };
   },
 };
+
+/**
+ * The inventory filter of the nodes the caller may list (the policy's `baremetal:node:list`, and
+ * `list_all` or else owner/lessee), with `args`' filters; the service's paged listing uses it too.
+ */
+export function visibleNodes(ctx: Pick<ProviderContext, "caller" | "policy">, args: Record<string, unknown>): NodeFilter {
+  const { caller, policy } = ctx;
+  authorize(policy, caller, "baremetal:node:list", {});
+  const seeAll = caller.operator || policy.check("baremetal:node:list_all", caller, {}).allowed;
+  return {
+    owner: args.owner as string | undefined,
+    lessee: args.lessee as string | undefined,
+    resourceClass: args.resourceClass as string | undefined,
+    provisionState: args.provisionState as string | undefined,
+    ...(seeAll ? {} : { visibleTo: caller.projectId }),
+  };
+}
