@@ -76,6 +76,9 @@ function fsError(e: unknown, doing: string): BaremetalError {
   if (err.code === "ENOSPC" || err.code === "EDQUOT") {
     return new BaremetalError("backend", `${doing}: the volume directory's filesystem is full (${err.code}); free space or use another pool`, { cause: e });
   }
+  if (err.code === "EFBIG") {
+    return new BaremetalError("validation", `${doing}: larger than a file of the volume directory's filesystem can be (EFBIG); ask for a smaller size`, { property: "sizeGib", cause: e });
+  }
   if (err.code === "EACCES" || err.code === "EPERM" || err.code === "EROFS") {
     return new BaremetalError("auth", `${doing}: not permitted (${err.code}); the provider needs write access to the volume directory`, { cause: e });
   }

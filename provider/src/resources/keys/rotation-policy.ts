@@ -12,6 +12,7 @@
  * name the new key: a crash anywhere leaves the old state, and the next `up` finishes the job.
  * Every step is appended to `auditTrail` (time, volume, keys, step), material never.
  */
+import { checkFailureOf } from "../../core/validate";
 import { authorize } from "../../core/auth";
 import { BaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
@@ -24,6 +25,7 @@ import { keyManagerName, projectOf, withKeyManager } from "./encryption-key";
 
 const PERIOD = /^(\d+)(s|m|h|d)$/;
 const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const MAX_PERIOD_MS = 36_500 * 86_400_000;
 
 export function periodMs(text: string): number {
   const m = PERIOD.exec(text);
@@ -45,6 +47,8 @@ const inputs = {
     pattern: "^\\d+(s|m|h|d)$",
     description: "How long a key may be used: a number and a unit, e.g. `90d` (PCI DSS leaves the period to the key's risk assessment).",
     hint: "Write the period as 90d, 12h, 30m or 45s",
+    // Dates past the year 275760 do not exist (JavaScript's Date): keep periods to 100 years.
+    validate: (v: string) => (PERIOD.test(v) && periodMs(v) > MAX_PERIOD_MS ? `cryptoperiod ${v} is longer than 100 years (36500d); a key that old is not rotated at all` : undefined),
   },
   volumes: {
     type: "array",
@@ -190,7 +194,7 @@ export const keyRotationPolicyResource: ResourceDefinition = {
         try {
           backend = backendName(ctx, { ...v }, "volumes.backend");
         } catch (e) {
-          if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+          if (e instanceof BaremetalError && e.property) return [checkFailureOf(e)];
           throw e;
         }
         const family = ctx.config.storageBackends[backend].driver;
