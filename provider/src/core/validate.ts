@@ -10,6 +10,13 @@ import { isUnknown } from "./values";
 export interface CheckFailure {
   property: string;
   reason: string;
+  /** The kind of error the failure came from when it was not the input's form (`auth`: the policy refused). */
+  code?: string;
+}
+
+/** A check failure from an error that names its property (keeps whether the policy refused). */
+export function checkFailureOf(e: { property?: string; message: string; code?: string }): CheckFailure {
+  return { property: e.property ?? "", reason: e.message, ...(e.code === "auth" ? { code: "auth" } : {}) };
 }
 
 type JsonSchema = Record<string, unknown>;

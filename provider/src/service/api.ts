@@ -30,7 +30,7 @@ import { summary, visibleNodes } from "../resources/compute/get-nodes";
 import { withDriver } from "../resources/compute/node";
 import { OPENAPI, type QueryParameter } from "./openapi";
 import { attachConsole } from "./console";
-import { ResourceEndpoints } from "./resources";
+import { notAllowed, ResourceEndpoints } from "./resources";
 import type { AuthenticatedCaller, TokenService } from "./tokens";
 
 export interface LogEntry {
@@ -79,6 +79,12 @@ function statusOf(e: unknown): number {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
+/**
+ * Request line and headers up to 256 KiB (Node's default is 16 KiB): a long query (a page token
+ * pasted wrong) is then answered by the API's own validation, a 400 naming the parameter, not a
+ * bare 431 from the HTTP parser.
+ */
+const MAX_HEADER_BYTES = 256 * 1024;
 
 /** Keyset page tokens: the last item's sort key, opaque to the caller. */
 export const pageToken = {
@@ -211,7 +217,9 @@ export function createService(opts: ServiceOptions): http.Server {
 
   const t = opts.tls;
   const createServer = (handler: http.RequestListener): http.Server =>
-    t ? https.createServer({ cert: t.cert, key: t.key, ...(t.clientCa ? { ca: t.clientCa, requestCert: true, rejectUnauthorized: true } : {}) }, handler) : http.createServer(handler);
+    t
+      ? https.createServer({ cert: t.cert, key: t.key, maxHeaderSize: MAX_HEADER_BYTES, ...(t.clientCa ? { ca: t.clientCa, requestCert: true, rejectUnauthorized: true } : {}) }, handler)
+      : http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, handler);
   const server = createServer((req, res) => {
     const started = performance.now();
     const inbound = req.headers["x-request-id"];
@@ -225,10 +233,12 @@ export function createService(opts: ServiceOptions): http.Server {
     };
     const fail = (e: unknown) => {
       const status = statusOf(e);
-      const errorCode = isBaremetalError(e) ? (e.messageId ?? e.code) : "internal";
+      // Every refusal of the policy has one code, whichever check found it.
+      const errorCode = isBaremetalError(e) ? (e.messageId ?? (status === 403 ? "PolicyNotAuthorized" : e.code)) : "internal";
       // Internal errors say no more than that: their text may hold what a tenant must not see.
       const message = isBaremetalError(e) && status < 500 ? e.message : `the service failed (request ${requestId}); the operator's log has the details`;
       if (isBaremetalError(e) && e.retryAfterSeconds !== undefined) res.setHeader("retry-after", String(e.retryAfterSeconds));
+      if (status === 405 && isBaremetalError(e) && e.details.length) res.setHeader("allow", e.details.join(", "));
       const property = isBaremetalError(e) && status < 500 && e.property ? { property: e.property } : {};
       send(status, { requestId, errorCode, message, ...property }, errorCode, status >= 500 ? (e instanceof Error ? e.message : String(e)) : undefined);
     };
@@ -294,8 +304,10 @@ export function createService(opts: ServiceOptions): http.Server {
         }
       }
       const route = routes[url.pathname];
+      const other = actions.find((a) => a.pattern.test(url.pathname));
+      if (other) throw notAllowed(url.pathname, [other.method]);
       if (!route) throw new BaremetalError("not-found", `no such endpoint: ${req.method} ${url.pathname} (the API is described at /v1/openapi.json)`);
-      if (req.method !== "GET") throw new BaremetalError("validation", `${url.pathname} takes GET`, { httpStatus: 405 });
+      if (req.method !== "GET") throw notAllowed(url.pathname, ["GET"]);
       const caller = await opts.tokens.authenticate(req.headers.authorization);
       tokenId = caller.tokenId;
       const query: Record<string, unknown> = Object.fromEntries(url.searchParams);

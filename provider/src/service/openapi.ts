@@ -74,7 +74,20 @@ function resourcePaths(): Record<string, unknown> {
       post: {
         operationId: `check${n}`,
         summary: `What a create of these inputs would be refused for (validation, the resource's checks, the policy): what a preview shows. Values not known yet are {"@unknown": true}.`,
-        requestBody: { required: true, content: { "application/json": { schema: { type: "object", required: ["inputs"], properties: { inputs: loose(def.inputs), name: { type: "string" } }, additionalProperties: false } } } },
+        requestBody: {
+          required: true,
+          content: {
+            "application/json": {
+              schema: {
+                type: "object",
+                required: ["inputs"],
+                // Any object: judging it is the point; what is wrong comes back as failures (200). The properties the type knows are listed.
+                properties: { inputs: { ...loose(def.inputs), additionalProperties: true, properties: Object.fromEntries(Object.keys(def.inputs).map((k) => [k, {}])) }, name: { type: "string" } },
+                additionalProperties: false,
+              },
+            },
+          },
+        },
         responses: { "200": { description: "The failures (none: fine).", content: { "application/json": { schema: { $ref: "#/components/schemas/CheckResult" } } } }, ...errors },
       },
     };
@@ -139,7 +152,7 @@ function resourceSchemas(): Record<string, unknown> {
 
 const BASE = {
   openapi: "3.1.0",
-  info: { title: "baremetal service", version: "0.2.0", description: "The tenant-facing API of a multi-tenant bare-metal installation: tenants act on their own nodes through it without holding any BMC, switch, storage or key-manager credential." },
+  info: { title: "baremetal service", version: "0.3.0", description: "The tenant-facing API of a multi-tenant bare-metal installation: tenants act on their own nodes through it without holding any BMC, switch, storage or key-manager credential." },
   servers: [{ url: "/" }],
   security: [{ bearer: [] }],
   paths: {

@@ -93,6 +93,17 @@ export interface ResourceAnswer {
   headers?: Record<string, string>;
 }
 
+/** A 405 naming the methods the path takes (the service answers them in an Allow header). */
+export function notAllowed(path: string, methods: string[]): BaremetalError {
+  return new BaremetalError("validation", `${path} takes ${methods.join(", ")}`, { httpStatus: 405, messageId: "MethodNotAllowed", details: methods });
+}
+
+/** Refuses body properties other than `allowed` (the document says additionalProperties: false). */
+function onlyProperties(body: Record<string, unknown>, allowed: string[]): void {
+  const extra = Object.keys(body).find((k) => !allowed.includes(k));
+  if (extra !== undefined) throw new BaremetalError("validation", `${extra}: not a property of this request body (it takes ${allowed.join(", ")})`, { property: extra });
+}
+
 const header = (h: ResourceRequest["headers"], name: string) => {
   const v = h[name];
   return Array.isArray(v) ? v[0] : v;
@@ -141,6 +152,9 @@ export class ResourceEndpoints {
     let inputs = applyDefaults(def.inputs, raw as Props);
     const failures = this.validator(def).check(inputs);
     if (!failures.length && def.check) failures.push(...(await def.check(inputs, { ...this.host.providerContext(), caller: this.caller(caller) })));
+    // A refusal of the policy found by the check (another project's volume, key, backup...) is a 403, not bad input.
+    const refused = failures.find((f) => f.code === "auth");
+    if (refused) throw new BaremetalError("auth", `${refused.property}: ${refused.reason}`, { property: refused.property, httpStatus: 403, messageId: "PolicyNotAuthorized" });
     if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
     if (def.normalize) inputs = def.normalize(inputs);
     return inputs;
@@ -164,21 +178,29 @@ export class ResourceEndpoints {
   async handle(req: ResourceRequest): Promise<ResourceAnswer> {
     const [kind, token, sel, extra] = req.segments.map(decodeURIComponent);
     if (kind === "functions") {
-      if (req.method !== "POST" || sel !== undefined) throw new BaremetalError("validation", `call a function with POST /v1/functions/${token}`, { httpStatus: 405 });
       const fn = functionsByToken.get(token);
-      if (!fn) throw new BaremetalError("not-found", `no function ${JSON.stringify(token)}: this service has ${[...functionsByToken.keys()].join(", ")}`);
+      if (!fn || sel !== undefined) throw new BaremetalError("not-found", `no function ${JSON.stringify(token)}: this service has ${[...functionsByToken.keys()].join(", ")}`);
+      if (req.method !== "POST") throw notAllowed(`/v1/functions/${token}`, ["POST"]);
+      onlyProperties(req.body, ["args"]);
+      if (req.body.args !== undefined && (req.body.args === null || typeof req.body.args !== "object" || Array.isArray(req.body.args))) {
+        throw new BaremetalError("validation", "args: give the function's arguments as an object", { property: "args" });
+      }
       const args = (req.body.args ?? {}) as Props;
       const failures = new Validator(fn.inputs).check(args);
       if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
       return { status: 200, body: await fn.invoke({ ...this.host.providerContext(), caller: this.caller(req.caller) }, applyDefaults(fn.inputs, args)) };
     }
     const def = this.definition(token);
-    if (sel === "check" && extra === undefined && req.method === "POST") return this.check(def, req);
+    timeoutOf(req); // a bad X-Timeout-Seconds is refused before anything runs
+    if (sel === "check" && extra === undefined) {
+      if (req.method === "POST") return this.check(def, req);
+      if (req.method !== "GET") throw notAllowed(`/v1/resources/${token}/check`, ["POST"]);
+    }
     if (extra !== undefined) throw new BaremetalError("not-found", `no such endpoint under /v1/resources/${token}`);
     if (sel === undefined) {
       if (req.method === "POST") return this.create(def, req);
       if (req.method === "GET") return this.list(def, req);
-      throw new BaremetalError("validation", `/v1/resources/${token} takes GET or POST`, { httpStatus: 405 });
+      throw notAllowed(`/v1/resources/${token}`, ["GET", "POST"]);
     }
     switch (req.method) {
       case "GET":
@@ -188,13 +210,15 @@ export class ResourceEndpoints {
       case "DELETE":
         return this.remove(def, sel, req);
       default:
-        throw new BaremetalError("validation", `/v1/resources/${token}/{id} takes GET, PUT or DELETE`, { httpStatus: 405 });
+        throw notAllowed(`/v1/resources/${token}/{sel}`, ["GET", "PUT", "DELETE"]);
     }
   }
 
   private async check(def: ResourceDefinition, req: ResourceRequest): Promise<ResourceAnswer> {
+    onlyProperties(req.body, ["inputs", "name"]);
+    if (req.body.name !== undefined && typeof req.body.name !== "string") throw new BaremetalError("validation", "name: give the object's name as text", { property: "name" });
     const raw = req.body.inputs;
-    if (!raw || typeof raw !== "object") throw new BaremetalError("validation", "inputs: give the resource's inputs as an object", { property: "inputs" });
+    if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw new BaremetalError("validation", "inputs: give the resource's inputs as an object", { property: "inputs" });
     // A preview's inputs may hold values not known yet ({"@unknown": true}): not judged.
     const inputs = applyDefaults(def.inputs, unknownsFromWire(raw) as Props);
     const failures = this.validator(def).check(inputs);
@@ -214,6 +238,7 @@ export class ResourceEndpoints {
   }
 
   private async create(def: ResourceDefinition, req: ResourceRequest): Promise<ResourceAnswer> {
+    onlyProperties(req.body, ["inputs", "name", "urn"]);
     const name = req.body.name;
     if (typeof name !== "string" || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) {
       throw new BaremetalError("validation", "name: give the object's name (letters, digits, . _ -; at most 63 characters): handlers derive ids from it", { property: "name" });
@@ -311,6 +336,7 @@ export class ResourceEndpoints {
     const operation = `${def.token}:update`;
     const r = await this.find(def, req.caller, sel, req.audit, operation);
     req.audit({ operation, target: `${def.token}/${r.uuid}` });
+    onlyProperties(req.body, ["inputs"]);
     const ifMatch = header(req.headers, "if-match");
     if (ifMatch !== undefined && ifMatch !== r.etag) throw preconditionFailed(def, r);
     const news = await this.prepare(def, req.caller, req.body.inputs);
@@ -354,9 +380,13 @@ function preconditionFailed(def: ResourceDefinition, r: ServiceResourceRecord): 
   return new BaremetalError("conflict", `${def.token} ${r.resourceId} changed since the ETag you hold (now ${r.etag}): read it again, then retry`, { httpStatus: 412, messageId: "PreconditionFailed" });
 }
 
+/** The X-Timeout-Seconds header (0: the resource's default); a value that is not 1..604800 is refused. */
 function timeoutOf(req: ResourceRequest): number {
-  const t = Number(header(req.headers, "x-timeout-seconds"));
-  return Number.isInteger(t) && t > 0 ? Math.min(t, 7 * 86400) : 0;
+  const raw = header(req.headers, "x-timeout-seconds");
+  if (raw === undefined) return 0;
+  const t = /^\d{1,6}$/.test(raw.trim()) ? Number(raw) : NaN;
+  if (!(t >= 1 && t <= 7 * 86400)) throw new BaremetalError("validation", "X-Timeout-Seconds: give a whole number of seconds from 1 to 604800", { property: "x-timeout-seconds" });
+  return t;
 }
 
 function view(r: ServiceResourceRecord, partial?: string[]): ObjectView {

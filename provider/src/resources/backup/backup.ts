@@ -29,6 +29,7 @@
  * its sourceBackup. A restore onto the node itself is not offered yet. In the embedded lab, our BMC
  * emulator plays the agent on the node (provider/src/lab/backup-agent.ts).
  */
+import { checkFailureOf } from "../../core/validate";
 import { createHash, randomBytes } from "node:crypto";
 import { authorize } from "../../core/auth";
 import { pickNamed } from "../../core/named";
@@ -476,7 +477,7 @@ export const backupResource: ResourceDefinition = {
       if (typeof props.volumeId === "string") requireOwnVolume(ctx, props.volumeId);
       if (props.keyId !== undefined && !isUnknown(props.keyManager)) keyManagerName(ctx, props, "keyManager");
     } catch (e) {
-      if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+      if (e instanceof BaremetalError && e.property) return [checkFailureOf(e)];
       throw e;
     }
     return [];

@@ -16,6 +16,7 @@
  * `refresh` reads the target: backups deleted behind the policy's back disappear from `backups`.
  * Destroying the policy keeps its backups unless `deleteBackupsOnDestroy`.
  */
+import { checkFailureOf } from "../../core/validate";
 import { authorize } from "../../core/auth";
 import { BaremetalError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
@@ -227,14 +228,14 @@ export const backupPolicyResource: ResourceDefinition = {
     try {
       if (!isUnknown(props.target)) targetName(ctx, props);
     } catch (e) {
-      if (e instanceof BaremetalError && e.property) failures.push({ property: e.property, reason: e.message });
+      if (e instanceof BaremetalError && e.property) failures.push(checkFailureOf(e));
       else throw e;
     }
     const attribute = (property: string, fn: () => void) => {
       try {
         fn();
       } catch (e) {
-        if (e instanceof BaremetalError && e.property) failures.push({ property: e.property, reason: e.message });
+        if (e instanceof BaremetalError && e.property) failures.push(checkFailureOf(e));
         else throw e;
       }
     };

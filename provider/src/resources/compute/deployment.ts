@@ -21,6 +21,7 @@
  * the config drive (a new image, the old one deleted from the image store) and swaps the virtual
  * media in place: the installed system is not redeployed.
  */
+import { checkFailureOf } from "../../core/validate";
 import { createHash } from "node:crypto";
 import { BaremetalError, describeError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
@@ -474,7 +475,7 @@ export const deploymentResource: ResourceDefinition = {
       }
       if (!isUnknown(props.volumes)) checkVolumes(ctx, props, nodeId);
     } catch (e) {
-      if (isBaremetalError(e) && e.property) return [{ property: e.property, reason: e.message }];
+      if (isBaremetalError(e) && e.property) return [checkFailureOf(e)];
       throw e;
     }
     // The config drive's inputs are checked as the drive is built (the same code), at preview.

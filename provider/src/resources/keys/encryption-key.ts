@@ -8,6 +8,7 @@
  * project's key fails with an `auth` error naming it. A tenant's members (no admin role) may create
  * keys in their own project. Delete destroys the key (crypto-shredding whatever it encrypted).
  */
+import { checkFailureOf } from "../../core/validate";
 import { authorize } from "../../core/auth";
 import { BaremetalError, isBaremetalError, validationError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
@@ -158,7 +159,7 @@ export const encryptionKeyResource: ResourceDefinition = {
     try {
       keyManagerName(ctx, props);
     } catch (e) {
-      if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+      if (e instanceof BaremetalError && e.property) return [checkFailureOf(e)];
       throw e;
     }
     return [];

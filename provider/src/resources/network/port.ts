@@ -7,6 +7,7 @@
  * for a node in no tenant network). Delete, refused while the port is attached to a network,
  * gives the switch port back its original configuration.
  */
+import { checkFailureOf } from "../../core/validate";
 import { authorize } from "../../core/auth";
 import { BaremetalError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
@@ -73,7 +74,7 @@ export const portResource: ResourceDefinition = {
       switchNamed(ctx, props.switchId as string, "switchId");
       if (!isUnknown(props.switchPort)) validatePortName(props.switchPort, "switchPort");
     } catch (e) {
-      if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+      if (e instanceof BaremetalError && e.property) return [checkFailureOf(e)];
       throw e;
     }
     return [];

@@ -4,6 +4,7 @@
  * and carried by their trunk ports, with one or more IPv4/IPv6 subnets for address assignment.
  * Delete prunes the VLAN from the trunks and the switches' registries, then frees it.
  */
+import { checkFailureOf } from "../../core/validate";
 import { randomUUID } from "node:crypto";
 import { authorize } from "../../core/auth";
 import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
@@ -151,7 +152,7 @@ export const tenantNetworkResource: ResourceDefinition = {
         return [{ property: "vlan", reason: `VLAN ${vlan} is fabric ${name}'s ${vlan === fabric.quarantineVlan ? "quarantine" : "provisioning"} VLAN; choose another or leave vlan out` }];
       }
     } catch (e) {
-      if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+      if (e instanceof BaremetalError && e.property) return [checkFailureOf(e)];
       throw e;
     }
     return [];

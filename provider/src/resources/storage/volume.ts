@@ -12,6 +12,7 @@
  * read, resize, attach nor delete it (an `auth` error naming the volume), and can only encrypt
  * with keys its own project may read (the key manager refuses the others).
  */
+import { checkFailureOf } from "../../core/validate";
 import { authorize } from "../../core/auth";
 import { pickNamed } from "../../core/named";
 import { BaremetalError, describeError, validationError } from "../../core/errors";
@@ -207,7 +208,7 @@ export const volumeResource: ResourceDefinition = {
       if (sb && !isUnknown(sb) && typeof sb.backupId === "string") requireOwnVolume(ctx, parseBackupId(sb.backupId, "sourceBackup.backupId").volumeId, "sourceBackup.backupId");
       if (enc && !isUnknown(enc) && !isUnknown(enc.keyManager)) keyManagerName(ctx, enc, "encryption.keyManager");
     } catch (e) {
-      if (e instanceof BaremetalError && e.property) return [{ property: e.property, reason: e.message }];
+      if (e instanceof BaremetalError && e.property) return [checkFailureOf(e)];
       throw e;
     }
     return [];
