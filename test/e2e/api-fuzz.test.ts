@@ -28,7 +28,7 @@ import { openInventory } from "../../provider/src/inventory";
 import type { Inventory } from "../../provider/src/inventory/types";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { tail, track, untrack } from "../harness/processes";
-import { type IssuedToken, type ServiceInstance, startService } from "../harness/service";
+import { type IssuedToken, labServiceSettings, type ServiceInstance, startService } from "../harness/service";
 
 jest.setTimeout(600_000);
 
@@ -92,15 +92,7 @@ describe("the service API under schemathesis: no 5xx, answers as documented, no 
     inv = await openInventory(inventoryUrl);
     await inv.upsertNode({ id: nodeIds[0], name: "fuzz-node-1", owner: "operator-proj", lessee: "project-a" });
     await inv.upsertNode({ id: nodeIds[1], name: "fuzz-node-2", owner: "operator-proj", lessee: "project-b" });
-    fs.mkdirSync(path.join(dir, "volumes"));
-    const settings: Record<string, unknown> = { inventoryUrl };
-    for (const [k, v] of Object.entries(lab.info.providerConfig)) settings[k.replace(/^baremetal:/, "")] = v;
-    Object.assign(settings, {
-      keyManagers: { local: { driver: "local", address: `file://${path.join(dir, "keys")}` } },
-      keyManagerCredentials: { local: { masterKey: randomBytes(32).toString("base64") } },
-      storageBackends: { files: { driver: "file", address: `file://${path.join(dir, "volumes")}` } },
-    });
-    svc = await startService(dir, settings);
+    svc = await startService(dir, labServiceSettings(lab, inventoryUrl, dir, randomBytes(32).toString("base64")));
     // A rate far above what the fuzzer sends: the rate limit is not what this test is about.
     tok.a = await svc.token("fuzz-a", "project-a", ["manager", "member"], { ratePerMinute: 1_000_000 });
     tok.b = await svc.token("fuzz-b", "project-b", ["manager", "member"], { ratePerMinute: 1_000_000 });
@@ -175,7 +167,9 @@ describe("the service API under schemathesis: no 5xx, answers as documented, no 
       "--max-examples", "25",
       "--max-time", "150",
       "--request-timeout", "20",
-      "--workers", "2",
+      // One worker: with two, hypothesis' lambda-source cache (not thread-safe) failed inside schemathesis
+      // once ("AST constructor recursion depth mismatch"), a fuzzer error that is no finding about the API.
+      "--workers", "1",
       "--seed", String(Number(process.env.BAREMETAL_FUZZ_SEED ?? Date.now() % 1_000_000)),
       "--report", "har,junit",
       "--report-har-path", har,

@@ -18,8 +18,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { describeWithPeer } from "../harness/processes";
-import { type ServiceInstance, startService } from "../harness/service";
-import { fileBackend, operatorStack, type OperatorStack } from "../harness/storage-stack";
+import { labServiceSettings, type ServiceInstance, startService } from "../harness/service";
+import { operatorStack, type OperatorStack } from "../harness/storage-stack";
 import { ENGINES, type Engine } from "../scenarios/engines";
 import { ref, type ResourceSpec, type StackSpec } from "../scenarios/stack";
 
@@ -57,15 +57,7 @@ for (const engineName of Object.keys(ENGINES) as (keyof typeof ENGINES)[]) {
       op = await operatorStack(`broker-${engineName}-op`, lab, { nodes: 2, lessee: "project-a" });
       const dir = path.dirname(op.inventoryUrl.replace(/^sqlite:\/\//, ""));
       volumesDir = path.join(dir, "volumes");
-      fs.mkdirSync(volumesDir, { recursive: true });
-      const settings: Record<string, unknown> = { inventoryUrl: op.inventoryUrl };
-      for (const [k, v] of Object.entries(lab.info.providerConfig)) settings[k.replace(/^baremetal:/, "")] = v;
-      Object.assign(settings, {
-        keyManagers: { local: { driver: "local", address: `file://${path.join(dir, "keys")}` } },
-        keyManagerCredentials: { local: { masterKey } },
-        storageBackends: { files: fileBackend(path.join(dir, "volumes")) },
-      });
-      svc = await startService(dir, settings);
+      svc = await startService(dir, labServiceSettings(lab, op.inventoryUrl, dir, masterKey));
       token = (await svc.token(`tenant-${engineName}`, "project-a", ["manager", "member"])).token;
       engine = await ENGINES[engineName](`broker-${engineName}`, { endpoint: { value: svc.url }, token: { value: token, secret: true } });
       stack = tenantStack(op.nodeIds);

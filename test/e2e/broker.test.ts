@@ -5,7 +5,8 @@
  * credentials, the key manager's master key and the storage backend, runs the same handlers as
  * the provider, and keeps the objects' state.
  *
- * Proven: each tenant allocates and deploys its own lab node, makes a key and a volume, and sees
+ * Proven: each tenant allocates and deploys its own lab node, makes a key, a volume and a backup
+ * of it (a file backup target of the service), and sees
  * only its own nodes (getNodes through the service) and objects (the API's lists); every
  * cross-tenant attempt (get, update, delete, deploy onto the other's allocation) is refused with
  * 403 and lands in the audit log; a second service instance on the same inventory serves the same
@@ -21,8 +22,8 @@ import * as path from "node:path";
 import { openInventory } from "../../provider/src/inventory";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
-import { type IssuedToken, type ServiceInstance, startService } from "../harness/service";
-import { fileBackend, operatorStack, type OperatorStack } from "../harness/storage-stack";
+import { type IssuedToken, labServiceSettings, type ServiceInstance, startService } from "../harness/service";
+import { operatorStack, type OperatorStack } from "../harness/storage-stack";
 
 jest.setTimeout(900_000);
 
@@ -37,6 +38,8 @@ const allocation = new baremetal.compute.Allocation("a", { candidateNodes: [conf
 const d = new baremetal.compute.Deployment("d", { allocationId: allocation.allocationId, imageUrl }, { customTimeouts: { create: "3m", delete: "3m" } });
 const key = new baremetal.keys.EncryptionKey("k");
 const vol = new baremetal.storage.Volume("v", { sizeGib: 1 });
+const backup = new baremetal.backup.Backup("bk", { volumeId: vol.volumeId, keyId: key.keyId });
+export const backupId = backup.backupId;
 export const allocationId = allocation.allocationId;
 export const nodeId = d.nodeId;
 export const keyId = key.keyId;
@@ -51,6 +54,7 @@ interface TenantOut {
   nodeId: string;
   keyId: string;
   volumeId: string;
+  backupId: string;
   visible: string[];
 }
 
@@ -78,16 +82,7 @@ describe("broker mode: two tenants through the service, each with its own token 
     lab.imageStore.images.set("installer.img", image);
     op = await operatorStack("broker-op", lab, { nodes: 2, lessee: ["project-a", "project-b"] });
     dir = path.dirname(op.inventoryUrl.replace(/^sqlite:\/\//, ""));
-    const volumes = path.join(dir, "volumes");
-    fs.mkdirSync(volumes, { recursive: true });
-    const settings: Record<string, unknown> = { inventoryUrl: op.inventoryUrl };
-    for (const [k, v] of Object.entries(lab.info.providerConfig)) settings[k.replace(/^baremetal:/, "")] = v;
-    Object.assign(settings, {
-      keyManagers: { local: { driver: "local", address: `file://${path.join(dir, "keys")}` } },
-      keyManagerCredentials: { local: { masterKey } },
-      storageBackends: { files: fileBackend(volumes) },
-    });
-    svc = await startService(dir, settings);
+    svc = await startService(dir, labServiceSettings(lab, op.inventoryUrl, dir, masterKey));
     for (const t of ["a", "b"]) {
       tokens[t] = await svc.token(`tenant-${t}`, `project-${t}`, ["manager", "member"]);
       const p = await newProject(`broker-${t}`, PROGRAM);
@@ -131,24 +126,32 @@ describe("broker mode: two tenants through the service, each with its own token 
     expect(outs.b.volumeId).toMatch(/^project-b--/);
     for (const i of [1, 2]) expect(lab.bmcs[0].system(i).running).toMatch(/^os:/);
 
-    // Each token lists only its own objects.
+    // Each token lists only its own objects (allocations, keys, volumes, backups).
+    expect(outs.a.backupId).toMatch(/^project-a--v/);
     for (const [t, other] of [["a", "b"], ["b", "a"]]) {
-      const listed = await api(t, "GET", `/v1/resources/${encodeURIComponent("baremetal:compute:Allocation")}`);
-      expect(listed.status).toBe(200);
-      const ids = (listed.body.items as Array<{ id: string }>).map((i) => i.id);
-      expect(ids).toEqual([outs[t].allocationId]);
-      expect(ids).not.toContain(outs[other].allocationId);
+      for (const [type, key] of [["baremetal:compute:Allocation", "allocationId"], ["baremetal:keys:EncryptionKey", "keyId"], ["baremetal:storage:Volume", "volumeId"], ["baremetal:backup:Backup", "backupId"]] as const) {
+        const listed = await api(t, "GET", `/v1/resources/${encodeURIComponent(type)}`);
+        expect(listed.status).toBe(200);
+        const ids = (listed.body.items as Array<{ id: string }>).map((i) => i.id);
+        expect({ type, ids }).toEqual({ type, ids: [outs[t][key]] });
+        expect(ids).not.toContain(outs[other][key]);
+      }
     }
     await stacks.a.pulumi(["refresh", "--yes", "--skip-preview", "--expect-no-changes"]);
   });
 
-  it("every cross-tenant attempt is refused with 403 and recorded in the audit log", async () => {
+  it("every cross-tenant attempt (get, refresh, rotate, delete, power, attach, rotation policy, restore, deploy) is refused with 403 and recorded in the audit log", async () => {
     const attempts: Array<[string, string, unknown?]> = [
       ["GET", `/v1/resources/${encodeURIComponent("baremetal:compute:Allocation")}/${encodeURIComponent(outs.a.allocationId)}`],
       ["GET", `/v1/resources/${encodeURIComponent("baremetal:storage:Volume")}/${encodeURIComponent(outs.a.volumeId)}?refresh=true`],
       ["PUT", `/v1/resources/${encodeURIComponent("baremetal:keys:EncryptionKey")}/${encodeURIComponent(outs.a.keyId)}`, { inputs: {} }],
       ["DELETE", `/v1/resources/${encodeURIComponent("baremetal:storage:Volume")}/${encodeURIComponent(outs.a.volumeId)}`],
       ["PUT", `/v1/nodes/${encodeURIComponent(outs.a.nodeId)}/power`, { state: "off" }],
+      // attach A's volume to B's node, rotate A's key, restore from A's backups: refused before anything is made
+      ["POST", `/v1/resources/${encodeURIComponent("baremetal:storage:VolumeAttachment")}`, { name: "steal-attach", inputs: { volumeId: outs.a.volumeId, allocationId: outs.b.allocationId } }],
+      ["POST", `/v1/resources/${encodeURIComponent("baremetal:keys:KeyRotationPolicy")}`, { name: "steal-rotate", inputs: { cryptoperiod: "90d", volumes: [{ volumeId: outs.a.volumeId, keyId: outs.a.keyId }] } }],
+      ["POST", `/v1/resources/${encodeURIComponent("baremetal:storage:Volume")}`, { name: "steal-restore", inputs: { sizeGib: 1, sourceBackup: { backupId: outs.a.backupId } } }],
+      ["GET", `/v1/resources/${encodeURIComponent("baremetal:backup:Backup")}/${encodeURIComponent(outs.a.backupId)}`],
     ];
     for (const [method, p, body] of attempts) {
       const r = await api("b", method, p, body);

@@ -15,7 +15,7 @@ import * as path from "node:path";
 import { openInventory } from "../../provider/src/inventory";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
-import { type IssuedToken, type ServiceInstance, startService } from "../harness/service";
+import { type IssuedToken, labServiceSettings, type ServiceInstance, startService } from "../harness/service";
 import { setLabConfig } from "../harness/storage-stack";
 
 jest.setTimeout(900_000);
@@ -73,10 +73,9 @@ describe("leases in broker mode: the owner leases its node, the service's reaper
     await op.pulumi(["up", "--yes", "--skip-preview"]);
     nodeId = ((await op.outputs()) as { nodeId: string }).nodeId;
 
-    const settings: Record<string, unknown> = { inventoryUrl };
-    for (const [k, v] of Object.entries(lab.info.providerConfig)) settings[k.replace(/^baremetal:/, "")] = v;
     process.env.BAREMETAL_LEASE_INTERVAL_SECONDS = "1"; // the service (a child process) inherits it
-    svc = await startService(path.dirname(inventoryUrl.replace(/^sqlite:\/\//, "")), settings);
+    const dir = path.dirname(inventoryUrl.replace(/^sqlite:\/\//, ""));
+    svc = await startService(dir, labServiceSettings(lab, inventoryUrl, dir));
     for (const [t, program] of [["o", OWNER], ["a", LESSEE], ["b", OWNER]] as const) {
       tokens[t] = await svc.token(`tenant-${t}`, `project-${t}`, ["manager", "member"]);
       const p = await newProject(`lease-${t}`, program);

@@ -86,6 +86,28 @@ async function serve(config: string): Promise<ServiceInstance> {
   };
 }
 
+/**
+ * The settings of a service for the embedded lab: the inventory, the lab's BMC settings (its
+ * `providerConfig` without the `baremetal:` prefix), and with `masterKey` a local key manager
+ * (`<dir>/keys`), a file storage backend (`<dir>/volumes`, made here) and a file backup target
+ * (`<dir>/backups`).
+ */
+export function labServiceSettings(lab: { info: { providerConfig: Record<string, string | boolean> } }, inventoryUrl: string, dir: string, masterKey?: string): Record<string, unknown> {
+  const settings: Record<string, unknown> = { inventoryUrl };
+  for (const [k, v] of Object.entries(lab.info.providerConfig)) settings[k.replace(/^baremetal:/, "")] = v;
+  if (masterKey !== undefined) {
+    fs.mkdirSync(path.join(dir, "volumes"), { recursive: true });
+    fs.mkdirSync(path.join(dir, "backups"), { recursive: true, mode: 0o700 });
+    Object.assign(settings, {
+      keyManagers: { local: { driver: "local", address: `file://${path.join(dir, "keys")}` } },
+      keyManagerCredentials: { local: { masterKey } },
+      storageBackends: { files: { driver: "file", address: `file://${path.join(dir, "volumes")}` } },
+      backupTargets: { files: { address: `file://${path.join(dir, "backups")}` } },
+    });
+  }
+  return settings;
+}
+
 /** Writes `settings` to `<dir>/service.json` (mode 0600) and starts one instance on it. */
 export async function startService(dir: string, settings: Record<string, unknown>): Promise<ServiceInstance> {
   const config = path.join(dir, "service.json");
