@@ -264,6 +264,10 @@ export class ResourceEndpoints {
       uuid,
       type: def.token,
       ...(req.caller.projectId !== undefined ? { projectId: req.caller.projectId } : {}),
+      // An API client's name is the object's name, unique among the project's objects of the type
+      // (the database refuses a second: 409). Pulumi/Terraform (a urn given) name per stack, and a
+      // replacement briefly has two objects of one name: theirs stays the handlers' name only.
+      ...(typeof req.body.urn === "string" ? {} : { name }),
       resourceId: `${PENDING}${uuid}`,
       inputs,
       state: withOrigin({}, { name, urn }),
