@@ -193,7 +193,7 @@ const BASE = {
     },
   },
   components: {
-    securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "A service token (`bmt_...`)." } },
+    securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "A service token (`bmt_...`, from `baremetal token create`), or where the service is configured with an OIDC issuer (`service.oidc`) a JWT of that issuer carrying the project and roles claims." } },
     schemas: {
       Error: {
         type: "object",
