@@ -128,11 +128,6 @@ export class BrokerClient {
     }
   }
 
-  /** What `baremetal serve` says of the token (project, roles, what it may do). */
-  me(): Promise<Props> {
-    return this.call<Props>("GET", "/v1/me", { retry: true }).then((r) => r.data);
-  }
-
   /** The service's check of a resource's inputs: field validation, the resource's own check and the policy, with the token's project. */
   async check(type: string, inputs: Props, name: string): Promise<CheckFailure[]> {
     const r = await this.call<{ failures: CheckFailure[] }>("POST", `/v1/resources/${encodeURIComponent(type)}/check`, { body: { inputs: unknownsToWire(inputs), name }, retry: true });

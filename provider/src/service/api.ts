@@ -250,6 +250,11 @@ export function createService(opts: ServiceOptions): http.Server {
       const inv = await opts.host.providerContext().inventory();
       await inv.appendAudit({ at: new Date().toISOString(), requestId, tokenId: caller.tokenId, projectId: caller.projectId, operation, target, outcome, ...(detail ? { detail } : {}) });
     };
+    /** Records a failed mutation (denied, not-found or failed, with the error's code); never throws. */
+    const recordFailure = async (e: unknown) => {
+      const status = statusOf(e);
+      await record(status === 403 ? "denied" : status === 404 ? "not-found" : "failed", isBaremetalError(e) ? (e.messageId ?? e.code) : "internal").catch(() => undefined);
+    };
     (async () => {
       if (req.method === "GET" && url.pathname === "/v1/openapi.json") return send(200, OPENAPI);
       if (ResourceEndpoints.handles(url.pathname)) {
@@ -278,8 +283,7 @@ export function createService(opts: ServiceOptions): http.Server {
           }
           return send(answer.status, answer.body);
         } catch (e) {
-          const status = statusOf(e);
-          await record(status === 403 ? "denied" : status === 404 ? "not-found" : "failed", isBaremetalError(e) ? (e.messageId ?? e.code) : "internal").catch(() => undefined);
+          await recordFailure(e);
           throw e;
         }
       }
@@ -298,8 +302,7 @@ export function createService(opts: ServiceOptions): http.Server {
           await record("done");
           return send(200, result);
         } catch (e) {
-          const status = statusOf(e);
-          await record(status === 403 ? "denied" : status === 404 ? "not-found" : "failed", isBaremetalError(e) ? (e.messageId ?? e.code) : "internal").catch(() => undefined);
+          await recordFailure(e);
           throw e;
         }
       }

@@ -29,7 +29,7 @@ import type { Caller } from "../core/auth";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import { applyDefaults } from "../core/fields";
 import type { ProviderHost } from "../core/host";
-import { isPartialCreate, type OperationContext, type Props, type ResourceDefinition } from "../core/resource";
+import { isPartialCreate, type OperationContext, type Props, type ProviderContext, type ResourceDefinition } from "../core/resource";
 import { Validator } from "../core/validate";
 import type { Inventory, ServiceResourceRecord } from "../inventory/types";
 import { functionsByToken, resourcesByToken } from "../resources";
@@ -135,6 +135,11 @@ export class ResourceEndpoints {
     return { projectId: c.projectId, roles: c.roles, operator: c.projectId === undefined };
   }
 
+  /** The service's provider context (its config, policy, inventory) with the token's caller. */
+  private providerContext(c: AuthenticatedCaller): ProviderContext {
+    return { ...this.host.providerContext(), caller: this.caller(c) };
+  }
+
   private context(def: ResourceDefinition, caller: AuthenticatedCaller, name: string, urn: string, timeoutSeconds: number, requestId: string): { ctx: OperationContext; done: () => void } {
     // Progress stays in the service's log (one line per message, with the request id).
     const log = { progress: () => undefined, warn: (m: string) => process.stderr.write(`${JSON.stringify({ requestId, warning: m })}\n`) };
@@ -151,7 +156,7 @@ export class ResourceEndpoints {
     if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw new BaremetalError("validation", "inputs: give the resource's inputs as an object", { property: "inputs" });
     let inputs = applyDefaults(def.inputs, raw as Props);
     const failures = this.validator(def).check(inputs);
-    if (!failures.length && def.check) failures.push(...(await def.check(inputs, { ...this.host.providerContext(), caller: this.caller(caller) })));
+    if (!failures.length && def.check) failures.push(...(await def.check(inputs, this.providerContext(caller))));
     // A refusal of the policy found by the check (another project's volume, key, backup...) is a 403, not bad input.
     const refused = failures.find((f) => f.code === "auth");
     if (refused) throw new BaremetalError("auth", `${refused.property}: ${refused.reason}`, { property: refused.property, httpStatus: 403, messageId: "PolicyNotAuthorized" });
@@ -188,7 +193,7 @@ export class ResourceEndpoints {
       const args = (req.body.args ?? {}) as Props;
       const failures = new Validator(fn.inputs).check(args);
       if (failures.length) throw new BaremetalError("validation", failures.map((f) => `${f.property}: ${f.reason}`).join("; "), { property: failures[0].property });
-      return { status: 200, body: await fn.invoke({ ...this.host.providerContext(), caller: this.caller(req.caller) }, applyDefaults(fn.inputs, args)) };
+      return { status: 200, body: await fn.invoke(this.providerContext(req.caller), applyDefaults(fn.inputs, args)) };
     }
     const def = this.definition(token);
     timeoutOf(req); // a bad X-Timeout-Seconds is refused before anything runs
@@ -222,7 +227,7 @@ export class ResourceEndpoints {
     // A preview's inputs may hold values not known yet ({"@unknown": true}): not judged.
     const inputs = applyDefaults(def.inputs, unknownsFromWire(raw) as Props);
     const failures = this.validator(def).check(inputs);
-    const ctx = { ...this.host.providerContext(), caller: this.caller(req.caller) };
+    const ctx = this.providerContext(req.caller);
     if (!failures.length && def.check) failures.push(...(await def.check(inputs, ctx)));
     // The policy's answer for a create, as a failure the preview shows (the change itself is checked again).
     if (!failures.length && def.authorize) {
@@ -255,7 +260,7 @@ export class ResourceEndpoints {
     }
     req.audit({ operation: `${def.token}:create`, target: `${def.token}/${name}` });
     const inputs = await this.prepare(def, req.caller, req.body.inputs);
-    const ctxAuth = { ...this.host.providerContext(), caller: this.caller(req.caller) };
+    const ctxAuth = this.providerContext(req.caller);
     await def.authorize?.(ctxAuth, "create", inputs);
 
     const now = new Date().toISOString();
@@ -344,7 +349,7 @@ export class ResourceEndpoints {
     const ifMatch = header(req.headers, "if-match");
     if (ifMatch !== undefined && ifMatch !== r.etag) throw preconditionFailed(def, r);
     const news = await this.prepare(def, req.caller, req.body.inputs);
-    const ctxAuth = { ...this.host.providerContext(), caller: this.caller(req.caller) };
+    const ctxAuth = this.providerContext(req.caller);
     await def.authorize?.(ctxAuth, "update", news, stateOf(r));
     const inv = await this.inventory();
     const { ctx, done } = this.context(def, req.caller, originOf(r).name, originOf(r).urn, timeoutOf(req), req.requestId);
@@ -366,7 +371,7 @@ export class ResourceEndpoints {
     if (ifMatch !== undefined && ifMatch !== r.etag) throw preconditionFailed(def, r);
     const inv = await this.inventory();
     if (!r.resourceId.startsWith(PENDING)) {
-      const ctxAuth = { ...this.host.providerContext(), caller: this.caller(req.caller) };
+      const ctxAuth = this.providerContext(req.caller);
       await def.authorize?.(ctxAuth, "delete", r.inputs, stateOf(r));
       const { ctx, done } = this.context(def, req.caller, originOf(r).name, originOf(r).urn, timeoutOf(req), req.requestId);
       try {

@@ -16,7 +16,7 @@
  * `refresh` reads the target: backups deleted behind the policy's back disappear from `backups`.
  * Destroying the policy keeps its backups unless `deleteBackupsOnDestroy`.
  */
-import { checkFailureOf } from "../../core/validate";
+import { type CheckFailure, checkFailureOf } from "../../core/validate";
 import { authorize } from "../../core/auth";
 import { BaremetalError } from "../../core/errors";
 import type { Fields } from "../../core/fields";
@@ -224,14 +224,9 @@ export const backupPolicyResource: ResourceDefinition = {
   defaultTimeoutSeconds: 86400,
 
   check(props, ctx) {
-    const failures: { property: string; reason: string }[] = [];
-    try {
-      if (!isUnknown(props.target)) targetName(ctx, props);
-    } catch (e) {
-      if (e instanceof BaremetalError && e.property) failures.push(checkFailureOf(e));
-      else throw e;
-    }
-    const attribute = (property: string, fn: () => void) => {
+    const failures: CheckFailure[] = [];
+    /** Runs a check that throws; an error naming its property becomes a failure. */
+    const attribute = (fn: () => void) => {
       try {
         fn();
       } catch (e) {
@@ -239,6 +234,7 @@ export const backupPolicyResource: ResourceDefinition = {
         else throw e;
       }
     };
+    if (!isUnknown(props.target)) attribute(() => targetName(ctx, props));
     const volumes = isUnknown(props.volumes) ? undefined : (props.volumes as Props[] | undefined);
     const nodes = isUnknown(props.nodes) ? undefined : (props.nodes as Props[] | undefined);
     if (volumes !== undefined && nodes !== undefined && !volumes.length && !nodes.length) {
@@ -250,7 +246,7 @@ export const backupPolicyResource: ResourceDefinition = {
       const seen = new Set<string>();
       volumes.forEach((v, i) => {
         if (isUnknown(v)) return;
-        attribute(`volumes[${i}]`, () => {
+        attribute(() => {
           if (typeof v.volumeId === "string") {
             requireOwnVolume(ctx, v.volumeId, `volumes[${i}].volumeId`);
             if (seen.has(v.volumeId)) failures.push({ property: `volumes[${i}].volumeId`, reason: `volume ${v.volumeId} is listed twice` });
@@ -265,7 +261,7 @@ export const backupPolicyResource: ResourceDefinition = {
       const seen = new Set<string>();
       nodes.forEach((n, i) => {
         if (isUnknown(n)) return;
-        attribute(`nodes[${i}]`, () => {
+        attribute(() => {
           if (typeof n.nodeId === "string") {
             if (seen.has(n.nodeId)) failures.push({ property: `nodes[${i}].nodeId`, reason: `node ${n.nodeId} is listed twice` });
             seen.add(n.nodeId);
