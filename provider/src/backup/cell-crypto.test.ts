@@ -24,8 +24,7 @@ describe("cell crypto", () => {
     const other = cellCrypto(keys, workers ? 0 : 2);
     try {
       const cell = cellOf(1);
-      const out = sharedBuffer(CELL + 28);
-      const r = await crypto.cell(cell, { out });
+      const r = await crypto.cell(cell, { seal: true });
       expect(r?.id).toBe(createHmac("sha256", keys.dedup!).update(cell).digest("hex"));
       expect(r?.sealed?.length).toBe(CELL + 28);
       // Ciphertext, not the cell: no 64-byte run of the cell appears in it.
@@ -33,9 +32,11 @@ describe("cell crypto", () => {
       const opened = await other.open(r!.sealed!, r!.id, "b1", sharedBuffer(CELL), "test");
       expect(opened.equals(cell)).toBe(true);
       // A separate seal of the same cell opens too (fresh nonce: different bytes).
-      const again = await other.seal(cell, r!.id, sharedBuffer(CELL + 28));
+      const { sealed: again, release } = await other.seal(cell, r!.id);
       expect(again.equals(r!.sealed!)).toBe(false);
       expect((await crypto.open(again, r!.id, "b1", sharedBuffer(CELL), "test")).equals(cell)).toBe(true);
+      release();
+      release(); // a second release is ignored
 
       // Damage: a flipped bit, another id, an unknown backup's key.
       const bad = Buffer.from(r!.sealed!);
@@ -46,7 +47,18 @@ describe("cell crypto", () => {
       await expect(crypto.open(r!.sealed!, "0".repeat(64), "b1", sharedBuffer(CELL), "t")).rejects.toThrow(/does not decrypt/);
       await expect(crypto.open(r!.sealed!, r!.id, "b9", sharedBuffer(CELL), "t")).rejects.toThrow(/no data key for chunk .* \(of backup b9\)/);
 
-      // Zero check only when asked.
+      // Sealing buffers are reused once released, never while held: a held chunk keeps its bytes.
+      const held = Buffer.from(r!.sealed!);
+      for (let i = 0; i < 4; i++) {
+        const s = await crypto.cell(cellOf(10 + i), { seal: true });
+        expect(r!.sealed!.equals(held)).toBe(true);
+        s!.release!();
+      }
+      r!.release!();
+      expect((await crypto.cell(cellOf(20), { seal: true }))?.sealed?.length).toBe(CELL + 28);
+
+      // Zero check only when asked; a zero cell asked to be sealed is not.
+      expect(await crypto.cell(sharedBuffer(CELL), { zero: true, seal: true })).toBeNull();
       const zero = sharedBuffer(CELL);
       expect(await crypto.cell(zero, { zero: true })).toBeNull();
       expect((await crypto.cell(zero))?.id).toBe(createHmac("sha256", keys.dedup!).update(zero).digest("hex"));
@@ -71,12 +83,11 @@ describe("cell crypto", () => {
     }
   });
 
-  test("a cell in ordinary memory works too (copied to the worker); results land in the shared buffer", async () => {
+  test("a cell in ordinary memory works too (copied to the worker)", async () => {
     const crypto = cellCrypto(keys, 1);
     try {
       const cell = randomBytes(4096);
-      const out = sharedBuffer(4096 + 28);
-      const r = await crypto.cell(cell, { out });
+      const r = await crypto.cell(cell, { seal: true });
       expect(r?.sealed?.length).toBe(4096 + 28);
       expect((await crypto.open(r!.sealed!, r!.id, "b1", sharedBuffer(4096), "t")).equals(cell)).toBe(true);
     } finally {

@@ -9,11 +9,16 @@
  *   as associated data, under the DEK of the backup that stored it.
  * - Opening checks both the GCM tag and the id recomputed over the plaintext.
  *
- * Threads: cells and the buffers results are written into are views of SharedArrayBuffers, so
- * nothing is copied between threads (a cell in ordinary memory is copied once by postMessage; a
- * result buffer must be shared, or the worker would write into a copy). Storage readers hand out
- * shared buffers (storage-file/extents.ts BufferPool), so a whole cell read from the volume goes
- * to a worker as it is. A call goes to the least busy worker.
+ * Threads: nothing is copied between threads.
+ * - Cells are views of SharedArrayBuffers (a cell in ordinary memory is copied once by
+ *   postMessage). Storage readers hand out shared buffers (storage-file/extents.ts BufferPool), so
+ *   a whole cell read from the volume goes to a worker as it is.
+ * - Sealed chunks are written into ordinary ArrayBuffers of a pool kept here, which travel to the
+ *   worker and back by transfer (a move, not a copy). Not shared memory: V8 copies into a
+ *   SharedArrayBuffer with relaxed atomic moves, and sealing into one cost 10-15% of the engine's
+ *   throughput in envelope mode (bench/backup.ts).
+ * - Opened cells are written into the caller's shared buffer.
+ * A call goes to the least busy worker.
  *
  * The code run on the cells is plain JavaScript in a string: the worker evaluates it without
  * module resolution (it runs the same under tsx, jest and the compiled provider), and the main
@@ -35,6 +40,8 @@ export interface Keys {
 /** What the cell operations return (a plain object: it crosses threads). */
 interface OpResult {
   zero?: boolean;
+  /** The sealing buffer, back from the worker. */
+  sealInto?: Uint8Array;
   id?: string;
   sealed?: number;
   length?: number;
@@ -72,16 +79,16 @@ function makeOps(keys) {
     return at + 16;
   }
   return {
-    /** {cell, zero?, out?} -> {zero: true} when asked and all zeros; else {id}, and {sealed: length} into out when given. */
+    /** {cell, zero?, sealInto?} -> {zero: true} when asked and all zeros; else {id}, and {sealed: length} into sealInto when given. */
     cell(m) {
       const cell = view(m.cell);
       if (m.zero && isZero(cell)) return { zero: true };
       const id = idOf(cell);
-      return m.out ? { id, sealed: seal(id, cell, view(m.out)) } : { id };
+      return m.sealInto ? { id, sealed: seal(id, cell, view(m.sealInto)) } : { id };
     },
-    /** {cell, id, out} -> {sealed: length} */
+    /** {cell, id, sealInto} -> {sealed: length} */
     seal(m) {
-      return { sealed: seal(m.id, view(m.cell), view(m.out)) };
+      return { sealed: seal(m.id, view(m.cell), view(m.sealInto)) };
     },
     /** {body, id, ref?, out?} -> {length} of the plaintext (in out when decrypted, else body itself), or {bad}. */
     open(m) {
@@ -123,7 +130,10 @@ parentPort.on("message", (m) => {
     r = { error: String((e && e.message) || e) };
   }
   r.n = m.n;
-  parentPort.postMessage(r);
+  // A sealing buffer of the caller's pool goes back to it (moved, as it came).
+  const moved = m.sealInto && !(m.sealInto.buffer instanceof SharedArrayBuffer);
+  if (m.sealInto) r.sealInto = m.sealInto;
+  parentPort.postMessage(r, moved ? [m.sealInto.buffer] : []);
 });
 `;
 
@@ -161,14 +171,47 @@ export class SharedBuffers {
   }
 }
 
+/**
+ * Ordinary ArrayBuffers for sealed chunks, reused (at most `keep` kept): they go to a worker and
+ * back by transfer, so a buffer in use is detached here and only its returned self is given back.
+ * Reuse matters for the reason SharedBuffers gives (fresh 4 MiB buffers make V8 collect often).
+ */
+class TransferBuffers {
+  private readonly free: ArrayBuffer[] = [];
+  constructor(private readonly keep = 16) {}
+  /** A buffer of at least `size` bytes. */
+  take(size: number): ArrayBuffer {
+    const i = this.free.findIndex((b) => b.byteLength >= size);
+    return i >= 0 ? this.free.splice(i, 1)[0] : new ArrayBuffer(size);
+  }
+  give(b: ArrayBuffer): void {
+    if (b.byteLength > 0 && this.free.length < this.keep && !this.free.includes(b)) this.free.push(b);
+  }
+}
+
+/** `f`, run at most once. */
+function once(f: () => void): () => void {
+  let done = false;
+  return () => {
+    if (!done) f();
+    done = true;
+  };
+}
+
+/** A sealed chunk, in a buffer of the CellCrypto's pool: `release()` gives it back once it is stored. */
+export interface Sealed {
+  sealed: Buffer;
+  release: () => void;
+}
+
 export interface CellCrypto {
   /**
-   * A cell's chunk id; null when `zero` is asked and the cell is all zeros. With `out` (envelope
-   * mode, at least 28 bytes longer than the cell, shared) the cell is also sealed into it.
+   * A cell's chunk id; null when `zero` is asked and the cell is all zeros. With `seal`
+   * (envelope mode) the cell is also sealed, in the same trip to a worker.
    */
-  cell(cell: Buffer, opts?: { zero?: boolean; out?: Buffer }): Promise<{ id: string; sealed?: Buffer } | null>;
-  /** The cell sealed into `out` (envelope mode). */
-  seal(cell: Buffer, id: string, out: Buffer): Promise<Buffer>;
+  cell(cell: Buffer, opts?: { zero?: boolean; seal?: boolean }): Promise<({ id: string } & Partial<Sealed>) | null>;
+  /** The cell sealed (envelope mode). */
+  seal(cell: Buffer, id: string): Promise<Sealed>;
   /**
    * A stored chunk's cell: decrypted into `out` with the DEK of backup `ref` (envelope mode) or
    * the body itself (source mode), and checked against `id`. `what` starts the error's message.
@@ -192,15 +235,29 @@ function openFailure(r: OpResult, id: string, ref: string | undefined, what: str
 export function cellCrypto(keys: Keys, workers = defaultWorkers()): CellCrypto {
   const pool = workers > 0 ? new WorkerPool(workers, keyData(keys)) : undefined;
   const run = pool ? pool.call : inlineRunner(keys);
+  const outs = new TransferBuffers();
+  /** Runs a sealing op with a buffer of the pool for `cell` (the buffer travels and comes back). */
+  const sealing = async (msg: Record<string, unknown>, cell: Buffer): Promise<{ r: OpResult; out?: Sealed }> => {
+    const r = await run({ ...msg, sealInto: new Uint8Array(outs.take(cell.length + 28)) });
+    const back = r.sealInto!.buffer as ArrayBuffer;
+    if (r.sealed === undefined) {
+      outs.give(back);
+      return { r };
+    }
+    return { r, out: { sealed: Buffer.from(back, 0, r.sealed), release: once(() => outs.give(back)) } };
+  };
   return {
     async cell(cell, opts = {}) {
-      const r = await run({ op: "cell", cell, zero: opts.zero ?? false, out: opts.out });
-      if (r.zero) return null;
-      return { id: r.id!, sealed: r.sealed !== undefined ? opts.out!.subarray(0, r.sealed) : undefined };
+      const msg = { op: "cell", cell, zero: opts.zero ?? false };
+      if (!opts.seal) {
+        const r = await run(msg);
+        return r.zero ? null : { id: r.id! };
+      }
+      const { r, out } = await sealing(msg, cell);
+      return r.zero ? null : { id: r.id!, ...out };
     },
-    async seal(cell, id, out) {
-      const r = await run({ op: "seal", cell, id, out });
-      return out.subarray(0, r.sealed!);
+    async seal(cell, id) {
+      return (await sealing({ op: "seal", cell, id }, cell)).out!;
     },
     async open(body, id, ref, out, what) {
       const r = await run({ op: "open", body, id, ref: keys.mode === "envelope" ? (ref ?? "") : undefined, out });
@@ -214,7 +271,7 @@ export function cellCrypto(keys: Keys, workers = defaultWorkers()): CellCrypto {
 function inlineRunner(keys: Keys): (m: Record<string, unknown>) => Promise<OpResult> {
   const makeOps = new Function("require", `${OPS_SOURCE}\nreturn makeOps;`)(require) as (k: Record<string, unknown>) => Ops;
   const ops = makeOps(keyData(keys));
-  return async (m) => ops[m.op as keyof Ops](m);
+  return async (m) => ({ ...ops[m.op as keyof Ops](m), sealInto: m.sealInto as Uint8Array | undefined });
 }
 
 type Pending = Map<number, { resolve: (r: OpResult) => void; reject: (e: Error) => void }>;
@@ -252,9 +309,10 @@ class WorkerPool {
     let entry = this.workers[0];
     for (const e of this.workers) if (e.pending.size < entry.pending.size) entry = e;
     const n = ++this.n;
+    const into = msg.sealInto as Uint8Array | undefined;
     return new Promise((resolve, reject) => {
       entry.pending.set(n, { resolve, reject });
-      entry.w.postMessage({ ...msg, n });
+      entry.w.postMessage({ ...msg, n }, into && !(into.buffer instanceof SharedArrayBuffer) ? [into.buffer as ArrayBuffer] : []);
     });
   };
 

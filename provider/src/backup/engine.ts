@@ -421,8 +421,6 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
   const uploads = new Pool(concurrency);
   /** Cells assembled from several extents (a cell read whole is the reader's buffer itself). */
   const buffers = new SharedBuffers(CELL_BYTES);
-  /** Sealed chunks (nonce | ciphertext | tag) on their way to the target. */
-  const sealedBuffers = new SharedBuffers(CELL_BYTES + 28);
   /** Chunk ids this backup stored (the others its cells use are shared with earlier backups). */
   const stored = new Set<string>();
   const cellLength = (i: number) => Math.min(CELL_BYTES, info.sizeBytes - i * CELL_BYTES);
@@ -445,14 +443,11 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
       if (held) release();
       held = false;
     };
-    let sealed: Buffer | undefined = sealEarly ? sealedBuffers.take() : undefined;
-    const giveSealed = () => {
-      if (sealed) sealedBuffers.give(sealed);
-      sealed = undefined;
-    };
+    let giveSealed = () => {};
     let uploading = false;
     try {
-      const r = await crypto.cell(cell, { zero, out: sealed });
+      const r = await crypto.cell(cell, { zero, seal: sealEarly });
+      if (r?.release) giveSealed = r.release;
       if (!r) {
         map.delete(index);
         return;
@@ -471,11 +466,9 @@ export async function takeBackup(req: BackupRequest): Promise<Manifest> {
       map.set(index, cellEntry);
       let body = cell;
       if (keys.mode === "envelope") {
-        if (r.sealed) body = r.sealed;
-        else {
-          sealed = sealedBuffers.take();
-          body = await crypto.seal(cell, id, sealed);
-        }
+        const s = r.sealed ? { sealed: r.sealed, release: giveSealed } : await crypto.seal(cell, id);
+        body = s.sealed;
+        giveSealed = s.release;
         giveBack();
       }
       await uploads.add(async () => {

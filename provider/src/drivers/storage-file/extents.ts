@@ -7,11 +7,12 @@
  * zeros (a hole, or zeros written) is left out, every other block is one extent. A sparse file has
  * no record of what changed between two snapshots, so `since` is ignored and everything is
  * returned (`readsChangesOnly` is false: the engine skips by content what it already stored).
- * - Speed: reads of a whole block at a time, two in flight (the next block is read while the
- *   consumer works on this one), zero detection by `Buffer.equals` against a zero block (memcmp,
- *   no JS loop per byte). A block handed out belongs to the consumer until it calls the extent's
- *   `release()` (BufferPool); buffers of zero blocks and released ones are reused.
- * - Memory: at most three blocks (two reads in flight and the one handed out) besides what the
+ * - Speed: reads of a whole block at a time, `READS_IN_FLIGHT` (4) of them (the next blocks are
+ *   read while the consumer works on this one; with two, a backup of a file not in the page cache
+ *   ran 10-15% slower on this machine's disk), zero detection by `Buffer.equals` against a zero
+ *   block (memcmp, no JS loop per byte). A block handed out belongs to the consumer until it calls
+ *   the extent's `release()` (BufferPool); buffers of zero blocks and released ones are reused.
+ * - Memory: at most five blocks (four reads in flight and the one handed out) besides what the
  *   consumer keeps.
  * - Consistency: a snapshot is; the volume itself only while nobody writes to it (unexported).
  *
@@ -28,6 +29,8 @@ import type { Extent, ReadExtentsOptions } from "../kinds/storage";
 export const DEFAULT_EXTENT_BYTES = 4 * 1024 * 1024;
 /** The largest `maxBytes` we accept (one extent is held in memory at a time). */
 export const MAX_EXTENT_BYTES = 256 * 1024 * 1024;
+/** Blocks being read ahead of the consumer. */
+const READS_IN_FLIGHT = 4;
 /** Granularity of the zero check of a zero extent written over existing data. */
 const ZERO_CHECK_BYTES = 64 * 1024;
 
@@ -184,8 +187,7 @@ export async function* readFileExtents(src: FileExtentSource, opts: ReadExtentsO
       p.catch(() => undefined); // awaited below; an early return must not leave it unhandled
       pending.push(p);
     };
-    issue();
-    issue();
+    for (let i = 0; i < READS_IN_FLIGHT; i++) issue();
     while (pending.length) {
       const { buf, offset, n } = await pending.shift()!.catch((e) => {
         throw fileError(e, doing);
