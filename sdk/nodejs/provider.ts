@@ -43,6 +43,7 @@ export class Provider extends pulumi.ProviderResource {
             resourceInputs["bmcMaxConcurrency"] = pulumi.output((args ? args.bmcMaxConcurrency : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_MAX_CONCURRENCY") || 4)).apply(JSON.stringify);
             resourceInputs["bmcPassword"] = (args?.bmcPassword ? pulumi.secret(args.bmcPassword) : undefined) ?? utilities.getEnv("BAREMETAL_BMC_PASSWORD");
             resourceInputs["bmcRequestTimeoutSeconds"] = pulumi.output((args ? args.bmcRequestTimeoutSeconds : undefined) ?? (utilities.getEnvNumber("BAREMETAL_BMC_REQUEST_TIMEOUT") || 60)).apply(JSON.stringify);
+            resourceInputs["bmcSshHostKeys"] = (args ? args.bmcSshHostKeys : undefined) ?? utilities.getEnv("BAREMETAL_BMC_SSH_HOST_KEYS");
             resourceInputs["bmcUsername"] = (args ? args.bmcUsername : undefined) ?? utilities.getEnv("BAREMETAL_BMC_USERNAME");
             resourceInputs["bmcVerifyTls"] = pulumi.output((args ? args.bmcVerifyTls : undefined) ?? (utilities.getEnvBoolean("BAREMETAL_BMC_VERIFY_TLS") || true)).apply(JSON.stringify);
             resourceInputs["cleanEraseDisks"] = (args ? args.cleanEraseDisks : undefined) ?? (utilities.getEnv("BAREMETAL_CLEAN_ERASE_DISKS") || "auto");
@@ -98,6 +99,10 @@ export interface ProviderArgs {
      * Time allowed for one request to a BMC, in seconds.
      */
     bmcRequestTimeoutSeconds?: pulumi.Input<number>;
+    /**
+     * The SSH host keys of the BMCs' serial consoles (the service's browser console logs in to them with the BMC credentials): known_hosts text (`[host]:port keytype key` lines, wildcards and `@revoked` as in OpenSSH), SHA256 fingerprints or public key lines. A console whose BMC presents another key is refused, so the BMC password never goes to an impostor. Required for consoles unless `bmcVerifyTls` is false.
+     */
+    bmcSshHostKeys?: pulumi.Input<string>;
     /**
      * Default BMC user name for nodes that do not set `bmc.username`; also used by `pulumi import`.
      */

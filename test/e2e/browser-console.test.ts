@@ -11,6 +11,7 @@ import type { AddressInfo } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { chromium, type Browser } from "playwright-core";
+import { utils as sshUtils } from "ssh2";
 import { ProviderHost } from "../../provider/src/core/host";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
 import { createService, type LogEntry } from "../../provider/src/service/api";
@@ -31,13 +32,38 @@ describe("the browser console", () => {
   const tok: Record<string, string> = {};
   let nodeId: string;
 
+  /** The service's settings: the lab BMCs' credentials and their serial consoles' host keys, unless `hostKeys` says otherwise. */
+  const settings = (hostKeys?: Record<string, unknown>) => ({
+    inventoryUrl: `sqlite://${path.join(dir, "inventory.db")}`,
+    bmcUsername: lab.info.credentials.username,
+    bmcPassword: lab.info.credentials.password,
+    ...(hostKeys ?? { bmcSshHostKeys: lab.info.providerConfig["baremetal:bmcSshHostKeys"] }),
+  });
+  /** A websocket upgrade of the console by `token`: the status the service answers and its body. */
+  const upgrade = (token: string) =>
+    new Promise<{ status?: number; body: string }>((resolve, reject) => {
+      const req = http.get(`${base}/v1/nodes/${encodeURIComponent(nodeId)}/console`, {
+        headers: { connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-protocol": `baremetal.console, bearer.${token}` },
+      });
+      req.on("response", (res) => {
+        let body = "";
+        res.on("data", (b: Buffer) => (body += b.toString()));
+        res.on("end", () => resolve({ status: res.statusCode, body }));
+      });
+      req.on("upgrade", (res, socket) => {
+        socket.destroy();
+        resolve({ status: res.statusCode, body: "" });
+      });
+      req.on("error", reject);
+    });
+
   beforeAll(async () => {
     if (!fs.existsSync(CHROMIUM)) {
       throw new Error(`${CHROMIUM} is missing: run scripts/bootstrap.sh (it installs Debian's chromium for the browser tests)`);
     }
     lab = await startLab({ systems: 1, bootSeconds: 1 });
     nodeId = lab.info.nodes[0].systemUri.startsWith("http") ? lab.info.nodes[0].systemUri : `${lab.info.nodes[0].address}${lab.info.nodes[0].systemUri}`;
-    host.configure({ inventoryUrl: `sqlite://${path.join(dir, "inventory.db")}`, bmcUsername: lab.info.credentials.username, bmcPassword: lab.info.credentials.password });
+    host.configure(settings());
     const inv = await host.providerContext().inventory();
     await inv.upsertNode({ id: nodeId, name: "console-node", owner: "project-a" });
     const tokens = new TokenService(new InventoryTokenStore(inv), { defaultRatePerMinute: 1000 });
@@ -131,21 +157,7 @@ describe("the browser console", () => {
     await context.close();
 
     // The refusal itself: 403 in the service's error shape, before any websocket.
-    const refusal = await new Promise<{ status?: number; body: string }>((resolve, reject) => {
-      const req = http.get(`${base}/v1/nodes/${encodeURIComponent(nodeId)}/console`, {
-        headers: { connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-protocol": `baremetal.console, bearer.${tok.b}` },
-      });
-      req.on("response", (res) => {
-        let body = "";
-        res.on("data", (b: Buffer) => (body += b.toString()));
-        res.on("end", () => resolve({ status: res.statusCode, body }));
-      });
-      req.on("upgrade", (_res, socket) => {
-        socket.destroy();
-        reject(new Error("the websocket was accepted"));
-      });
-      req.on("error", reject);
-    });
+    const refusal = await upgrade(tok.b);
     expect(refusal.status).toBe(403);
     expect(JSON.parse(refusal.body)).toEqual({ requestId: expect.any(String), errorCode: expect.any(String), message: expect.stringMatching(/get_console/) });
 
@@ -162,5 +174,28 @@ describe("the browser console", () => {
     for (const secret of [tok.a, tok.b, lab.info.credentials.password]) expect(written).not.toContain(secret);
     expect(logs.some((l) => l.path.endsWith("/console") && l.status === 101)).toBe(true);
     expect(logs.some((l) => l.path.endsWith("/console") && l.status === 403)).toBe(true);
+  });
+  test("the BMC's SSH host key is checked before the BMC password is sent: another key, or none configured, refuses the console (502); bmcVerifyTls false skips the check", async () => {
+    const logins = () => lab.bmcs[0].serialConsole!.attached(lab.info.nodes[0].systemId);
+    const other = sshUtils.generateKeyPairSync("ed25519").public;
+    try {
+      for (const [hostKeys, why] of [
+        [{ bmcSshHostKeys: `[127.0.0.1]:${lab.bmcs[0].serialConsole!.port} ${other}` }, /presented host key ecdsa-sha2-nistp256 SHA256:\S+, which is not the one the bmcSshHostKeys setting expects/],
+        [{}, /no bmcSshHostKeys setting/],
+      ] as const) {
+        host.configure(settings(hostKeys));
+        const seen = logs.length;
+        const r = await upgrade(tok.a);
+        expect(r.status).toBe(502);
+        // The tenant is told nothing about the BMC; the operator's log says what happened.
+        expect(JSON.parse(r.body).message).toMatch(/the operator's log has the details/);
+        expect(logs.slice(seen).find((l) => l.status === 502)?.error).toMatch(why);
+        expect(logins()).toBe(0);
+      }
+      host.configure(settings({ bmcVerifyTls: false }));
+      expect((await upgrade(tok.a)).status).toBe(101);
+    } finally {
+      host.configure(settings());
+    }
   });
 });

@@ -5,6 +5,7 @@
  */
 import type { Fields } from "./fields";
 import { checkEndpoint } from "../broker/client";
+import { parseHostKeySetting } from "../drivers/ssh-cli/hostkeys";
 import { isUnknown } from "./values";
 import { fabricField, switchCredentialsField, type FabricConfig, type SwitchCredentials } from "./fabric-config";
 import type { BackupTargetCredentials, BackupTargetSettings } from "../drivers/backup-targets";
@@ -35,6 +36,14 @@ export const configFields = {
     type: "string",
     description: "PEM certificates (the text, or a path to a file) trusted for BMC TLS in addition to the system's roots.",
     env: ["BAREMETAL_BMC_CA_BUNDLE"],
+  },
+  bmcSshHostKeys: {
+    type: "string",
+    description:
+      "The SSH host keys of the BMCs' serial consoles (the service's browser console logs in to them with the BMC credentials): known_hosts text (`[host]:port keytype key` lines, wildcards and `@revoked` as in OpenSSH), SHA256 fingerprints or public key lines. A console whose BMC presents another key is refused, so the BMC password never goes to an impostor. Required for consoles unless `bmcVerifyTls` is false.",
+    env: ["BAREMETAL_BMC_SSH_HOST_KEYS"],
+    hint: "Use known_hosts lines such as `[bmc1.example]:2200 ecdsa-sha2-nistp256 AAAA...`, or `SHA256:...` fingerprints as `ssh-keygen -lf` prints them",
+    validate: (v: string) => hostKeyProblem(v),
   },
   bmcRequestTimeoutSeconds: {
     type: "integer",
@@ -144,6 +153,7 @@ export interface ProviderConfig {
   bmcPassword?: string;
   bmcVerifyTls: boolean;
   bmcCaBundle?: string;
+  bmcSshHostKeys?: string;
   bmcRequestTimeoutSeconds: number;
   bmcMaxConcurrency: number;
   bmcGlobalMaxConcurrency: number;
@@ -166,6 +176,16 @@ export interface ProviderConfig {
   endpoint?: string;
   token?: string;
   endpointCaBundle?: string;
+}
+
+/** Why `v` is not a usable bmcSshHostKeys value, or undefined. */
+function hostKeyProblem(v: string): string | undefined {
+  try {
+    parseHostKeySetting(v, "bmcSshHostKeys", "BMC", "bmcSshHostKeys");
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
 }
 
 /** Reads an environment value into the field's type (booleans and numbers from text, lists from commas). */
@@ -212,6 +232,7 @@ export function toProviderConfig(values: Record<string, unknown>): ProviderConfi
     bmcPassword: v("bmcPassword") as string | undefined,
     bmcVerifyTls: (v("bmcVerifyTls") as boolean | undefined) ?? true,
     bmcCaBundle: v("bmcCaBundle") as string | undefined,
+    bmcSshHostKeys: v("bmcSshHostKeys") as string | undefined,
     bmcRequestTimeoutSeconds: (v("bmcRequestTimeoutSeconds") as number | undefined) ?? 60,
     bmcMaxConcurrency: (v("bmcMaxConcurrency") as number | undefined) ?? 4,
     bmcGlobalMaxConcurrency: (v("bmcGlobalMaxConcurrency") as number | undefined) ?? 64,

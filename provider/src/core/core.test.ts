@@ -98,6 +98,16 @@ describe("provider configuration", () => {
     expect(toProviderConfig(applyDefaults(configFields, withEnvironment({}, {}))).bmcVerifyTls).toBe(true);
   });
 
+  it("checks bmcSshHostKeys when configured: known_hosts lines and fingerprints pass, anything else names the setting", () => {
+    const v = new Validator(configFields);
+    const fp = `SHA256:${"A".repeat(43)}`;
+    const ok = `[127.0.0.1]:2200 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n${"#"} comment`;
+    for (const good of [fp, ok]) expect(v.check(applyDefaults(configFields, { bmcSshHostKeys: good }))).toEqual([]);
+    const [f] = v.check(applyDefaults(configFields, { bmcSshHostKeys: "bmc1 ssh-ed25519" }));
+    expect(f.property).toBe("bmcSshHostKeys");
+    expect(f.reason).toMatch(/not a known_hosts line/);
+  });
+
   it("rejects a bad environment value with the setting's name", () => {
     const v = new Validator(configFields);
     const [f] = v.check(applyDefaults(configFields, withEnvironment({}, { BAREMETAL_BMC_MAX_CONCURRENCY: "lots" })));

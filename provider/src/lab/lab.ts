@@ -255,6 +255,12 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     providerConfig["baremetal:bmcCaBundle"] = tls.cert;
     env.BAREMETAL_BMC_CA_BUNDLE = tls.cert;
   }
+  // The serial consoles' SSH host keys, for whoever bridges a console (the service) to pin.
+  const hostKeys = bmcs.flatMap((b) => (b.serialConsole ? [b.serialConsole.knownHostsLine] : []));
+  if (hostKeys.length) {
+    providerConfig["baremetal:bmcSshHostKeys"] = hostKeys.join("\n");
+    env.BAREMETAL_BMC_SSH_HOST_KEYS = hostKeys.join("\n");
+  }
   const info: LabInfo = {
     labId: id,
     pid: process.pid,

@@ -27,7 +27,7 @@
  */
 import { generateKeyPairSync } from "node:crypto";
 import type { AddressInfo, Socket } from "node:net";
-import { type Connection, Server, type ServerChannel } from "ssh2";
+import { type Connection, Server, type ServerChannel, utils as sshUtils } from "ssh2";
 
 /** What the console needs of its BMC. */
 export interface SerialConsoleHost {
@@ -105,6 +105,8 @@ export class LabSerialConsole {
   private timer?: NodeJS.Timeout;
   private _port = 0;
   private closed = false;
+  /** `type base64` of the host key. */
+  private readonly publicKey: string;
 
   private constructor(
     private readonly bmc: SerialConsoleHost,
@@ -118,8 +120,11 @@ export class LabSerialConsole {
       this.byId.set(s.id, c);
       this.order.push(c);
     }
-    // A host key per console server (the lab is throwaway; clients of the lab do not pin it).
+    // A host key per console server; the lab publishes it (knownHostsLine) for clients to pin.
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1", privateKeyEncoding: { type: "sec1", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } });
+    const parsed = sshUtils.parseKey(privateKey);
+    if (parsed instanceof Error) throw parsed;
+    this.publicKey = `${parsed.type} ${parsed.getPublicSSH().toString("base64")}`;
     this.server = new Server({ hostKeys: [privateKey], ident: `lab-bmc${bmc.index}-serial` }, (conn) => this.onConnection(conn));
     this.server.on("connection", () => undefined);
   }
@@ -150,6 +155,11 @@ export class LabSerialConsole {
 
   get host(): string {
     return this.opts.host ?? "127.0.0.1";
+  }
+
+  /** The server's host key as a known_hosts line (`[host]:port type base64`). */
+  get knownHostsLine(): string {
+    return `[${this.host}]:${this.port} ${this.publicKey}`;
   }
 
   /** The command that selects a system's console (ComputerSystem.SerialConsole.SSH.ConsoleEntryCommand). */

@@ -25,6 +25,7 @@ import type * as http from "node:http";
 import * as path from "node:path";
 import type { Duplex } from "node:stream";
 import { Client as SshClient, type ClientChannel } from "ssh2";
+import { parseHostKeySetting } from "../drivers/ssh-cli/hostkeys";
 import { type WebSocket, WebSocketServer } from "ws";
 import { authorize } from "../core/auth";
 import { BaremetalError, isBaremetalError } from "../core/errors";
@@ -104,12 +105,21 @@ async function locateConsole(opts: ServiceOptions, nodeId: string): Promise<{ ho
 /** Logs in to the BMC's serial console and selects the system; resolves with the session's channel. */
 function openBmcConsole(opts: ServiceOptions, where: { host: string; port: number; command?: string }): Promise<{ ssh: SshClient; channel: ClientChannel }> {
   const cfg = opts.host.providerContext().config;
+  // The BMC's host key is checked before the BMC credentials are sent (as its TLS certificate is
+  // on the Redfish side): against bmcSshHostKeys, or not at all when bmcVerifyTls is off.
+  if (!cfg.bmcSshHostKeys && cfg.bmcVerifyTls) {
+    return Promise.reject(
+      new BaremetalError("backend", "the service has no bmcSshHostKeys setting, so it cannot check the BMC's SSH host key and will not send it the BMC credentials: set bmcSshHostKeys (known_hosts lines of the BMCs' serial consoles), or bmcVerifyTls false for lab BMCs"),
+    );
+  }
+  const policy = cfg.bmcSshHostKeys ? parseHostKeySetting(cfg.bmcSshHostKeys, "bmcSshHostKeys", "BMC", "bmcSshHostKeys") : undefined;
   return new Promise((resolve, reject) => {
     const ssh = new SshClient();
+    let refusal: string | undefined;
     const fail = (e: Error) => {
       ssh.end();
       // Never the BMC's answer verbatim to a tenant (statusOf makes it a 502 with a generic text).
-      reject(new BaremetalError("backend", `the BMC's serial console did not open: ${e.message}`));
+      reject(new BaremetalError("backend", `the BMC's serial console did not open: ${refusal ?? e.message}`));
     };
     ssh.once("error", fail);
     ssh.once("ready", () => {
@@ -128,8 +138,10 @@ function openBmcConsole(opts: ServiceOptions, where: { host: string; port: numbe
       username: cfg.bmcUsername ?? "",
       password: cfg.bmcPassword ?? "",
       readyTimeout: 10_000,
-      // BMC host keys are not enrolled anywhere yet: accepted as the Redfish side accepts the BMC's address.
-      hostVerifier: () => true,
+      hostVerifier: (key: Buffer) => {
+        refusal = policy?.check(where.host, where.port, key);
+        return refusal === undefined;
+      },
     });
   });
 }

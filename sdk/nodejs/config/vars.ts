@@ -87,6 +87,17 @@ Object.defineProperty(exports, "bmcRequestTimeoutSeconds", {
 });
 
 /**
+ * The SSH host keys of the BMCs' serial consoles (the service's browser console logs in to them with the BMC credentials): known_hosts text (`[host]:port keytype key` lines, wildcards and `@revoked` as in OpenSSH), SHA256 fingerprints or public key lines. A console whose BMC presents another key is refused, so the BMC password never goes to an impostor. Required for consoles unless `bmcVerifyTls` is false.
+ */
+export declare const bmcSshHostKeys: string | undefined;
+Object.defineProperty(exports, "bmcSshHostKeys", {
+    get() {
+        return __config.get("bmcSshHostKeys") ?? utilities.getEnv("BAREMETAL_BMC_SSH_HOST_KEYS");
+    },
+    enumerable: true,
+});
+
+/**
  * Default BMC user name for nodes that do not set `bmc.username`; also used by `pulumi import`.
  */
 export declare const bmcUsername: string | undefined;

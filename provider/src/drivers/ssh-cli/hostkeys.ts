@@ -1,7 +1,8 @@
 /**
- * SSH host key verification for the ssh-cli switch driver (pure functions).
+ * SSH host key verification (pure functions): the ssh-cli switch driver's `hostKey` setting, and
+ * the `bmcSshHostKeys` setting for BMCs' serial consoles over SSH (service/console.ts).
  *
- * The `hostKey` setting of a switch is one of:
+ * The setting is one of:
  * - one or more fingerprints as OpenSSH prints them (`ssh-keygen -lf`, `ssh -v`):
  *   `SHA256:<base64 without padding>` of the key blob, separated by commas or whitespace;
  * - known_hosts text (the format of sshd(8) "SSH_KNOWN_HOSTS FILE FORMAT"): lines of
@@ -75,10 +76,13 @@ function hostsMatcher(field: string): (host: string, port: number) => boolean {
   };
 }
 
-/** Parses the `hostKey` setting; `property` names it in errors. */
-export function parseHostKeySetting(setting: string, property: string): HostKeyPolicy {
+/**
+ * Parses a host key setting; `property` names it in errors, `peer` is what presents the keys
+ * (`switch`, `BMC`) and `setting` the setting's name in messages.
+ */
+export function parseHostKeySetting(setting: string, property: string, peer = "switch", settingName = "hostKey"): HostKeyPolicy {
   if (typeof setting !== "string" || !setting.trim()) {
-    throw validationError(property, "hostKey must be a SHA256 fingerprint (SHA256:...), a public key line or known_hosts text");
+    throw validationError(property, `${settingName} must be a SHA256 fingerprint (SHA256:...), a public key line or known_hosts text`);
   }
   const keys: KnownKey[] = [];
   const trimmed = setting.trim();
@@ -112,7 +116,7 @@ export function parseHostKeySetting(setting: string, property: string): HostKeyP
       if (keyTypeOf(blob) !== fields[0]) throw validationError(property, `line ${i + 1}: the key is not of type ${fields[0]}`);
       keys.push({ blob, revoked: marker === "@revoked", ...(hosts !== undefined ? { matchesHost: hostsMatcher(hosts) } : {}) });
     });
-    if (!keys.some((k) => !k.revoked)) throw validationError(property, "hostKey lists no usable host key");
+    if (!keys.some((k) => !k.revoked)) throw validationError(property, `${settingName} lists no usable host key`);
   }
   const trusted = keys.filter((k) => !k.revoked);
   const describe = trusted.map((k) => k.fingerprint ?? sha256Fingerprint(k.blob!)).join(", ");
@@ -126,8 +130,8 @@ export function parseHostKeySetting(setting: string, property: string): HostKeyP
       if (forHost.some((k) => !k.revoked && same(k))) return undefined;
       const expected = forHost.filter((k) => !k.revoked).map((k) => k.fingerprint ?? sha256Fingerprint(k.blob!));
       return expected.length
-        ? `the switch ${knownHostsName(host, port)} presented host key ${keyTypeOf(keyBlob)} ${fp}, which is not the one the hostKey setting expects (${expected.join(", ")})`
-        : `the switch ${knownHostsName(host, port)} presented host key ${keyTypeOf(keyBlob)} ${fp}, and the hostKey setting has no key for ${knownHostsName(host, port)}`;
+        ? `the ${peer} ${knownHostsName(host, port)} presented host key ${keyTypeOf(keyBlob)} ${fp}, which is not the one the ${settingName} setting expects (${expected.join(", ")})`
+        : `the ${peer} ${knownHostsName(host, port)} presented host key ${keyTypeOf(keyBlob)} ${fp}, and the ${settingName} setting has no key for ${knownHostsName(host, port)}`;
     },
   };
 }

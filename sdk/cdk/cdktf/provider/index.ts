@@ -34,6 +34,12 @@ export interface BaremetalProviderConfig {
   */
   readonly bmcCaBundle?: string;
   /**
+  * The SSH host keys of the BMCs' serial consoles (the service's browser console logs in to them with the BMC credentials): known_hosts text (`[host]:port keytype key` lines, wildcards and `@revoked` as in OpenSSH), SHA256 fingerprints or public key lines. A console whose BMC presents another key is refused, so the BMC password never goes to an impostor. Required for consoles unless `bmcVerifyTls` is false.
+  *
+  * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs#bmc_ssh_host_keys BaremetalProvider#bmc_ssh_host_keys}
+  */
+  readonly bmcSshHostKeys?: string;
+  /**
   * Time allowed for one request to a BMC, in seconds.
   *
   * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs#bmc_request_timeout_seconds BaremetalProvider#bmc_request_timeout_seconds}
@@ -1017,6 +1023,7 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
     this._bmcPassword = config.bmcPassword;
     this._bmcVerifyTls = config.bmcVerifyTls;
     this._bmcCaBundle = config.bmcCaBundle;
+    this._bmcSshHostKeys = config.bmcSshHostKeys;
     this._bmcRequestTimeoutSeconds = config.bmcRequestTimeoutSeconds;
     this._bmcMaxConcurrency = config.bmcMaxConcurrency;
     this._bmcGlobalMaxConcurrency = config.bmcGlobalMaxConcurrency;
@@ -1106,6 +1113,22 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
   // Temporarily expose input value. Use with caution.
   public get bmcCaBundleInput() {
     return this._bmcCaBundle;
+  }
+
+  // bmc_ssh_host_keys - computed: false, optional: true, required: false
+  private _bmcSshHostKeys?: string; 
+  public get bmcSshHostKeys() {
+    return this._bmcSshHostKeys;
+  }
+  public set bmcSshHostKeys(value: string | undefined) {
+    this._bmcSshHostKeys = value;
+  }
+  public resetBmcSshHostKeys() {
+    this._bmcSshHostKeys = undefined;
+  }
+  // Temporarily expose input value. Use with caution.
+  public get bmcSshHostKeysInput() {
+    return this._bmcSshHostKeys;
   }
 
   // bmc_request_timeout_seconds - computed: false, optional: true, required: false
@@ -1454,6 +1477,7 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
       bmc_password: cdktf.stringToTerraform(this._bmcPassword),
       bmc_verify_tls: cdktf.booleanToTerraform(this._bmcVerifyTls),
       bmc_ca_bundle: cdktf.stringToTerraform(this._bmcCaBundle),
+      bmc_ssh_host_keys: cdktf.stringToTerraform(this._bmcSshHostKeys),
       bmc_request_timeout_seconds: cdktf.numberToTerraform(this._bmcRequestTimeoutSeconds),
       bmc_max_concurrency: cdktf.numberToTerraform(this._bmcMaxConcurrency),
       bmc_global_max_concurrency: cdktf.numberToTerraform(this._bmcGlobalMaxConcurrency),
@@ -1500,6 +1524,12 @@ export class BaremetalProvider extends cdktf.TerraformProvider {
       },
       bmc_ca_bundle: {
         value: cdktf.stringToHclTerraform(this._bmcCaBundle),
+        isBlock: false,
+        type: "simple",
+        storageClassType: "string",
+      },
+      bmc_ssh_host_keys: {
+        value: cdktf.stringToHclTerraform(this._bmcSshHostKeys),
         isBlock: false,
         type: "simple",
         storageClassType: "string",
