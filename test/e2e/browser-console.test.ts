@@ -65,10 +65,12 @@ describe("the browser console", () => {
     nodeId = lab.info.nodes[0].systemUri.startsWith("http") ? lab.info.nodes[0].systemUri : `${lab.info.nodes[0].address}${lab.info.nodes[0].systemUri}`;
     host.configure(settings());
     const inv = await host.providerContext().inventory();
-    await inv.upsertNode({ id: nodeId, name: "console-node", owner: "project-a" });
+    await inv.upsertNode({ id: nodeId, name: "console-node", owner: "project-a", lessee: "project-l" });
     const tokens = new TokenService(new InventoryTokenStore(inv), { defaultRatePerMinute: 1000 });
     tok.a = (await tokens.issue({ name: "tenant-a", projectId: "project-a", roles: ["member", "reader"] })).token;
     tok.b = (await tokens.issue({ name: "tenant-b", projectId: "project-b", roles: ["member", "reader"] })).token;
+    tok.lesseeManager = (await tokens.issue({ name: "lessee-manager", projectId: "project-l", roles: ["manager", "member", "reader"] })).token;
+    tok.lesseeMember = (await tokens.issue({ name: "lessee-member", projectId: "project-l", roles: ["member", "reader"] })).token;
     server = createService({ host, tokens, log: (e) => logs.push(e) });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -175,6 +177,11 @@ describe("the browser console", () => {
     expect(logs.some((l) => l.path.endsWith("/console") && l.status === 101)).toBe(true);
     expect(logs.some((l) => l.path.endsWith("/console") && l.status === 403)).toBe(true);
   });
+  test("the lessee's managers get the console (as they may deploy the node); its plain members do not", async () => {
+    expect((await upgrade(tok.lesseeManager)).status).toBe(101);
+    expect((await upgrade(tok.lesseeMember)).status).toBe(403);
+  });
+
   test("the BMC's SSH host key is checked before the BMC password is sent: another key, or none configured, refuses the console (502); bmcVerifyTls false skips the check", async () => {
     const logins = () => lab.bmcs[0].serialConsole!.attached(lab.info.nodes[0].systemId);
     const other = sshUtils.generateKeyPairSync("ed25519").public;

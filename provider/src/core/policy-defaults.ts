@@ -184,9 +184,11 @@ const OPERATION_DEFAULTS: Record<Operation, string> = {
   "baremetal:node:validate": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:set_provision_state": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:set_power_state": "rule:system_or_project_member",
-  // The node's serial console (Ironic: GET /nodes/{node_ident}/states/console): the owner's
-  // members, not the lessee's, as in Ironic (SYSTEM_MEMBER_OR_OWNER_MEMBER).
-  "baremetal:node:get_console": "rule:system_member_or_owner_member",
+  // The node's serial console (Ironic: GET /nodes/{node_ident}/states/console). Not Ironic's
+  // default (SYSTEM_MEMBER_OR_OWNER_MEMBER, which leaves the lessee out): the lessee's admins and
+  // managers too, the same callers who may deploy the node (set_provision_state), because a tenant
+  // that deploys a leased machine needs its console to debug the boot.
+  "baremetal:node:get_console": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:vif:attach": "rule:system_or_owner_member_and_lessee_admin",
   "baremetal:node:vif:detach": "rule:system_or_owner_member_and_lessee_admin",
   // Ports are checked against their node's owner and lessee (Ironic passes node.owner/node.lessee).

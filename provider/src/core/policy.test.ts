@@ -292,8 +292,8 @@ const expected: Record<string, string> = {
   "baremetal:node:validate": ownerMemberLesseeAdmin,
   "baremetal:node:set_provision_state": ownerMemberLesseeAdmin,
   "baremetal:node:set_power_state": memberOfNode,
-  // Ironic's: system members and the owner's members; not the lessee (a site lets lessees in by policy).
-  "baremetal:node:get_console": "Y N Y Y Y N N N N N N N",
+  // Not Ironic's (system and owner members only): the lessee's admins and managers too, as for deploy.
+  "baremetal:node:get_console": ownerMemberLesseeAdmin,
   "baremetal:node:vif:attach": ownerMemberLesseeAdmin,
   "baremetal:node:vif:detach": ownerMemberLesseeAdmin,
   "baremetal:port:get": readNode,
@@ -433,7 +433,8 @@ describe("equivalence with Ironic's expanded check strings", () => {
     "baremetal:node:validate": SYSTEM_OR_OWNER_MEMBER_AND_LESSEE_ADMIN,
     "baremetal:node:set_provision_state": SYSTEM_OR_OWNER_MEMBER_AND_LESSEE_ADMIN,
     "baremetal:node:set_power_state": SYSTEM_OR_PROJECT_MEMBER,
-    "baremetal:node:get_console": or(SYSTEM_MEMBER, SYSTEM_SERVICE, "role:member and project_id:%(node.owner)s", PROJECT_SERVICE),
+    // Not Ironic's (SYSTEM_MEMBER_OR_OWNER_MEMBER): the lessee's admins and managers too, as for deploy.
+    "baremetal:node:get_console": SYSTEM_OR_OWNER_MEMBER_AND_LESSEE_ADMIN,
     // Not Ironic's: leases follow esi-leap (the node owner's managers and system admins create; the lease owner's managers end).
     "baremetal:lease:create": or(SYSTEM_ADMIN, "role:manager and project_id:%(node.owner)s"),
     "baremetal:lease:delete": or(SYSTEM_ADMIN, "role:manager and project_id:%(lease.owner)s"),

@@ -8,8 +8,8 @@
  *   a browser cannot set Authorization on a websocket: the client offers `baremetal.console` and
  *   `bearer.<token>`, and the service selects `baremetal.console` (the token is never echoed,
  *   logged or audited). An `Authorization: Bearer` header works too (non-browser clients).
- * - Authorization: the policy's `baremetal:node:get_console` (Ironic's rule) on the node's owner
- *   and lessee. A refusal answers the upgrade request with the service's error shape
+ * - Authorization: the policy's `baremetal:node:get_console` on the node's owner and lessee
+ *   (by default system members, the owner's members and the lessee's admins and managers). A refusal answers the upgrade request with the service's error shape
  *   (`{requestId, errorCode, message}`, 401/403/404) and no websocket.
  * - Audit: every open, allowed or not, is an audit record (`baremetal:node:get_console`, the node,
  *   outcome `done`, `denied`, `unauthenticated`, `not-found` or `failed`).
