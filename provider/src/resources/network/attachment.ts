@@ -169,8 +169,13 @@ export const networkAttachmentResource: ResourceDefinition = {
   async authorize(ctx, change, props, state) {
     if (ctx.caller.operator) return;
     const inventory = await ctx.inventory();
-    const { node, network } = await targets(inventory, state?.portId ?? props.portId, isUnknown(props.networkId) ? state?.networkId : props.networkId);
-    authorize(ctx.policy, ctx.caller, change === "delete" ? "baremetal:node:vif:detach" : "baremetal:node:vif:attach", { "node.owner": node?.owner, "node.lessee": node?.lessee });
+    const portId = state?.portId ?? props.portId;
+    const { node, network } = await targets(inventory, portId, isUnknown(props.networkId) ? state?.networkId : props.networkId);
+    // A port or network not known yet (a preview: it comes from another resource's output) is
+    // judged when the change is made, with the value known; judging "no node" refused every preview.
+    if (!isUnknown(portId)) {
+      authorize(ctx.policy, ctx.caller, change === "delete" ? "baremetal:node:vif:detach" : "baremetal:node:vif:attach", { "node.owner": node?.owner, "node.lessee": node?.lessee });
+    }
     if (network) authorize(ctx.policy, ctx.caller, "baremetal:network:attach", { "network.owner": network.owner });
   },
 

@@ -7,6 +7,7 @@ import { toProviderConfig } from "../../core/config";
 import { type FabricConfig, fabricProblems } from "../../core/fabric-config";
 import { Policy } from "../../core/policy";
 import type { OperationContext, Props } from "../../core/resource";
+import { UNKNOWN } from "../../core/values";
 import { type FakeSwitch, fakeSwitch, resetFakeSwitches } from "../../drivers/fake-switch";
 import { type Inventory, openInventory } from "../../inventory";
 import { allocationResource } from "../compute/allocation";
@@ -243,6 +244,21 @@ describe("NetworkAttachment", () => {
     const port2 = await addPort(ctx, "node-2", MAC2, "p2");
     await expect(attach(p1, "att2", { portId: port2.id, networkId: foreign.id })).rejects.toMatchObject({ code: "auth", property: "networkId" });
     expect(portOf("tor1", "p2")).toEqual({ port: "p2", mode: "access", vlan: 999 });
+  });
+
+  test("authorize: a port not known yet (a preview) is judged when the change is made; a known port of another project's node is refused", async () => {
+    const p1 = makeCtx(inventory, fabric(), { project: "p1", roles: ["member"] });
+    await enroll("node-1", "p1");
+    await enroll("node-2", "p2");
+    const mine = await addPort(ctx, "node-1", MAC1, "p1");
+    const theirs = await addPort(ctx, "node-2", MAC2, "p2");
+    const net = await addNetwork(p1, "net-p1");
+    const foreign = await addNetwork(ctx, "net-p2", { project: "p2" });
+    await expect(attachments.authorize!(p1, "create", { portId: UNKNOWN, networkId: UNKNOWN })).resolves.toBeUndefined();
+    await expect(attachments.authorize!(p1, "create", { portId: UNKNOWN, networkId: net.id })).resolves.toBeUndefined();
+    await expect(attachments.authorize!(p1, "create", { portId: mine.id, networkId: net.id })).resolves.toBeUndefined();
+    await expect(attachments.authorize!(p1, "create", { portId: theirs.id, networkId: net.id })).rejects.toMatchObject({ code: "auth", message: expect.stringContaining("baremetal:node:vif:attach denied for project p1") });
+    await expect(attachments.authorize!(p1, "create", { portId: UNKNOWN, networkId: foreign.id })).rejects.toMatchObject({ code: "auth", message: expect.stringContaining("baremetal:network:attach denied for project p1") });
   });
 
   test("access: the port joins the VLAN with an address of the subnet; delete quarantines and frees it", async () => {
