@@ -89,6 +89,17 @@ describe("the service's resource endpoints", () => {
     expect(byId.body.outputs.state).toBe("active");
   });
 
+  test("objects made by Pulumi/Terraform (a urn given) get a unique name too: theirs with a suffix of the UUID, which selects them", async () => {
+    const urn = "urn:pulumi:dev::proj::baremetal:keys:EncryptionKey::k";
+    const one = await call("a", "POST", `/v1/resources/${KEY}`, { inputs: {}, name: "k", urn });
+    const two = await call("a", "POST", `/v1/resources/${KEY}`, { inputs: {}, name: "k", urn }); // a replacement, or another stack
+    expect([one.status, two.status]).toEqual([201, 201]);
+    expect(one.body.name).toBe(`k-${one.body.uuid.slice(0, 8)}`);
+    expect(two.body.name).not.toBe(one.body.name);
+    expect((await call("a", "GET", `/v1/resources/${KEY}/${one.body.name}`)).body.uuid).toBe(one.body.uuid);
+    for (const o of [one, two]) expect((await call("a", "DELETE", `/v1/resources/${KEY}/${o.body.uuid}`)).status).toBe(204);
+  });
+
   test("an update with a stale If-Match is refused with 412 and changes nothing; with the current ETag it goes through", async () => {
     const stale = await call("a", "PUT", `/v1/resources/${KEY}/${first.uuid}`, { inputs: {} }, { "if-match": "not-the-etag" });
     expect(stale.status).toBe(412);

@@ -269,10 +269,11 @@ export class ResourceEndpoints {
       uuid,
       type: def.token,
       ...(req.caller.projectId !== undefined ? { projectId: req.caller.projectId } : {}),
-      // An API client's name is the object's name, unique among the project's objects of the type
-      // (the database refuses a second: 409). Pulumi/Terraform (a urn given) name per stack, and a
-      // replacement briefly has two objects of one name: theirs stays the handlers' name only.
-      ...(typeof req.body.urn === "string" ? {} : { name }),
+      // The object's name, unique among the project's objects of the type (the database refuses a
+      // second: 409): an API client's as given; for Pulumi/Terraform (a urn given), whose names are
+      // unique per stack only and whose replacements briefly have two objects of one name, the name
+      // with a suffix of the UUID (as Pulumi auto-names), so that it is unique too and selects.
+      name: typeof req.body.urn === "string" ? `${name.slice(0, 54)}-${uuid.slice(0, 8)}` : name,
       resourceId: `${PENDING}${uuid}`,
       inputs,
       state: withOrigin({}, { name, urn }),
