@@ -28,7 +28,7 @@ import { randomBytes } from "node:crypto";
 import * as path from "node:path";
 import { openInventory } from "../../provider/src/inventory";
 import { type Lab, startLab } from "../../provider/src/lab/lab";
-import { type OvsInstance, type OvsNode, startOvs } from "../harness/ovs";
+import { isolated, type OvsInstance, type OvsNode, reaches, startOvs } from "../harness/ovs";
 import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
 import { type IssuedToken, labServiceSettings, type ServiceInstance, startService } from "../harness/service";
 
@@ -79,12 +79,6 @@ const NET = "baremetal:network:TenantNetwork";
 const ATT = "baremetal:network:NetworkAttachment";
 const res = (type: string, id?: string) => `/v1/resources/${encodeURIComponent(type)}${id === undefined ? "" : `/${encodeURIComponent(id)}`}`;
 
-/** Positive case: a few tries, while ARP and MAC learning settle. */
-async function reaches(from: OvsNode, to: OvsNode, tries = 4): Promise<boolean> {
-  for (let i = 0; i < tries; i++) if (await from.ping(to.ip)) return true;
-  return false;
-}
-const isolated = async (from: OvsNode, to: OvsNode) => !(await from.ping(to.ip, { count: 2, timeoutSec: 1 }));
 
 describe("tenant networks in broker mode: two tenants through the service on real Open vSwitch (lab emulated; engine, service, OVS real)", () => {
   let lab: Lab;

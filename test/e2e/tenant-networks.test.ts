@@ -17,7 +17,7 @@
  * switches exactly as they were.
  */
 import { type Lab, startLab } from "../../provider/src/lab/lab";
-import { type OvsInstance, type OvsNode, startOvs } from "../harness/ovs";
+import { isolated, type OvsInstance, type OvsNode, reaches, startOvs } from "../harness/ovs";
 import { type SshdInstance, startSshd } from "../harness/sshd";
 import { newProject, type PulumiProject, SDK_IMPORT } from "../harness/pulumi";
 
@@ -70,12 +70,6 @@ if (foreign) {
 }
 `;
 
-/** Positive case: a few tries, while ARP and MAC learning settle. */
-async function reaches(from: OvsNode, to: OvsNode, tries = 4): Promise<boolean> {
-  for (let i = 0; i < tries; i++) if (await from.ping(to.ip)) return true;
-  return false;
-}
-const isolated = async (from: OvsNode, to: OvsNode) => !(await from.ping(to.ip, { count: 2, timeoutSec: 1 }));
 
 describe("tenant networks on real Open vSwitch, through the engine", () => {
   let lab: Lab;

@@ -754,3 +754,12 @@ function readOr(file: string): string {
     return "";
   }
 }
+
+/** Whether `from` reaches `to` by ping: a few tries, while ARP and MAC learning settle (the positive case). */
+export async function reaches(from: OvsNode, to: OvsNode, tries = 4): Promise<boolean> {
+  for (let i = 0; i < tries; i++) if (await from.ping(to.ip)) return true;
+  return false;
+}
+
+/** Whether `from` does NOT reach `to` (two pings, one second each: the negative case). */
+export const isolated = async (from: OvsNode, to: OvsNode): Promise<boolean> => !(await from.ping(to.ip, { count: 2, timeoutSec: 1 }));
