@@ -20,6 +20,7 @@ import { startLeaseReaper } from "../../service/leases";
 import { allocationResource } from "./allocation";
 import { deploymentResource } from "./deployment";
 import { leaseResource } from "./lease";
+import { nodeResource } from "./node";
 
 jest.setTimeout(120_000);
 
@@ -145,6 +146,25 @@ describe("Lease without a service (lab BMC, SQLite inventory)", () => {
     expect(read?.outputs.state).toBe("ended");
     await run(leaseResource, owner, (c) => leaseResource.delete(c, made.id, props, after));
     expect((await inv.listAudit({ limit: 10_000 })).filter((e) => e.operation === "baremetal:lease:end" && e.detail?.includes(made.id))).toHaveLength(1);
+  });
+
+  test("the operator's run of the leased node's Node resource keeps the lease's lessee (the declared one applies after the lease)", async () => {
+    const nodeId = nodeIds[1];
+    const lab0 = lab.info.nodes[1];
+    const owner = who("project-o");
+    const leaseProps: Props = { nodeId, lessee: "project-c", endTime: new Date(Date.now() + 60_000).toISOString() };
+    const made = await run(leaseResource, owner, (c) => leaseResource.create(c, leaseProps), "keep");
+    const warnings: string[] = [];
+    const op = host.operation(nodeResource, "urn:pulumi:test::lease::baremetal:compute:Node::n1", "n1", 0, { progress: () => undefined, warn: (m) => warnings.push(m) });
+    const c = { ...op.ctx, caller: who(undefined, ["admin"]) };
+    try {
+      await nodeResource.create(c, { bmc: { address: lab0.address, systemId: lab0.systemId }, owner: "project-o", lessee: "project-d" });
+    } finally {
+      op.done();
+    }
+    expect((await inv.getNode(nodeId))?.lessee).toBe("project-c");
+    expect(warnings.join("\n")).toMatch(/leased to project-c until .* the declared lessee \(project-d\) applies after/);
+    await run(leaseResource, owner, (x) => leaseResource.delete(x, made.id, leaseProps, made.outputs), "keep");
   });
 
   test("delete ends a lease early; a lease whose end has passed cannot be made", async () => {

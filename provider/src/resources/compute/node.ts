@@ -250,7 +250,14 @@ async function register(ctx: OperationContext, id: string, props: Props): Promis
   } else if (existing?.allocationId && target === MANAGEABLE) {
     throw new BaremetalError("conflict", `the node is held by allocation ${existing.allocationId}; it can leave the pool (provide: false) once that allocation is destroyed`, { property: "provide" });
   }
-  const record = await inventory.upsertNode({ ...nodeRecordOf(id, existing?.name ?? ctx.name, props), provisionState });
+  // A node under an active lease keeps the lease's lessee (lease.ts): the declared one applies
+  // once the lease ends. (Writing the declared one flipped the node back and forth between the
+  // operator's runs and the lease's.)
+  const leased = existing ? (await inventory.listLeases({ nodeId: id, state: "active" }))[0] : undefined;
+  if (leased && leased.lessee !== props.lessee) {
+    ctx.warn(`the node is leased to ${leased.lessee} until ${leased.endTime} (lease ${leased.id}): its lessee stays ${leased.lessee} until then; the declared lessee (${str(props.lessee) ?? "none"}) applies after`);
+  }
+  const record = await inventory.upsertNode({ ...nodeRecordOf(id, existing?.name ?? ctx.name, props), ...(leased ? { lessee: leased.lessee } : {}), provisionState });
   return inventoryOutputs(record);
 }
 
