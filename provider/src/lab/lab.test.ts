@@ -58,13 +58,23 @@ test("2 BMCs x 3 systems, flavors cycled, nodes with fixed ids, owners and resou
   // Every MAC is locally administered (bit 1 of the first octet) and unicast (bit 0 clear).
   for (const n of info.nodes) for (const mac of n.macAddresses) expect(parseInt(mac.slice(0, 2), 16) & 0b11).toBe(0b10);
   expect(info.credentials).toEqual({ username: "admin", password: "lab-password" });
+  // The serial consoles' host keys, one known_hosts line per BMC, for the service to pin.
+  const hostKeys = info.bmcs.map((b) => `[127.0.0.1]:${b.serialConsole!.port} ecdsa-sha2-nistp256 `);
   expect(info.providerConfig).toEqual({
     "baremetal:bmcUsername": "admin",
     "baremetal:bmcPassword": "lab-password",
     "baremetal:imageStoreUrl": expect.stringMatching(/^http:\/\/lab-images:lab-password@127\.0\.0\.1:\d+\/images$/),
+    "baremetal:bmcSshHostKeys": expect.any(String),
   });
+  const lines = String(info.providerConfig["baremetal:bmcSshHostKeys"]).split("\n");
+  expect(lines.map((l) => l.replace(/\S+$/, ""))).toEqual(hostKeys);
   expect(info.secretConfig).toEqual(["baremetal:bmcPassword", "baremetal:imageStoreUrl"]);
-  expect(info.env).toEqual({ BAREMETAL_BMC_USERNAME: "admin", BAREMETAL_BMC_PASSWORD: "lab-password", BAREMETAL_IMAGE_STORE_URL: info.providerConfig["baremetal:imageStoreUrl"] });
+  expect(info.env).toEqual({
+    BAREMETAL_BMC_USERNAME: "admin",
+    BAREMETAL_BMC_PASSWORD: "lab-password",
+    BAREMETAL_IMAGE_STORE_URL: info.providerConfig["baremetal:imageStoreUrl"],
+    BAREMETAL_BMC_SSH_HOST_KEYS: info.providerConfig["baremetal:bmcSshHostKeys"],
+  });
   expect(info.quickstart).toEqual({ bmcAddress: info.bmcs[0].url, systemIds: ["lab-bmc1-sys1", "lab-bmc1-sys2", "lab-bmc1-sys3"] });
   expect(info.tenants.projects.map((p) => p.id)).toEqual(["system", "service", "lab-tenant-a", "lab-tenant-b"]);
   expect(info.tenants.personas["tenant-a-member"]).toEqual({ project: "lab-tenant-a", roles: ["member"] });
