@@ -7,13 +7,20 @@
  * zeros (a hole, or zeros written) is left out, every other block is one extent. A sparse file has
  * no record of what changed between two snapshots, so `since` is ignored and everything is
  * returned (`readsChangesOnly` is false: the engine skips by content what it already stored).
- * - Speed: reads of a whole block at a time, `READS_IN_FLIGHT` (4) of them (the next blocks are
- *   read while the consumer works on this one; with two, a backup of a file not in the page cache
- *   ran 10-15% slower on this machine's disk), zero detection by `Buffer.equals` against a zero
- *   block (memcmp, no JS loop per byte). A block handed out belongs to the consumer until it calls
+ * - Speed: reads of 16 MiB (READ_UNIT_BYTES: several blocks) at a time, `READS_IN_FLIGHT` (4)
+ *   of them (the next blocks are read while the consumer works on these; with fewer, a backup ran
+ *   slower on this machine's disk), zero detection by `Buffer.equals` against a zero
+ *   block (memcmp, no JS loop per byte).
+ * - Direct I/O: the file is opened with O_DIRECT where the filesystem allows it (readDirect), so
+ *   the device writes into our buffers. Through the page cache, the kernel's copy into user memory
+ *   and filling the cache cost about 0.4 CPU-seconds per GiB here, against 0.1 direct: on a
+ *   two-core machine that CPU is what the hashing of a backup lacks. A backup also no longer
+ *   evicts what the host keeps cached for its running nodes. O_DIRECT reads are coherent with
+ *   buffered writers (the kernel writes dirty pages of the range out first). A block handed out belongs to the consumer until it calls
  *   the extent's `release()` (BufferPool); buffers of zero blocks and released ones are reused.
- * - Memory: at most five blocks (four reads in flight and the one handed out) besides what the
- *   consumer keeps.
+ * - Memory: at most five reads of READ_UNIT_BYTES (16 MiB; four in flight and the one being
+ *   handed out), 80 MiB, besides what the consumer keeps: a block it keeps holds its read's whole
+ *   buffer until every block of that read is released.
  * - Consistency: a snapshot is; the volume itself only while nobody writes to it (unexported).
  *
  * Writing (`writeFileExtents`): into an existing volume file at the extents' offsets (positional
@@ -29,8 +36,15 @@ import type { Extent, ReadExtentsOptions } from "../kinds/storage";
 export const DEFAULT_EXTENT_BYTES = 4 * 1024 * 1024;
 /** The largest `maxBytes` we accept (one extent is held in memory at a time). */
 export const MAX_EXTENT_BYTES = 256 * 1024 * 1024;
-/** Blocks being read ahead of the consumer. */
+/** Reads in flight ahead of the consumer. */
 const READS_IN_FLIGHT = 4;
+/**
+ * Bytes one read asks for: several blocks (at least one), handed out as one extent per block.
+ * With O_DIRECT the kernel reads no further ahead than asked, so the reads in flight are the
+ * device's queue: 4 x 16 MiB read this machine's disk about twice as fast as 4 x 4 MiB, and at
+ * half the CPU (many runs each; `dd iflag=direct` gives the same picture).
+ */
+const READ_UNIT_BYTES = 16 * 1024 * 1024;
 /** Granularity of the zero check of a zero extent written over existing data. */
 const ZERO_CHECK_BYTES = 64 * 1024;
 
@@ -86,6 +100,34 @@ export class BufferPool {
     });
     return e;
   }
+}
+
+/**
+ * Extents that are views of one pooled buffer (a read of several blocks): the buffer goes back to
+ * the pool once each extent is released and the maker has called `done()`.
+ */
+function sharedExtents(pool: BufferPool, buf: Buffer): { extent(offset: number, data: Buffer): Extent; done(): void } {
+  let holds = 1;
+  const drop = () => {
+    if (--holds === 0) pool.give(buf);
+  };
+  return {
+    extent(offset, data) {
+      holds++;
+      const e = { offset, data };
+      let released = false;
+      Object.defineProperty(e, "release", {
+        enumerable: false,
+        value: () => {
+          if (released) return;
+          released = true;
+          drop();
+        },
+      });
+      return e;
+    },
+    done: drop,
+  };
 }
 
 /** Gives an extent's buffer back to the backend that made it (see BufferPool); a no-op otherwise. */
@@ -155,6 +197,59 @@ export interface FileExtentSource {
   file: string;
   /** `pool/volume[@snapshot]`, for messages. */
   what: string;
+  /** Read with O_DIRECT where the filesystem allows it (default true; see readDirect). */
+  direct?: boolean;
+}
+
+/**
+ * Direct reads (O_DIRECT): the device writes into our buffer, bypassing the page cache. A block's
+ * buffer must sit at an address the device accepts (its logical block size, 512 or 4096 bytes),
+ * which JavaScript cannot see: each pooled buffer has `DIRECT_SLACK` spare bytes, and the offset
+ * into it where reads work is found by trying (a misaligned read fails with EINVAL at once) and
+ * remembered per buffer. A hole reads fine at any address, so an offset learnt on a hole may fail
+ * on data later: it is then looked for again.
+ */
+const DIRECT_SLACK = 4096;
+/** Offsets into a buffer tried for alignment (16 bytes: the allocator's own granularity). */
+const ALIGN_STEP = 16;
+
+/** Opens `file` for reading, O_DIRECT when asked and the filesystem allows it. */
+async function openForReading(file: string, direct: boolean): Promise<{ fh: fs.promises.FileHandle; direct: boolean }> {
+  const O_DIRECT = fs.constants.O_DIRECT;
+  if (direct && O_DIRECT) {
+    try {
+      return { fh: await fs.promises.open(file, fs.constants.O_RDONLY | O_DIRECT), direct: true };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") throw e;
+      // EINVAL: no O_DIRECT here; read through the page cache.
+    }
+  }
+  return { fh: await fs.promises.open(file, "r"), direct: false };
+}
+
+/**
+ * Reads `want` bytes at `position` (a multiple of 4096) with O_DIRECT into `raw` (a pooled buffer
+ * with DIRECT_SLACK spare bytes) at an offset the device accepts; returns that offset and the bytes
+ * read, or undefined when no offset works (then read without O_DIRECT).
+ */
+async function readDirect(fh: fs.promises.FileHandle, raw: Buffer, want: number, position: number, offsets: WeakMap<Buffer, number>): Promise<{ at: number; n: number } | undefined> {
+  // A length the device accepts; the read stops at the end of the file anyway.
+  const length = Math.ceil(want / DIRECT_SLACK) * DIRECT_SLACK;
+  const known = offsets.get(raw);
+  const tries = known === undefined ? [] : [known];
+  for (let at = 0; at + length <= raw.length; at += ALIGN_STEP) if (at !== known) tries.push(at);
+  for (const at of tries) {
+    let n: number;
+    try {
+      n = (await fh.read(raw, at, length, position)).bytesRead;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EINVAL") continue;
+      throw e;
+    }
+    offsets.set(raw, at);
+    return { at, n: Math.min(n, want) };
+  }
+  return undefined;
 }
 
 /** The extents of a volume file (see the top of this file); `opts.since` is ignored. */
@@ -164,48 +259,73 @@ export async function* readFileExtents(src: FileExtentSource, opts: ReadExtentsO
   const doing = `reading ${src.what}`;
   let c = cancelledBy(signal, doing);
   if (c) throw c;
-  let fh: fs.promises.FileHandle;
+  let opened: { fh: fs.promises.FileHandle; direct: boolean };
   try {
-    fh = await fs.promises.open(src.file, "r");
+    opened = await openForReading(src.file, src.direct !== false);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") throw new BaremetalError("not-found", `${src.what} does not exist`, { cause: e });
     throw fileError(e, doing);
   }
-  const pool = new BufferPool(block);
-  type Pending = Promise<{ buf: Buffer; offset: number; n: number }>;
+  const { fh } = opened;
+  let direct = opened.direct;
+  /** The file opened without O_DIRECT, when needed: every offset refused, or a short direct read. */
+  let plain: Promise<fs.promises.FileHandle> | undefined;
+  const buffered = () => (plain ??= opened.direct ? fs.promises.open(src.file, "r") : Promise.resolve(fh));
+  const unit = Math.max(1, Math.floor(READ_UNIT_BYTES / block)) * block;
+  const pool = new BufferPool(unit + DIRECT_SLACK);
+  const offsets = new WeakMap<Buffer, number>();
+  type Pending = Promise<{ buf: Buffer; offset: number; at: number; n: number }>;
   const pending: Pending[] = [];
+  const readBlock = async (buf: Buffer, want: number, offset: number) => {
+    if (direct) {
+      const r = await readDirect(fh, buf, want, offset, offsets);
+      if (r) {
+        // Short only at the end of the file; should the kernel stop early anyway, the rest is read plainly.
+        if (r.n < want && r.n > 0) r.n += await readFull(await buffered(), buf.subarray(r.at + r.n), want - r.n, offset + r.n);
+        return { buf, offset, ...r };
+      }
+      direct = false;
+    }
+    return { buf, offset, at: 0, n: await readFull(await buffered(), buf, want, offset) };
+  };
   try {
     const size = (await fh.stat()).size;
     let next = 0;
     const issue = () => {
       if (next >= size) return;
       const offset = next;
-      const want = Math.min(block, size - offset);
+      const want = Math.min(unit, size - offset);
       next += want;
-      const buf = pool.take();
-      const p: Pending = readFull(fh, buf, want, offset).then((n) => ({ buf, offset, n }));
+      const p: Pending = readBlock(pool.take(), want, offset);
       p.catch(() => undefined); // awaited below; an early return must not leave it unhandled
       pending.push(p);
     };
     for (let i = 0; i < READS_IN_FLIGHT; i++) issue();
     while (pending.length) {
-      const { buf, offset, n } = await pending.shift()!.catch((e) => {
+      const { buf, offset, at, n } = await pending.shift()!.catch((e) => {
         throw fileError(e, doing);
       });
       c = cancelledBy(signal, doing);
       if (c) throw c;
       issue();
-      if (n === 0) continue;
-      const data = buf.subarray(0, n);
-      if (isAllZero(data)) {
-        pool.give(buf);
-        continue;
+      const handed = sharedExtents(pool, buf);
+      try {
+        for (let k = 0; k < n; k += block) {
+          const data = buf.subarray(at + k, at + Math.min(n, k + block));
+          if (isAllZero(data)) continue;
+          c = cancelledBy(signal, doing);
+          if (c) throw c;
+          yield handed.extent(offset + k, data);
+        }
+      } finally {
+        handed.done();
       }
-      yield pool.extent(offset, data, buf);
     }
   } finally {
     // Reads still in flight finish before the file is closed.
     await Promise.allSettled(pending);
+    const other = await plain?.catch(() => undefined);
+    if (other && other !== fh) await other.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
   }
 }
