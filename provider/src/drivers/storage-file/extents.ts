@@ -10,14 +10,14 @@
  * - Speed: reads of 16 MiB (READ_UNIT_BYTES: several blocks) at a time, `READS_IN_FLIGHT` (4)
  *   of them (the next blocks are read while the consumer works on these; with fewer, a backup ran
  *   slower on this machine's disk), zero detection by `Buffer.equals` against a zero
- *   block (memcmp, no JS loop per byte).
+ *   block (memcmp, no JS loop per byte). A block handed out belongs to the consumer until it calls
+ *   the extent's `release()` (BufferPool); buffers of zero blocks and released ones are reused.
  * - Direct I/O: the file is opened with O_DIRECT where the filesystem allows it (readDirect), so
  *   the device writes into our buffers. Through the page cache, the kernel's copy into user memory
  *   and filling the cache cost about 0.4 CPU-seconds per GiB here, against 0.1 direct: on a
  *   two-core machine that CPU is what the hashing of a backup lacks. A backup also no longer
  *   evicts what the host keeps cached for its running nodes. O_DIRECT reads are coherent with
- *   buffered writers (the kernel writes dirty pages of the range out first). A block handed out belongs to the consumer until it calls
- *   the extent's `release()` (BufferPool); buffers of zero blocks and released ones are reused.
+ *   buffered writers (the kernel writes dirty pages of the range out first).
  * - Memory: at most five reads of READ_UNIT_BYTES (16 MiB; four in flight and the one being
  *   handed out), 80 MiB, besides what the consumer keeps: a block it keeps holds its read's whole
  *   buffer until every block of that read is released.
@@ -88,16 +88,9 @@ export class BufferPool {
   }
   /** `{offset, data}` whose `release()` gives `buf` (of which `data` is a view) back, once. */
   extent(offset: number, data: Buffer, buf: Buffer): Extent {
-    const e = { offset, data };
-    let released = false;
-    Object.defineProperty(e, "release", {
-      enumerable: false,
-      value: () => {
-        if (released) return;
-        released = true;
-        this.give(buf);
-      },
-    });
+    const one = sharedExtents(this, buf);
+    const e = one.extent(offset, data);
+    one.done();
     return e;
   }
 }
@@ -235,19 +228,27 @@ async function openForReading(file: string, direct: boolean): Promise<{ fh: fs.p
 async function readDirect(fh: fs.promises.FileHandle, raw: Buffer, want: number, position: number, offsets: WeakMap<Buffer, number>): Promise<{ at: number; n: number } | undefined> {
   // A length the device accepts; the read stops at the end of the file anyway.
   const length = Math.ceil(want / DIRECT_SLACK) * DIRECT_SLACK;
-  const known = offsets.get(raw);
-  const tries = known === undefined ? [] : [known];
-  for (let at = 0; at + length <= raw.length; at += ALIGN_STEP) if (at !== known) tries.push(at);
-  for (const at of tries) {
-    let n: number;
+  /** The read at offset `at` into `raw`; undefined when the device refuses that address. */
+  const attempt = async (at: number) => {
     try {
-      n = (await fh.read(raw, at, length, position)).bytesRead;
+      const n = (await fh.read(raw, at, length, position)).bytesRead;
+      offsets.set(raw, at);
+      return { at, n: Math.min(n, want) };
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "EINVAL") continue;
+      if ((e as NodeJS.ErrnoException).code === "EINVAL") return undefined;
       throw e;
     }
-    offsets.set(raw, at);
-    return { at, n: Math.min(n, want) };
+  };
+  // The offset that worked last time (the usual case: one read); else every other one, in order.
+  const known = offsets.get(raw);
+  if (known !== undefined) {
+    const r = await attempt(known);
+    if (r) return r;
+  }
+  for (let at = 0; at + length <= raw.length; at += ALIGN_STEP) {
+    if (at === known) continue;
+    const r = await attempt(at);
+    if (r) return r;
   }
   return undefined;
 }
