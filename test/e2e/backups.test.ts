@@ -39,7 +39,9 @@ export const vaultId = vault.volumeId;
 export const keyId = key.keyId;
 export const vaultKeyId = secretKey.keyId;
 for (const name of (config.get("backups") ?? "").split(",").filter(Boolean)) {
-  const b = new baremetal.backup.Backup(name, { volumeId: name.startsWith("vault") ? vault.volumeId : db.volumeId, ...(name.startsWith("vault") ? {} : { keyId: key.keyId }) });
+  // vault*: the LUKS2 volume (vaultk*: with a key, so keyed chunk ids, as a new chain); others the plain db.
+  const args = name.startsWith("vaultk") ? { volumeId: vault.volumeId, keyId: key.keyId, incremental: false } : name.startsWith("vault") ? { volumeId: vault.volumeId } : { volumeId: db.volumeId, keyId: key.keyId };
+  const b = new baremetal.backup.Backup(name, args);
   module.exports[name] = { backupId: b.backupId, bytesStored: b.bytesStored, bytesRead: b.bytesRead, chunksStored: b.chunksStored, chunksReused: b.chunksReused, checksum: b.checksum, parent: b.parent, encryption: b.encryption };
 }
 if (config.get("policy")) {
@@ -111,6 +113,11 @@ describe("backups of volumes to radosgw, incremental, encrypted, restorable, thr
     await p.setConfig("backups", backupList.join(","));
     await p.pulumi(["up", "--yes", "--skip-preview"]);
     return (await p.outputs()) as Record<string, unknown>;
+  }
+  async function bucketObject(key: string): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const b of await s3.get(key)) parts.push(b);
+    return Buffer.concat(parts);
   }
   async function bucketKeys(prefix = ""): Promise<string[]> {
     const out: string[] = [];
@@ -218,6 +225,35 @@ describe("backups of volumes to radosgw, incremental, encrypted, restorable, thr
       for await (const b of await s3.get(k)) body.push(b);
       expect(Buffer.concat(body).includes(Buffer.alloc(256, 0x77))).toBe(false);
     }
+  });
+
+  it("an encrypted volume backed up with a key: keyed chunk ids (aes-ghash), the ciphertext as it is, restored bit for bit; deleting it leaves the other chain whole", async () => {
+    const vaultHash = await sha("project-a--vault");
+    backupList = ["b1", "b2", "vault1", "vaultk1"];
+    const out = await up();
+    const k = out.vaultk1 as BackupOut;
+    expect(k).toMatchObject({ encryption: "source", chunksReused: 0 });
+    expect(k.parent).toBeUndefined(); // incremental: false starts the keyed chain
+    const m = JSON.parse((await bucketObject(`project-a/volumes/project-a--vault/backups/${k.backupId.split("/")[1]}.json`)).toString("utf8"));
+    expect(m.encryption).toMatchObject({ mode: "source", chunkIds: "aes-ghash", keyManager: "local", keyId: out.keyId });
+    const v1 = JSON.parse((await bucketObject(`project-a/volumes/project-a--vault/backups/${(out.vault1 as BackupOut).backupId.split("/")[1]}.json`)).toString("utf8"));
+    expect(v1.encryption.chunkIds).toBe("sha256");
+    // Same cells, other ids: 128-bit keyed ids against SHA-256; the chunk bodies are the same ciphertext.
+    expect(m.cells.map((c: [number, string]) => c[0])).toEqual(v1.cells.map((c: [number, string]) => c[0]));
+    for (const [i, c] of (m.cells as [number, string][]).entries()) {
+      expect(c[1]).toMatch(/^[0-9a-f]{32}$/);
+      const body = await bucketObject(`project-a/volumes/project-a--vault/chunks/${c[1]}`);
+      expect(createHash("sha256").update(body).digest("hex")).toBe(v1.cells[i][1]);
+    }
+    await p.setConfig("restores", `rk=${k.backupId}`);
+    await up();
+    expect(await sha("project-a--rk")).toBe(vaultHash);
+    await p.setConfig("restores", "");
+    backupList = ["b1", "b2", "vault1"];
+    await up();
+    // Its chunks went with it; vault1's stayed.
+    const left = await bucketKeys("project-a/volumes/project-a--vault/chunks/");
+    expect(left.sort()).toEqual(v1.cells.map((c: [number, string]) => `project-a/volumes/project-a--vault/chunks/${c[1]}`).sort());
   });
 
   it("a wrong S3 secret fails with a clear error naming the target, without printing the secret", async () => {

@@ -3,15 +3,16 @@
  * changes since a snapshot, like Ceph) and the real file storage driver (which does not: the
  * engine then dedups by content). Real Ceph and radosgw are in the e2e tests.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { BaremetalError, isBaremetalError } from "../core/errors";
 import { FileBackupTarget } from "../drivers/backup-file/driver";
+import type { BackupTargetDriver, PutOptions } from "../drivers/kinds/backup-target";
 import { FakeStorageDriver } from "../drivers/storage-fake";
 import { FileStorageDriver } from "../drivers/storage-file/driver";
-import { CELL_BYTES, chunkKey, collectGarbage, deleteBackups, keyWrapper, listManifests, manifestKey, readManifest, restoreBackup, takeBackup } from "./engine";
+import { CELL_BYTES, chunkKey, collectGarbage, deleteBackups, keyWrapper, listManifests, type Manifest, manifestKey, readManifest, restoreBackup, takeBackup } from "./engine";
 
 const MiB = 1024 * 1024;
 
@@ -114,7 +115,8 @@ describe("backup engine", () => {
     const cipher = randomBytes(MiB);
     s.write("luks", 0, cipher);
     const b = await takeBackup({ storage: s, backend: "fake", volume: "luks", target, prefix, id: "s1", mode: "source" });
-    expect(b.encryption).toEqual({ mode: "source" });
+    expect(b.encryption).toEqual({ mode: "source", chunkIds: "sha256" });
+    expect(b.cells[0][1]).toBe(createHash("sha256").update(s.read("luks").subarray(0, CELL_BYTES)).digest("hex"));
     const stored = fs.readFileSync(path.join(dir, "target", chunkKey(prefix, b.cells[0][1])));
     expect(stored.subarray(0, MiB).equals(cipher)).toBe(true);
     const r = await failure(takeBackup({ storage: s, backend: "fake", volume: "luks", target, prefix, id: "s2", mode: "envelope" }));
@@ -191,5 +193,117 @@ describe("backup engine", () => {
     expect(Object.keys((b2.encryption as { keys: Record<string, string> }).keys).sort()).toEqual(["b1", "b2"]);
     await deleteBackups(target, prefix, ["b2"]);
     expect(await keysUnder(target, prefix)).toEqual([]);
+  });
+
+  test("new chains take keyed aes-ghash ids (a LUKS2 volume too, when given a key); a restore needs that key; a chain keeps the ids it started with", async () => {
+    const s = new FakeStorageDriver();
+    await s.createVolume({ name: "db", sizeBytes: 16 * MiB });
+    s.write("db", 0, randomBytes(6 * MiB));
+    const base = { storage: s, backend: "fake", volume: "db", target, prefix } as const;
+
+    // Envelope: aes-ghash, 128-bit ids.
+    const e1 = await takeBackup({ ...base, id: "e1", mode: "envelope", wrapper });
+    expect(e1.encryption).toMatchObject({ mode: "envelope", chunkIds: "aes-ghash", keyId: "key-1" });
+    for (const c of e1.cells) expect(c[1]).toMatch(/^[0-9a-f]{32}$/);
+
+    // Source with a key: aes-ghash under an id key wrapped by it; the ciphertext stored as it is.
+    const prefixL = "project-a/volumes/luks/";
+    const k1 = await takeBackup({ ...base, prefix: prefixL, id: "k1", mode: "source", wrapper });
+    expect(k1.encryption).toMatchObject({ mode: "source", chunkIds: "aes-ghash", keyManager: "local", keyId: "key-1" });
+    expect(typeof (k1.encryption as { idKey?: string }).idKey).toBe("string");
+    expect(fs.readFileSync(path.join(dir, "target", chunkKey(prefixL, k1.cells[0][1]))).equals(s.read("db").subarray(0, CELL_BYTES))).toBe(true);
+    // The same content under another chain's key: other ids (nothing links two sources' chunks).
+    expect(k1.cells[0][1]).not.toBe(e1.cells[0][1]);
+    await s.createVolume({ name: "r1", sizeBytes: 16 * MiB });
+    const noKey = await failure(restoreBackup({ manifest: k1, target, prefix: prefixL, storage: s, volume: "r1" }));
+    expect(noKey.code).toBe("validation");
+    expect(noKey.message).toMatch(/its chunk ids are keyed with key key-1 of key manager local; give that key \(keyId\)/);
+    const wrong = await failure(restoreBackup({ manifest: k1, target, prefix: prefixL, wrapper: keyWrapper("local", "key-2", randomBytes(64)), storage: s, volume: "r1" }));
+    expect(wrong.code).toBe("auth");
+    await restoreBackup({ manifest: k1, target, prefix: prefixL, wrapper, storage: s, volume: "r1" });
+    expect(s.read("r1").equals(s.read("db"))).toBe(true);
+    // An incremental on a keyed chain without the key: refused, naming it.
+    const incNoKey = await failure(takeBackup({ ...base, prefix: prefixL, id: "k2", mode: "source", parent: k1 }));
+    expect(incNoKey.code).toBe("validation");
+    expect(incNoKey.message).toMatch(/its latest backup k1 has chunk ids keyed with key key-1 of key manager local: give that key \(keyId\) for an incremental backup, or take a full one \(incremental: false\)/);
+
+    // A chain started with SHA-256 ids (no key, or before keyed ids) stays SHA-256 when a key is given: equal cells keep equal ids.
+    const prefixS = "project-a/volumes/old/";
+    const s1 = await takeBackup({ ...base, prefix: prefixS, id: "s1", mode: "source" });
+    s.write("db", 5 * MiB, Buffer.alloc(4096, 3));
+    const s2 = await takeBackup({ ...base, prefix: prefixS, id: "s2", mode: "source", wrapper, parent: s1 });
+    expect(s2.encryption).toEqual({ mode: "source", chunkIds: "sha256" });
+    expect(s2.stats.chunksStored).toBe(1);
+    // An envelope chain with HMAC ids keeps them too.
+    const prefixH = "project-a/volumes/hmac/";
+    const h1 = await takeBackup({ ...base, prefix: prefixH, id: "h1", mode: "envelope", wrapper, chunkIds: "hmac-sha256" });
+    s.write("db", 0, Buffer.alloc(4096, 4));
+    const h2 = await takeBackup({ ...base, prefix: prefixH, id: "h2", mode: "envelope", wrapper, parent: h1 });
+    expect(h2.encryption).toMatchObject({ chunkIds: "hmac-sha256" });
+    expect(h2.stats.chunksStored).toBe(1);
+    expect(h2.stats.chunksReused).toBe(1);
+    for (const c of h2.cells) expect(c[1]).toMatch(/^[0-9a-f]{64}$/);
+    // Keyed ids need a key; a scheme that does not fit the mode is refused.
+    expect((await failure(takeBackup({ ...base, prefix: "p/x/", id: "x", mode: "source", chunkIds: "aes-ghash" }))).message).toMatch(/give keyId/);
+    expect((await failure(takeBackup({ ...base, prefix: "p/x/", id: "x", mode: "source", wrapper, chunkIds: "hmac-sha256" }))).code).toBe("internal");
+  });
+
+  test("manifests written before chunk ids were recorded (no chunkIds: SHA-256 in source mode, HMAC in envelope mode) restore and continue", async () => {
+    const s = new FakeStorageDriver();
+    await s.createVolume({ name: "db", sizeBytes: 16 * MiB });
+    s.write("db", 0, randomBytes(5 * MiB));
+    const want = s.read("db");
+    const strip = async (p: string, id: string): Promise<Manifest> => {
+      const mf = path.join(dir, "target", manifestKey(p, id));
+      const m = JSON.parse(fs.readFileSync(mf, "utf8"));
+      delete m.encryption.chunkIds;
+      fs.writeFileSync(mf, JSON.stringify(m));
+      return readManifest(target, p, id);
+    };
+    const pS = "p/volumes/s/";
+    await takeBackup({ storage: s, backend: "fake", volume: "db", target, prefix: pS, id: "old", mode: "source" });
+    const pH = "p/volumes/h/";
+    await takeBackup({ storage: s, backend: "fake", volume: "db", target, prefix: pH, id: "old", mode: "envelope", wrapper, chunkIds: "hmac-sha256" });
+    for (const [p, w] of [
+      [pS, undefined],
+      [pH, wrapper],
+    ] as const) {
+      const old = await strip(p, "old");
+      expect(old.encryption.chunkIds).toBeUndefined();
+      await s.createVolume({ name: `r-${p.length}${w ? "h" : "s"}`, sizeBytes: 16 * MiB });
+      const r = await restoreBackup({ manifest: old, target, prefix: p, wrapper: w, storage: s, volume: `r-${p.length}${w ? "h" : "s"}` });
+      expect(r.verified).toBe(true);
+      expect(s.read(`r-${p.length}${w ? "h" : "s"}`).equals(want)).toBe(true);
+      const next = await takeBackup({ storage: s, backend: "fake", volume: "db", target, prefix: p, id: "next", mode: w ? "envelope" : "source", wrapper: w, parent: old });
+      expect(next.encryption.chunkIds).toBe(w ? "hmac-sha256" : "sha256");
+      expect(next.stats.chunksStored).toBe(0);
+    }
+  });
+
+  test("a target that signs payloads gets each stored chunk's SHA-256 from the workers (and only stored chunks are hashed for it)", async () => {
+    const puts: { key: string; body: Buffer; opts?: PutOptions }[] = [];
+    const signing: BackupTargetDriver = Object.assign(Object.create(target) as BackupTargetDriver, {
+      signsPayloads: true,
+      put: (key: string, body: Buffer, opts?: PutOptions) => {
+        puts.push({ key, body: Buffer.from(body), opts });
+        return target.put(key, body, opts);
+      },
+    });
+    const s = new FakeStorageDriver();
+    await s.createVolume({ name: "db", sizeBytes: 16 * MiB });
+    s.write("db", 0, randomBytes(9 * MiB));
+    for (const mode of ["envelope", "source"] as const) {
+      puts.length = 0;
+      const p = `p/volumes/${mode}/`;
+      const b1 = await takeBackup({ storage: s, backend: "fake", volume: "db", target: signing, prefix: p, id: "b1", mode, wrapper });
+      const chunks = puts.filter((x) => x.key.includes("/chunks/"));
+      expect(chunks.length).toBe(3);
+      for (const c of chunks) expect(c.opts?.sha256).toBe(createHash("sha256").update(c.body).digest("hex"));
+      // The manifest is small and hashed by the driver itself.
+      expect(puts.find((x) => x.key.endsWith("b1.json"))?.opts?.sha256).toBeUndefined();
+      await s.createVolume({ name: `r-${mode}`, sizeBytes: 16 * MiB });
+      await restoreBackup({ manifest: b1, target, prefix: p, wrapper, storage: s, volume: `r-${mode}` });
+      expect(s.read(`r-${mode}`).equals(s.read("db"))).toBe(true);
+    }
   });
 });

@@ -31,7 +31,7 @@ import { BaremetalError, isBaremetalError } from "../core/errors";
 import type { BackupTargetCredentials, BackupTargetSettings } from "../drivers/backup-targets";
 import type { BackupTargetDriver } from "../drivers/kinds/backup-target";
 import type { Extent } from "../drivers/kinds/storage";
-import { type BackupStats, CELL_BYTES, type Cell, cellMapDigest, chunkKey, type KeyWrapper, type Manifest, MANIFEST_FORMAT, manifestKey, readManifest } from "./engine";
+import { type BackupStats, CELL_BYTES, type Cell, cellMapDigest, chunkIdsOf, chunkKey, type KeyWrapper, type Manifest, MANIFEST_FORMAT, manifestKey, readManifest } from "./engine";
 
 export const BACKUP_JOB_PATH = "baremetal-backup/job.json";
 export const BACKUP_IMAGE_LABEL = "baremetal-bkp";
@@ -80,7 +80,8 @@ export interface NodeJobRequest {
 /** The job for a node's agent: keys drawn and wrapped here (see the top of the file). */
 export function nodeBackupJob(req: NodeJobRequest): NodeBackupJob {
   const { wrapper, parent } = req;
-  const usable = parent && parent.encryption.mode === "envelope" && parent.source.id === req.nodeId ? parent : undefined;
+  // The agent computes HMAC-SHA256 ids (a tool any backup image has can do it): a parent with other ids does not dedup.
+  const usable = parent && parent.encryption.mode === "envelope" && chunkIdsOf(parent.encryption) === "hmac-sha256" && parent.source.id === req.nodeId ? parent : undefined;
   const dedup = usable && usable.encryption.mode === "envelope" ? wrapper.unwrap(usable.encryption.dedupKey, `dedup:${req.nodeId}`) : randomBytes(32);
   const dek = randomBytes(32);
   try {
@@ -253,7 +254,7 @@ export async function runNodeBackup(
       createdAt: new Date().toISOString(),
       ...(parent ? { parent: parent.id } : {}),
       ...(job.takenBy ? { takenBy: job.takenBy } : {}),
-      encryption: { mode: "envelope", keyManager: job.encryption.keyManager, keyId: job.encryption.keyId, dedupKey: job.encryption.wrappedDedupKey, keys },
+      encryption: { mode: "envelope", chunkIds: "hmac-sha256", keyManager: job.encryption.keyManager, keyId: job.encryption.keyId, dedupKey: job.encryption.wrappedDedupKey, keys },
       cells,
       digest: cellMapDigest(cells),
       stats,

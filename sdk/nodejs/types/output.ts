@@ -35,7 +35,7 @@ export namespace backup {
          */
         backend?: string;
         /**
-         * For a volume not encrypted at the source: the EncryptionKey wrapping its backups' data keys.
+         * The EncryptionKey wrapping its backups' keys: needed for a volume not encrypted at the source (data keys); optional for a LUKS2 volume (keyed chunk ids, faster; see Backup.keyId).
          */
         keyId?: string;
         /**

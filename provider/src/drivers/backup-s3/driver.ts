@@ -51,6 +51,7 @@ export type ObjectInfoWithMetadata = ObjectInfo & { metadata: Record<string, str
 
 export class S3BackupTarget implements BackupTargetDriver {
   readonly family = S3_FAMILY;
+  readonly signsPayloads = true;
   readonly description: string;
   readonly endpoint: S3Endpoint;
   readonly partBytes: number;
@@ -108,7 +109,7 @@ export class S3BackupTarget implements BackupTargetDriver {
 
     if (Buffer.isBuffer(body) && body.length < partBytes) {
       // One buffer within one part (a backup chunk): one PutObject of it as it is, with the
-      // payload hash when the caller has it (the engine's chunk id in source mode).
+      // payload hash when the caller has it (the backup engine computes it in its worker threads).
       if (opts.sizeBytes !== undefined && opts.sizeBytes !== body.length) throw validationError("sizeBytes", `put of '${key}': the body had ${body.length} bytes, sizeBytes said ${opts.sizeBytes}`);
       const res = await this.client.request({ method: "PUT", key: full, headers, body, bodySha256: opts.sha256, signal, what: `upload of '${key}'` });
       return { key, sizeBytes: body.length, etag: unquote(res.headers.etag) };

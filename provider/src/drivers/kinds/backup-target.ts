@@ -64,6 +64,11 @@ export interface BackupTargetConnection {
 
 export interface BackupTargetDriver {
   readonly family: string;
+  /**
+   * The driver signs payloads (S3's `x-amz-content-sha256`): callers that can compute a body's
+   * SHA-256 cheaply (the backup engine, in its worker threads) pass it as `PutOptions.sha256`.
+   */
+  readonly signsPayloads?: boolean;
   /** Human description without secrets (`s3://host:port/bucket/prefix`). */
   readonly description: string;
   put(key: string, body: AsyncIterable<Buffer> | Buffer, opts?: PutOptions): Promise<ObjectInfo>;

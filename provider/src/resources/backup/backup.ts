@@ -6,7 +6,9 @@
  *   on Ceph only the changes since that backup's snapshot are even read).
  * - Encrypted always: an encrypted volume (LUKS2 at the source) is stored as the ciphertext it is;
  *   a plain volume needs `keyId`, a key of the project's key manager that wraps the backup's data
- *   key (destroying that key makes the backup unreadable).
+ *   key (destroying that key makes the backup unreadable). For an encrypted volume `keyId` is
+ *   optional: given, it wraps a key for the chunk ids (aes-ghash instead of SHA-256: the backup
+ *   costs a fraction of the CPU; cell-crypto.ts), and a restore needs it.
  * - A new backup: change `trigger` (a date, a CI run id), which replaces the resource: the new
  *   backup is taken (incremental on this one), then this one is deleted unless `retainOnDelete`.
  *   A BackupPolicy keeps several by schedule and retention.
@@ -37,7 +39,7 @@ import { BaremetalError, describeError, isBaremetalError, validationError } from
 import type { Fields } from "../../core/fields";
 import type { OperationContext, Props, ProviderContext, ResourceDefinition } from "../../core/resource";
 import { isUnknown } from "../../core/values";
-import { deleteBackups, keyWrapper, type KeyWrapper, listManifests, type Manifest, manifestKey, readManifest, restoreBackup, takeBackup } from "../../backup/engine";
+import { deleteBackups, keyOf, keyWrapper, type KeyWrapper, listManifests, type Manifest, manifestKey, readManifest, restoreBackup, takeBackup } from "../../backup/engine";
 import { buildBackupImage, checkNodeManifest, nodeBackupJob } from "../../backup/node-disk";
 import { imageStore } from "../../drivers/image-store";
 import type { BmcDriver, BootDevice, BootMode } from "../../drivers/kinds/bmc";
@@ -66,7 +68,8 @@ const inputs = {
   keyId: {
     type: "string",
     replaceOnChange: true,
-    description: "For a volume not encrypted at the source: the EncryptionKey (`keyId`) that wraps the backup's data key. Not needed for a LUKS2 volume (its backup stays the ciphertext it is).",
+    description:
+      "The EncryptionKey (`keyId`) whose key manager key wraps the backup's keys. Needed for a volume not encrypted at the source (it wraps the backup's data key). Optional for a LUKS2 volume, whose backup stays the ciphertext it is: given, the chunk ids are keyed (AES over GHASH, several times cheaper than SHA-256, so backups run faster) and the key is needed to restore; a volume's chain of backups keeps the chunk ids it started with (set incremental: false to start a keyed chain).",
   },
   keyManager: { type: "string", replaceOnChange: true, description: "The key manager holding keyId (default: the only one)." },
   incremental: { type: "boolean", default: true, replaceOnChange: true, description: "Take it relative to the volume's latest backup in the target (false: a full backup)." },
@@ -186,7 +189,7 @@ export async function backupVolume(
             if (e instanceof BaremetalError && e.code === "not-found") throw new BaremetalError("not-found", `volume ${req.volumeId} does not exist`, { property: `${property}volumeId` });
             throw e;
           });
-          const wrapper = encrypted ? undefined : await wrapperFor(ctx, req, property, ctx.signal);
+          const wrapper = await wrapperFor(ctx, req, property, ctx.signal);
           if (!encrypted && !wrapper) {
             throw validationError(`${property}keyId`, `volume ${req.volumeId} is not encrypted at the source, so its backup is encrypted with a key of the key manager: give keyId (an EncryptionKey's keyId)`);
           }
@@ -241,7 +244,8 @@ export async function openBackup(ctx: OperationContext, src: Props, sizeBytes: n
   if (m.encryption.mode === "envelope" && encrypt) {
     throw validationError("encryption", `backup ${src.backupId} is of a volume not encrypted at the source: a restore of it cannot be encrypted in place (formatting would destroy the restored data); drop encryption`);
   }
-  const wrapper = m.encryption.mode === "envelope" ? await wrapperFor(ctx, { keyId: src.keyId ?? m.encryption.keyId, keyManager: src.keyManager }, "sourceBackup.", ctx.signal) : undefined;
+  const key = keyOf(m.encryption);
+  const wrapper = key ? await wrapperFor(ctx, { keyId: src.keyId ?? key.keyId, keyManager: src.keyManager }, "sourceBackup.", ctx.signal) : undefined;
   return (storage, volume) =>
     withTarget(
       ctx,
@@ -536,7 +540,8 @@ export const backupResource: ResourceDefinition = {
           if (e instanceof BaremetalError && e.code === "not-found") return undefined;
           throw e;
         }
-        const declared: Props = stored ?? (where.node ? { nodeId: m.source.id, keyId: m.encryption.mode === "envelope" ? m.encryption.keyId : undefined } : { volumeId: where.volumeId });
+        const keyId = keyOf(m.encryption)?.keyId;
+        const declared: Props = stored ?? (where.node ? { nodeId: m.source.id, keyId } : { volumeId: where.volumeId, ...(keyId !== undefined ? { keyId } : {}) });
         return { id, inputs: declared, outputs: { ...(state ?? {}), ...outputsOf(declared, where.project, where.base, m) } };
       },
       ctx.signal,

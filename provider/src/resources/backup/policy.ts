@@ -31,7 +31,7 @@ import { backupNode, backupVolume, nodePrefixOf, prefixOf, targetName, withTarge
 const volumeFields = {
   volumeId: { type: "string", required: true, minLength: 1, description: "A Volume (its `volumeId`) of the project." },
   backend: { type: "string", description: "Its storage backend (default: the only one)." },
-  keyId: { type: "string", description: "For a volume not encrypted at the source: the EncryptionKey wrapping its backups' data keys." },
+  keyId: { type: "string", description: "The EncryptionKey wrapping its backups' keys: needed for a volume not encrypted at the source (data keys); optional for a LUKS2 volume (keyed chunk ids, faster; see Backup.keyId)." },
   keyManager: { type: "string", description: "The key manager holding keyId (default: the only one)." },
 } as const satisfies Fields;
 

@@ -267,7 +267,7 @@ export interface BackupPolicyVolumes {
   */
   readonly backend?: string;
   /**
-  * For a volume not encrypted at the source: the EncryptionKey wrapping its backups' data keys.
+  * The EncryptionKey wrapping its backups' keys: needed for a volume not encrypted at the source (data keys); optional for a LUKS2 volume (keyed chunk ids, faster; see Backup.keyId).
   *
   * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs/resources/backup_policy#key_id BackupPolicy#key_id}
   */

@@ -34,7 +34,7 @@ export interface BackupConfig extends cdktn.TerraformMetaArguments {
   */
   readonly target?: string;
   /**
-  * For a volume not encrypted at the source: the EncryptionKey (`keyId`) that wraps the backup's data key. Not needed for a LUKS2 volume (its backup stays the ciphertext it is).
+  * The EncryptionKey (`keyId`) whose key manager key wraps the backup's keys. Needed for a volume not encrypted at the source (it wraps the backup's data key). Optional for a LUKS2 volume, whose backup stays the ciphertext it is: given, the chunk ids are keyed (AES over GHASH, several times cheaper than SHA-256, so backups run faster) and the key is needed to restore; a volume's chain of backups keeps the chunk ids it started with (set incremental: false to start a keyed chain).
   *
   * Docs at Terraform Registry: {@link https://baremetal.local/providers/pulumi-baremetal/baremetal/latest/docs/resources/backup#key_id Backup#key_id}
   */
