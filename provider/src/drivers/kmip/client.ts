@@ -654,7 +654,23 @@ export class KmipClient {
     return run;
   }
 
+  /**
+   * One request; once more on a new connection when it went out on a connection kept open from an
+   * earlier call that the server has closed since (restarted, or its idle limit): the write fails
+   * with EPIPE, so the server never read the request, and the caller should see what the server's
+   * state is now (e.g. refused), not "unknown whether it was applied".
+   */
   private async send(request: Buffer, ro: RequestOptions): Promise<Buffer> {
+    const reused = !!this.socket && !this.socket.destroyed;
+    try {
+      return await this.sendOnce(request, ro);
+    } catch (e) {
+      if (reused && isBaremetalError(e) && e.messageId === "EPIPE") return this.sendOnce(request, ro);
+      throw e;
+    }
+  }
+
+  private async sendOnce(request: Buffer, ro: RequestOptions): Promise<Buffer> {
     if (this.closed) throw new BaremetalError("cancelled", `the KMIP client for ${this.address} was closed`);
     const signals = [this.opts.signal, ro.signal].filter((s): s is AbortSignal => !!s);
     for (const s of signals) if (s.aborted) throw new BaremetalError("cancelled", `KMIP request to ${this.address} cancelled`, { unsent: true });
