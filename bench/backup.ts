@@ -412,7 +412,7 @@ async function bench(st: Setup): Promise<Result> {
     const s = m.value.stats;
     incr.push({ label, changed, cells: cellsTouched(ex), read: s.bytesRead, stored: s.bytesStored, s: m.p.s });
     console.log(
-      `incremental, ${label} (${mb(changed)} in ${ex.length} writes, ${cellsTouched(ex)} cells touched): ${m.p.s.toFixed(2)} s, read ${mb(s.bytesRead)}, moved ${mb(s.bytesStored)} (${s.chunksStored} chunks stored, ${s.chunksReused} reused; ${(s.bytesStored / changed).toFixed(1)}x the changed bytes); ${memo(m.p)}`,
+      `incremental, ${label} (${mb(changed)} in ${ex.length} writes, ${cellsTouched(ex)} cells touched): ${m.p.s.toFixed(2)} s, read ${mb(s.bytesRead)} (${r0(rate(s.bytesRead, m.p.s))} MiB/s${s.bytesRead >= written ? ` = ${(rate(s.bytesRead, m.p.s) / rawRate).toFixed(2)}x the median round's raw read; measured once, after a write, not paired` : ""}), moved ${mb(s.bytesStored)} (${s.chunksStored} chunks stored, ${s.chunksReused} reused; ${(s.bytesStored / changed).toFixed(1)}x the changed bytes); ${memo(m.p)}`,
     );
     restoreFrom ??= m.value;
     parent = m.value;
