@@ -179,5 +179,11 @@ describe("the service's first node action: power, against the lab BMC", () => {
       ["baremetal:node:set_power_state", "http://nowhere/redfish/v1/Systems/x", "project-a", "not-found"],
     ]);
     expect(audit[1].detail).toBe("PolicyNotAuthorized");
+
+    // A body over the limit (64 KiB for actions) is answered 400 naming the limit, not with a reset
+    // connection; the service goes on answering.
+    const big = await put(nodeId(0), { state: "on", pad: "x".repeat(200 * 1024) }, tok.a);
+    expect([big.status, big.body.property, big.body.message]).toEqual([400, "body", "the request body is larger than 64 KiB"]);
+    expect((await put(nodeId(0), { state: "on" }, tok.a)).status).toBe(200);
   });
 });

@@ -118,16 +118,25 @@ interface Action {
   handle(req: { caller: AuthenticatedCaller; params: string[]; body: Record<string, unknown>; audit: (a: { operation: string; target: string }) => void }): Promise<unknown>;
 }
 
-/** The request body, parsed as JSON (at most `max` bytes, 64 KiB by default). */
-function readBody(req: http.IncomingMessage, max = 65536): Promise<unknown> {
+/**
+ * The request body, parsed as JSON (at most `max` bytes, 64 KiB by default). A larger body is
+ * refused with 400 naming the limit: the rest of it is read and dropped, and the connection closes
+ * after the answer (destroying the request instead reset the connection, and the client got no
+ * answer at all: the fuzzer's one "network error").
+ */
+function readBody(req: http.IncomingMessage, res: http.ServerResponse, max = 65536): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let n = 0;
+    let over = false;
     req.on("data", (b: Buffer) => {
+      if (over) return;
       n += b.length;
       if (n > max) {
+        over = true;
+        parts.length = 0;
+        if (!res.headersSent) res.setHeader("connection", "close");
         reject(new BaremetalError("validation", `the request body is larger than ${max / 1024} KiB`, { property: "body" }));
-        req.destroy();
         return;
       }
       parts.push(b);
@@ -260,7 +269,7 @@ export function createService(opts: ServiceOptions): http.Server {
       if (ResourceEndpoints.handles(url.pathname)) {
         const caller = await opts.tokens.authenticate(req.headers.authorization);
         tokenId = caller.tokenId;
-        const body = req.method === "POST" || req.method === "PUT" ? await readBody(req, 1024 * 1024) : {};
+        const body = req.method === "POST" || req.method === "PUT" ? await readBody(req, res, 1024 * 1024) : {};
         if (!body || typeof body !== "object" || Array.isArray(body)) throw new BaremetalError("validation", "the request body must be a JSON object", { property: "body" });
         try {
           const answer = await resources.handle({
@@ -291,7 +300,7 @@ export function createService(opts: ServiceOptions): http.Server {
       if (action) {
         const caller = await opts.tokens.authenticate(req.headers.authorization);
         tokenId = caller.tokenId;
-        const body = (await readBody(req)) as Record<string, unknown>;
+        const body = (await readBody(req, res)) as Record<string, unknown>;
         const validate = bodyValidator(action);
         if (!validate(body)) {
           throw invalid(validate, "body");
