@@ -312,7 +312,7 @@ export function cellCrypto(keys: Keys, workers = defaultWorkers(), opts: CellCry
   const run = pool ? pool.call : inlineRunner(data);
   const outs = new TransferBuffers();
   const sealing = keys.mode === "envelope";
-  /** Source mode without payload hashes: the cell is stored as it is, no trip to a worker. */
+  /** Source mode without payload hashes: a cell whose id is known is stored as it is, without a trip to a worker. */
   const asIs = !sealing && !signs;
   /** Runs an op that produces what to store; envelope mode seals into a buffer of the pool, which travels and comes back. */
   const storing = async (msg: Record<string, unknown>, cell: Buffer): Promise<{ r: OpResult; stored?: Stored }> => {
@@ -331,10 +331,9 @@ export function cellCrypto(keys: Keys, workers = defaultWorkers(), opts: CellCry
   return {
     async cell(cell, o = {}) {
       const msg = { op: "cell", cell, zero: o.zero ?? false };
-      if (!o.store || asIs) {
+      if (!o.store) {
         const r = await run(msg);
-        if (r.zero) return null;
-        return o.store ? { id: r.id!, stored: { body: cell, release: () => undefined } } : { id: r.id! };
+        return r.zero ? null : { id: r.id! };
       }
       const { r, stored } = await storing({ ...msg, store: true }, cell);
       return r.zero ? null : { id: r.id!, stored };
