@@ -19,10 +19,11 @@ import * as path from "node:path";
 import * as readline from "node:readline";
 import { BaremetalError, describeError, isBaremetalError } from "../../core/errors";
 import { runCryptsetup, scrub } from "./cryptsetup";
-import { Luks, PbkdfOptions, RotationStep } from "./luks";
+import { Luks, PbkdfOptions, ReencryptResult, RotationStep } from "./luks";
 
 const FAST: PbkdfOptions = { pbkdf: "pbkdf2", forceIterations: 1000 };
 const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 
 async function crashWorker(): Promise<void> {
   const lines = readline.createInterface({ input: process.stdin });
@@ -385,21 +386,61 @@ if (process.env.LUKS_CRASH_WORKER === "1") {
     }, 60_000);
 
     test("a cancelled reencrypt stops, leaves a resumable header, and the next call completes it", async () => {
-      const f = await sparse(272 * MiB);
-      const k = key();
-      await luks.format(f, k, FAST);
-      const ac = new AbortController();
-      const e = await refused(luks.reencrypt(f, k, { ...FAST, hotzoneMiB: 16, signal: ac.signal, onProgress: (p) => p.bytesDone > 0 && p.bytesDone < p.bytesTotal && ac.abort() }));
-      expect(e.code).toBe("cancelled");
+      // cryptsetup reports progress first after about half a second: the volume is large enough
+      // that most of it is still to do then. Should the abort still come too late (a loaded
+      // machine; seen in CI with 256 MiB), the finished run is reported as finished, not as
+      // cancelled, and the test tries again on a new volume.
+      let f = "";
+      let k = Buffer.alloc(0);
+      let e: BaremetalError | undefined;
+      for (let attempt = 1; !e && attempt <= 3; attempt++) {
+        f = await sparse(GiB + 16 * MiB);
+        k = key();
+        await luks.format(f, k, FAST);
+        const ac = new AbortController();
+        let done: ReencryptResult | undefined;
+        try {
+          done = await luks.reencrypt(f, k, { ...FAST, hotzoneMiB: 16, signal: ac.signal, onProgress: (p) => p.bytesDone > 0 && p.bytesDone < p.bytesTotal && ac.abort() });
+        } catch (x) {
+          errors.push(x);
+          e = x as BaremetalError;
+        }
+        if (done) {
+          expect(ac.signal.aborted).toBe(true);
+          expect({ inProgress: (await luks.dump(f)).reencryptInProgress, bytes: done.bytes, opens: await opens(f, k) }).toEqual({ inProgress: false, bytes: GiB, opens: true });
+          await fs.unlink(f);
+        }
+      }
+      expect(e?.code).toBe("cancelled");
       const mid = await luks.dump(f);
       expect(mid.reencryptInProgress).toBe(true);
       expect((await refused(luks.rotateKeyslot(f, k, key(), FAST))).code).toBe("conflict");
       const r = await luks.reencrypt(f, k, { ...FAST, hotzoneMiB: 16 });
       expect(r.resumed).toBe(true);
       expect((await luks.dump(f)).reencryptInProgress).toBe(false);
-      expect(r.bytes).toBe(256 * MiB);
+      expect(r.bytes).toBe(GiB);
       expect(await opens(f, k)).toBe(true);
-    }, 120_000);
+    }, 180_000);
+
+    test("an abort that reaches cryptsetup after its last step gets the finished re-encryption, not 'cancelled' (cryptsetup says 'Reencryption interrupted.' then)", async () => {
+      const f = await sparse(80 * MiB);
+      const k = key();
+      await luks.format(f, k, FAST);
+      const vk = (await luks.dump(f)).json;
+      const ac = new AbortController();
+      const r = await luks.reencrypt(f, k, { ...FAST, hotzoneMiB: 16, signal: ac.signal, onProgress: (p) => p.bytesDone === p.bytesTotal && ac.abort() });
+      expect(ac.signal.aborted).toBe(true);
+      expect(r.bytes).toBe(64 * MiB);
+      const after = await luks.dump(f);
+      expect(after.reencryptInProgress).toBe(false);
+      expect(JSON.stringify(after.json)).not.toEqual(JSON.stringify(vk));
+      expect(await opens(f, k)).toBe(true);
+      // A stop before cryptsetup did anything stays a cancellation, the volume untouched.
+      const early = new AbortController();
+      early.abort();
+      expect((await refused(luks.reencrypt(f, k, { ...FAST, signal: early.signal }))).code).toBe("cancelled");
+      expect((await luks.dump(f)).json).toEqual(after.json);
+    }, 60_000);
 
     test("no key bytes in any error (message, details, message id), and scrub removes every text form of a key", () => {
       expect(errors.length).toBeGreaterThan(10);

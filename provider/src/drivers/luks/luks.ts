@@ -472,7 +472,7 @@ export class Luks {
         if (!Number.isInteger(o.hotzoneMiB) || o.hotzoneMiB < 1) throw validationError("hotzoneMiB", `hotzoneMiB must be a positive integer, got ${o.hotzoneMiB}`);
         args.splice(args.length - 2, 0, `--hotzone-size=${o.hotzoneMiB}M`);
       }
-      await runCryptsetup(this.opts, args, {
+      const run = runCryptsetup(this.opts, args, {
         what,
         stdinKey: key,
         signal: o.signal,
@@ -502,12 +502,30 @@ export class Luks {
           }
         },
       });
+      try {
+        await run;
+      } catch (e) {
+        // A stop that reaches cryptsetup after its last step makes it say "Reencryption
+        // interrupted." and fail although the volume is done; the header tells: a finished run has
+        // no reencryption pending and (when it was not a resumption) a new volume key.
+        if (!isBaremetalError(e) || e.code !== "cancelled") throw e;
+        const now = await this.dumpUnlocked(file);
+        if (now.reencryptInProgress || (!resume && volumeKeyDigest(now) === volumeKeyDigest(before))) throw e;
+      }
+      // The re-encryption is finished: an abort that came too late to stop it must not turn it into
+      // "cancelled", so the checks below do not take the signal.
       const after = await this.dumpUnlocked(file);
       if (after.reencryptInProgress) throw new BaremetalError("backend", `${what}: cryptsetup ended but the header still shows a re-encryption in progress: run it again`);
-      const newSlot = await this.findUnlocked(file, key, undefined, o.signal);
+      const newSlot = await this.findUnlocked(file, key);
       if (newSlot === undefined) throw new BaremetalError("backend", `${what}: after re-encryption the key no longer opens the volume`);
       const removedSlots = before.keyslots.map((k) => k.id).filter((id) => id !== slot && !after.keyslots.some((k) => k.id === id));
       return { keyslot: newSlot, resumed: resume, removedSlots, bytes, ms: Date.now() - t0, progressEvents: events };
     });
   }
+}
+
+/** The digest of the volume key that protects data segment 0 (it changes when the volume is re-encrypted). */
+function volumeKeyDigest(d: LuksDump): string | undefined {
+  const digests = (d.json as { digests?: Record<string, { segments?: string[]; digest?: string }> } | undefined)?.digests ?? {};
+  return Object.values(digests).find((g) => g.segments?.includes("0"))?.digest;
 }
