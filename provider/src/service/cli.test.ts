@@ -84,11 +84,21 @@ describe("baremetal serve / token", () => {
   });
 });
 
-/** `baremetal serve` on `config` until stopped; resolves with its URL. */
-function serveOn(config: string): { child: ChildProcess; url: Promise<string>; stderr: () => string } {
+/**
+ * `baremetal serve` on `config` until stopped; resolves with its URL. `logged` waits for a line
+ * of its log (stderr): the log is another pipe than the answer, read whenever it arrives, so a
+ * line written before an answer may still be on its way when the answer is in.
+ */
+function serveOn(config: string): { child: ChildProcess; url: Promise<string>; stderr: () => string; logged: (re: RegExp, ms?: number) => Promise<string> } {
   const child = spawn(node, [CLI, "serve", "--config", config, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
   child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+  const logged = (re: RegExp, ms = 10_000) =>
+    new Promise<string>((res) => {
+      const t0 = Date.now();
+      const look = () => (re.test(err) || Date.now() - t0 > ms || child.exitCode !== null ? res(err) : setTimeout(look, 20));
+      look();
+    });
   const url = new Promise<string>((res, rej) => {
     let out = "";
     child.stdout!.on("data", (b: Buffer) => {
@@ -98,7 +108,7 @@ function serveOn(config: string): { child: ChildProcess; url: Promise<string>; s
     });
     child.once("exit", (code) => rej(new Error(`serve exited ${code}: ${err}`)));
   });
-  return { child, url, stderr: () => err };
+  return { child, url, stderr: () => err, logged };
 }
 
 /** GET over HTTPS with the given client certificate (or none): the status and body, or the TLS error. */
@@ -209,7 +219,7 @@ describe("baremetal serve: the service settings (mutual TLS, OIDC)", () => {
     expect(refused.status).toBe(401);
     expect(JSON.parse(refused.body!).message).toBe("the token is not valid");
     // The reason is in the operator's log (stderr), the token is not.
-    expect(s.stderr()).toMatch(/"event":"oidc-refused","detail":"the signature does not verify/);
+    expect(await s.logged(/"event":"oidc-refused"/)).toMatch(/"event":"oidc-refused","detail":"the signature does not verify/);
     expect(s.stderr()).not.toContain(jwt.split(".")[2]);
 
     const exited = new Promise<number | null>((res) => serve!.once("exit", (code) => res(code)));
