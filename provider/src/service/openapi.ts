@@ -61,7 +61,12 @@ function resourcePaths(): Record<string, unknown> {
           required: true,
           content: { "application/json": { schema: { type: "object", required: ["inputs", "name"], properties: { inputs: objectSchemaOf(def.inputs), name: { type: "string", pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" }, urn: { type: "string" } }, additionalProperties: false } } },
         },
-        responses: { "201": object, ...errors, "409": errorResponse("A create with this Idempotency-Key is still running, or the object exists.") },
+        responses: {
+          "201": object,
+          ...errors,
+          "404": errorResponse("An object the inputs name (a node, a volume, a key...) does not exist; the error's `property` says which input."),
+          "409": errorResponse("A create with this Idempotency-Key is still running, or the object exists."),
+        },
       },
       get: {
         operationId: `list${n}`,
@@ -152,7 +157,7 @@ function resourceSchemas(): Record<string, unknown> {
 
 const BASE = {
   openapi: "3.1.0",
-  info: { title: "baremetal service", version: "0.3.0", description: "The tenant-facing API of a multi-tenant bare-metal installation: tenants act on their own nodes through it without holding any BMC, switch, storage or key-manager credential." },
+  info: { title: "baremetal service", version: "0.3.1", description: "The tenant-facing API of a multi-tenant bare-metal installation: tenants act on their own nodes through it without holding any BMC, switch, storage or key-manager credential." },
   servers: [{ url: "/" }],
   security: [{ bearer: [] }],
   paths: {
